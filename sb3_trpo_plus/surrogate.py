@@ -1,0 +1,151 @@
+"""
+Importance-sampled surrogate objectives and the KL trust region (Schulman et al. 2015, eq. 14).
+
+For states s from the old policy's visitation distribution and actions a drawn from a sampling
+distribution q, the surrogate is
+
+    L(theta) = E[ pi_theta(a|s) / q(a|s) * A(s, a) ]
+
+and the constraint is the mean KL(pi_old(.|s) || pi_theta(.|s)). The functions here are pure
+tensor maps; the algorithm decides which estimator goes with which sampling scheme.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch as th
+from stable_baselines3.common.distributions import (
+    BernoulliDistribution,
+    CategoricalDistribution,
+    DiagGaussianDistribution,
+    Distribution,
+    MultiCategoricalDistribution,
+    StateDependentNoiseDistribution,
+    kl_divergence,
+)
+from torch.distributions import Bernoulli, Categorical, Normal
+
+
+def importance_weights(log_prob: th.Tensor, log_q: th.Tensor) -> th.Tensor:
+    """pi_theta(a|s) / q(a|s) from log-probabilities."""
+    return th.exp(log_prob - log_q)
+
+
+def importance_sampled_surrogate(log_prob: th.Tensor, log_q: th.Tensor, advantages: th.Tensor) -> th.Tensor:
+    """
+    Mean of pi_theta/q times the advantage (or Q-value): the single-path estimator, and the
+    vine estimator when every branch carries its own weight.
+    """
+    return (importance_weights(log_prob, log_q) * advantages).mean()
+
+
+def self_normalized_surrogate(
+    log_prob: th.Tensor, log_q: th.Tensor, q_values: th.Tensor, group: th.Tensor, n_groups: int
+) -> th.Tensor:
+    """
+    Self-normalised importance-sampling surrogate of the vine scheme: for every rollout-set
+    state n with sampled actions a_{n,k},
+
+        L_n = sum_k w_k Q(s_n, a_k) / sum_k w_k,   w_k = pi_theta(a_k|s_n) / q(a_k|s_n),
+
+    averaged over states. Adding a constant to Q leaves L_n's gradient unchanged, so no
+    baseline is needed.
+
+    :param group: index of the rollout-set state of every (state, action) row, in [0, n_groups)
+    """
+    weights = importance_weights(log_prob, log_q)
+    numerator = th.zeros(n_groups, dtype=weights.dtype, device=weights.device).index_add_(0, group, weights * q_values)
+    denominator = th.zeros(n_groups, dtype=weights.dtype, device=weights.device).index_add_(0, group, weights)
+    return (numerator / denominator).mean()
+
+
+def effective_sample_size(weights: th.Tensor) -> float:
+    """
+    Kish's effective sample size (sum w)^2 / sum w^2 as a fraction of the number of weights:
+    1.0 when all weights are equal, close to 0 when one weight dominates.
+    """
+    total = weights.sum()
+    squares = (weights * weights).sum()
+    if squares <= 0:
+        return 0.0
+    return float(total * total / squares) / weights.numel()
+
+
+def mean_kl(old: Distribution, new: Distribution) -> th.Tensor:
+    """Mean over states of KL(pi_old(.|s) || pi_theta(.|s)), summed over action dimensions."""
+    return kl_divergence(old, new).mean()
+
+
+def distribution_parameters(distribution: Distribution) -> list[th.Tensor]:
+    """
+    The parameters of an SB3 action distribution in which its Fisher information is known in
+    closed form: (mean, std) for Gaussians (gSDE included), logits for categorical, multi-
+    categorical and Bernoulli distributions. See :func:`distribution_metric`.
+    """
+    dist = distribution.distribution
+    if isinstance(dist, Normal):
+        return [dist.loc, dist.scale]
+    if isinstance(dist, (Categorical, Bernoulli)):
+        return [dist.logits]
+    if isinstance(dist, list):
+        return [part.logits for part in dist]
+    raise TypeError(f"No analytic Fisher information for {type(distribution).__name__}")
+
+
+def distribution_metric(distribution: Distribution) -> "FisherMetric":
+    """
+    The Fisher information M of the distribution in the parameters returned by
+    :func:`distribution_parameters`, as a per-sample linear map on tangents:
+
+    - Gaussian in (mean, std): diag(1 / std^2) and diag(2 / std^2);
+    - categorical in logits: diag(p) - p p^T (block by block for a multi-categorical);
+    - Bernoulli in logits: diag(p (1 - p)).
+
+    The map uses the detached probabilities of ``distribution``, which is pi_old when the
+    product is formed at theta_old.
+    """
+    supported = (
+        DiagGaussianDistribution,
+        StateDependentNoiseDistribution,
+        CategoricalDistribution,
+        MultiCategoricalDistribution,
+        BernoulliDistribution,
+    )
+    if not isinstance(distribution, supported):
+        raise TypeError(f"No analytic Fisher information for {type(distribution).__name__}")
+    dist = distribution.distribution
+    if isinstance(dist, Normal):
+        inv_var = dist.scale.detach() ** -2
+        return FisherMetric([inv_var, 2.0 * inv_var], kind="diagonal")
+    if isinstance(dist, Bernoulli):
+        probs = dist.probs.detach()
+        return FisherMetric([probs * (1.0 - probs)], kind="diagonal")
+    parts = [dist] if isinstance(dist, Categorical) else list(dist)
+    return FisherMetric([part.probs.detach() for part in parts], kind="categorical")
+
+
+class FisherMetric:
+    """
+    A per-sample Fisher metric M, applied to a list of tangent tensors.
+
+    :param factors: one tensor per distribution parameter: the diagonal of M ("diagonal"), or
+        the probabilities p defining M = diag(p) - p p^T row by row ("categorical")
+    :param kind: "diagonal" or "categorical"
+    """
+
+    def __init__(self, factors: Sequence[th.Tensor], kind: str) -> None:
+        self.factors = list(factors)
+        self.kind = kind
+
+    def subset(self, index: th.Tensor) -> FisherMetric:
+        """The metric restricted to the samples ``index`` (rows of every factor)."""
+        return FisherMetric([factor[index] for factor in self.factors], self.kind)
+
+    def __call__(self, tangents: Sequence[th.Tensor]) -> list[th.Tensor]:
+        if self.kind == "diagonal":
+            return [factor * tangent for factor, tangent in zip(self.factors, tangents, strict=True)]
+        return [
+            probs * tangent - probs * (probs * tangent).sum(dim=-1, keepdim=True)
+            for probs, tangent in zip(self.factors, tangents, strict=True)
+        ]

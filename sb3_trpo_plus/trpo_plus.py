@@ -1,0 +1,475 @@
+"""
+TRPOPlus: Trust Region Policy Optimization (Schulman et al. 2015) for Stable-Baselines3.
+
+The algorithm box of the paper, as :meth:`TRPOPlus.learn` runs it:
+
+1. Collect state-action pairs with pi_old (:meth:`collect_rollouts`) and estimate their
+   advantages (GAE on a learned value function).
+2. Build the importance-sampled surrogate L(theta) = mean[pi_theta(a|s) / q(a|s) * A] and the
+   constraint mean KL(pi_old || pi_theta) <= delta from those samples (:meth:`_surrogate`).
+3. Approximately solve the constrained problem: natural-gradient direction by conjugate
+   gradient on Fisher-vector products, maximal step, backtracking line search
+   (:meth:`_policy_step`, built on :mod:`sb3_trpo_plus.trust_region`).
+4. Fit the value function by minibatch regression, never moving a parameter the policy
+   depends on (:meth:`_fit_critic`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.distributions import Distribution
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
+from stable_baselines3.common.utils import explained_variance
+from torch import nn
+from torch.nn import functional as F
+
+from sb3_trpo_plus.buffers import default_buffer_class
+from sb3_trpo_plus.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
+from sb3_trpo_plus.q import validate_q
+from sb3_trpo_plus.surrogate import (
+    distribution_metric,
+    distribution_parameters,
+    effective_sample_size,
+    importance_sampled_surrogate,
+    importance_weights,
+    mean_kl,
+)
+from sb3_trpo_plus.trust_region import (
+    MatVec,
+    StepResult,
+    analytic_fisher_vector_product,
+    kl_hessian_vector_product,
+    natural_gradient_step,
+)
+
+SelfTRPOPlus = TypeVar("SelfTRPOPlus", bound="TRPOPlus")
+
+FISHER_MODES = ("analytic", "kl_hessian")
+SAMPLING_SCHEMES = ("single_path",)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _index_obs(obs: PyTorchObs, index: th.Tensor | slice) -> PyTorchObs:
+    if isinstance(obs, dict):
+        return {key: value[index] for key, value in obs.items()}
+    return obs[index]
+
+
+def _n_obs(obs: PyTorchObs) -> int:
+    if isinstance(obs, dict):
+        return len(next(iter(obs.values())))
+    return len(obs)
+
+
+class TRPOPlus(OnPolicyAlgorithm):
+    """
+    Trust Region Policy Optimization with a general importance-sampled surrogate and an exact,
+    instrumented trust-region step. A drop-in replacement for ``sb3_contrib.TRPO``: every
+    argument of it keeps its name, meaning and default.
+
+    Paper: https://arxiv.org/abs/1502.05477
+
+    :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy, or a class)
+    :param env: The environment to learn from (if registered in Gym, can be str)
+    :param learning_rate: The learning rate of the value function's optimizer, it can be a
+        function of the current progress remaining (from 1 to 0)
+    :param n_steps: The number of steps to run for each environment per update
+        (the batch is n_steps * n_envs and must be greater than 1 with advantage normalisation)
+    :param batch_size: Minibatch size for the value function regression
+    :param gamma: Discount factor
+    :param cg_max_steps: maximum number of conjugate-gradient iterations
+    :param cg_damping: damping c of the Fisher-vector product (F + c I) v
+    :param line_search_shrinking_factor: step-size reduction factor of the backtracking
+        line search, in (0, 1) (``theta_new = theta + alpha^i * step``)
+    :param line_search_max_iter: maximum number of candidate steps of the line search
+    :param n_critic_updates: number of passes of value-function regression per policy update
+    :param gae_lambda: Factor for trade-off of bias vs variance for Generalized Advantage Estimator
+    :param use_sde: Whether to use generalized State Dependent Exploration (gSDE)
+    :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE
+        (-1: only at the beginning of the rollout)
+    :param rollout_buffer_class: Rollout buffer class to use. If ``None``, a buffer that also
+        keeps log q(a|s) is selected for the observation space.
+    :param rollout_buffer_kwargs: Keyword arguments to pass to the rollout buffer on creation
+    :param normalize_advantage: Whether to normalize the advantage
+    :param target_kl: The trust-region radius delta: bound on the mean KL divergence between
+        the old and the new policy
+    :param sub_sampling_factor: Use every k-th sample of the batch for the policy step
+        (see p40-42 of John Schulman's thesis)
+    :param stats_window_size: Window size for the rollout logging (episodes averaged)
+    :param tensorboard_log: the log location for tensorboard (if None, no logging)
+    :param policy_kwargs: additional arguments to be passed to the policy on creation
+    :param verbose: the verbosity level: 0 no output, 1 info, 2 debug
+    :param seed: Seed for the pseudo random generators
+    :param device: Device (cpu, cuda, ...) on which the code should be run.
+    :param sampling: "single_path" (the only scheme in this version)
+    :param vine_kwargs: settings of the vine scheme (must be empty with "single_path")
+    :param q: sampling distribution of the actions: "policy" (q = pi_old)
+    :param q_kwargs: settings of ``q`` (must be empty for "policy")
+    :param fisher: how Fisher-vector products are computed: "analytic" (F = J^T M J with the
+        distribution's closed-form Fisher M) or "kl_hessian" (double backprop through the mean KL)
+    :param fvp_subsample: fraction of the batch, in (0, 1], on which Fisher-vector products
+        are computed (the gradient always uses the whole batch)
+    :param _init_setup_model: Whether or not to build the network at the creation of the instance
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": MlpPolicy,
+        "CnnPolicy": CnnPolicy,
+        "MultiInputPolicy": MultiInputPolicy,
+    }
+    policy: ActorCriticPolicy
+
+    def __init__(
+        self,
+        policy: str | type[ActorCriticPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 1e-3,
+        n_steps: int = 2048,
+        batch_size: int = 128,
+        gamma: float = 0.99,
+        cg_max_steps: int = 15,
+        cg_damping: float = 0.1,
+        line_search_shrinking_factor: float = 0.8,
+        line_search_max_iter: int = 10,
+        n_critic_updates: int = 10,
+        gae_lambda: float = 0.95,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        rollout_buffer_class: type[RolloutBuffer] | None = None,
+        rollout_buffer_kwargs: dict[str, Any] | None = None,
+        normalize_advantage: bool = True,
+        target_kl: float = 0.01,
+        sub_sampling_factor: int = 1,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        sampling: str = "single_path",
+        vine_kwargs: dict[str, Any] | None = None,
+        q: str | Callable[..., Any] = "policy",
+        q_kwargs: dict[str, Any] | None = None,
+        fisher: str = "analytic",
+        fvp_subsample: float = 1.0,
+        _init_setup_model: bool = True,
+    ):
+        self._validate_hyperparameters(
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            batch_size=batch_size,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            cg_max_steps=cg_max_steps,
+            cg_damping=cg_damping,
+            line_search_shrinking_factor=line_search_shrinking_factor,
+            line_search_max_iter=line_search_max_iter,
+            n_critic_updates=n_critic_updates,
+            target_kl=target_kl,
+            sub_sampling_factor=sub_sampling_factor,
+            sde_sample_freq=sde_sample_freq,
+            stats_window_size=stats_window_size,
+            fisher=fisher,
+            fvp_subsample=fvp_subsample,
+            sampling=sampling,
+            vine_kwargs=vine_kwargs,
+        )
+        validate_q(q, q_kwargs, sampling)
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            gamma=gamma,
+            gae_lambda=gae_lambda,
+            ent_coef=0.0,  # TRPO has no entropy bonus
+            vf_coef=0.0,  # the value function is fitted separately
+            max_grad_norm=0.0,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            rollout_buffer_class=rollout_buffer_class,
+            rollout_buffer_kwargs=rollout_buffer_kwargs,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            device=device,
+            seed=seed,
+            _init_setup_model=False,
+            supported_action_spaces=(spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary),
+        )
+        self.normalize_advantage = normalize_advantage
+        if self.env is not None:
+            buffer_size = self.env.num_envs * self.n_steps
+            _check(
+                not normalize_advantage or buffer_size > 1,
+                "n_steps * n_envs must be greater than 1 when normalize_advantage=True "
+                f"(got n_steps={self.n_steps}, n_envs={self.env.num_envs})",
+            )
+            if buffer_size % batch_size > 0:
+                warnings.warn(
+                    f"You have specified a mini-batch size of {batch_size}, but because the rollout buffer "
+                    f"is of size n_steps * n_envs = {buffer_size}, after every {buffer_size // batch_size} "
+                    f"untruncated mini-batches there will be a truncated mini-batch of size "
+                    f"{buffer_size % batch_size}. We recommend a batch_size that is a factor of n_steps * n_envs "
+                    f"(n_steps={self.n_steps}, n_envs={self.env.num_envs})."
+                )
+        self.batch_size = batch_size
+        self.cg_max_steps = cg_max_steps
+        self.cg_damping = cg_damping
+        self.line_search_shrinking_factor = line_search_shrinking_factor
+        self.line_search_max_iter = line_search_max_iter
+        self.target_kl = target_kl
+        self.n_critic_updates = n_critic_updates
+        self.sub_sampling_factor = sub_sampling_factor
+        self.sampling = sampling
+        self.vine_kwargs = dict(vine_kwargs or {})
+        self.q = q
+        self.q_kwargs = dict(q_kwargs or {})
+        self.fisher = fisher
+        self.fvp_subsample = fvp_subsample
+        self.n_rejected_steps = 0
+
+        if _init_setup_model:
+            self._setup_model()
+
+    @staticmethod
+    def _validate_hyperparameters(**kwargs: Any) -> None:
+        """Reject bad arguments before any environment is built or any training time is spent."""
+        lr = kwargs["learning_rate"]
+        _check(callable(lr) or (isinstance(lr, (int, float)) and lr > 0), f"learning_rate must be > 0 or a schedule, got {lr!r}")
+        for name in ("n_steps", "batch_size", "cg_max_steps", "line_search_max_iter", "sub_sampling_factor", "stats_window_size"):
+            value = kwargs[name]
+            _check(isinstance(value, (int, np.integer)) and value >= 1, f"{name} must be an integer >= 1, got {value!r}")
+        n_critic = kwargs["n_critic_updates"]
+        _check(isinstance(n_critic, (int, np.integer)) and n_critic >= 0, f"n_critic_updates must be an integer >= 0, got {n_critic!r}")
+        _check(isinstance(kwargs["sde_sample_freq"], (int, np.integer)), f"sde_sample_freq must be an integer, got {kwargs['sde_sample_freq']!r}")
+        for name in ("gamma", "gae_lambda"):
+            _check(0.0 <= kwargs[name] <= 1.0, f"{name} must be in [0, 1], got {kwargs[name]!r}")
+        target_kl = kwargs["target_kl"]
+        _check(math.isfinite(target_kl) and target_kl > 0, f"target_kl must be a finite number > 0, got {target_kl!r}")
+        damping = kwargs["cg_damping"]
+        _check(math.isfinite(damping) and damping >= 0, f"cg_damping must be a finite number >= 0, got {damping!r}")
+        shrink = kwargs["line_search_shrinking_factor"]
+        _check(0.0 < shrink < 1.0, f"line_search_shrinking_factor must be in (0, 1), got {shrink!r}")
+        _check(kwargs["fisher"] in FISHER_MODES, f"fisher must be one of {FISHER_MODES}, got {kwargs['fisher']!r}")
+        subsample = kwargs["fvp_subsample"]
+        _check(0.0 < subsample <= 1.0, f"fvp_subsample must be in (0, 1], got {subsample!r}")
+        _check(kwargs["sampling"] in SAMPLING_SCHEMES, f"sampling must be one of {SAMPLING_SCHEMES}, got {kwargs['sampling']!r}")
+        _check(not kwargs["vine_kwargs"], f"vine_kwargs needs sampling='vine', got {kwargs['vine_kwargs']!r}")
+
+    def _setup_model(self) -> None:
+        if self.rollout_buffer_class is None:
+            self.rollout_buffer_class = default_buffer_class(self.observation_space)
+        super()._setup_model()
+        self._actor_params = self._find_actor_parameters()
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_actor_params"]
+
+    def _find_actor_parameters(self) -> list[nn.Parameter]:
+        """
+        The parameters the action distribution depends on, found by following the autograd
+        graph from the distribution's parameters on a sample observation (not by names, so
+        custom policies and shared feature extractors are handled).
+        """
+        obs, _ = self.policy.obs_to_tensor(self.observation_space.sample())
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        outputs = distribution_parameters(self.policy.get_distribution(obs))
+        grads = th.autograd.grad([out.sum() for out in outputs], params, allow_unused=True)
+        return [p for p, g in zip(params, grads, strict=True) if g is not None]
+
+    # ------------------------------------------------------------------ step 2: surrogate
+
+    def _policy_batch(self) -> Any:
+        """All samples of the rollout, every ``sub_sampling_factor``-th one."""
+        batch = next(iter(self.rollout_buffer.get(batch_size=None)))
+        if self.sub_sampling_factor > 1:
+            every = slice(None, None, self.sub_sampling_factor)
+            batch = batch._replace(
+                observations=_index_obs(batch.observations, every),
+                actions=batch.actions[every],
+                old_log_prob=batch.old_log_prob[every],
+                advantages=batch.advantages[every],
+                **({"log_q": batch.log_q[every]} if hasattr(batch, "log_q") else {}),
+            )
+        return batch
+
+    def _actions_for_log_prob(self, actions: th.Tensor) -> th.Tensor:
+        if isinstance(self.action_space, spaces.Discrete):
+            return actions.long().flatten()
+        return actions
+
+    def _surrogate(self, batch: Any) -> tuple[Callable[[Distribution], th.Tensor], th.Tensor]:
+        """
+        The single-path importance-sampled surrogate as a function of the policy's action
+        distribution on the batch's states, and the importance weights' log-denominator log q.
+        """
+        actions = self._actions_for_log_prob(batch.actions)
+        log_q = batch.log_q if hasattr(batch, "log_q") else batch.old_log_prob
+        advantages = batch.advantages
+        if self.normalize_advantage:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+        def objective(distribution: Distribution) -> th.Tensor:
+            return importance_sampled_surrogate(distribution.log_prob(actions), log_q, advantages)
+
+        return objective, log_q
+
+    # ------------------------------------------------------------------ step 3: trust region
+
+    def _fisher_product(self, obs: PyTorchObs, distribution: Distribution, old_distribution: Distribution) -> MatVec:
+        """Fisher-vector products at theta_old, on a random ``fvp_subsample`` share of ``obs``."""
+        if self.fvp_subsample < 1.0:
+            n_obs = _n_obs(obs)
+            size = max(1, math.ceil(self.fvp_subsample * n_obs))
+            index = th.randperm(n_obs, device=self.device)[:size]
+            sub_obs = _index_obs(obs, index)
+            with th.no_grad():
+                old_distribution = copy.copy(self.policy.get_distribution(sub_obs))
+            distribution = self.policy.get_distribution(sub_obs)
+        if self.fisher == "kl_hessian":
+            return kl_hessian_vector_product(mean_kl(old_distribution, distribution), self._actor_params, self.cg_damping)
+        outputs = distribution_parameters(distribution)
+        return analytic_fisher_vector_product(
+            outputs,
+            distribution_metric(old_distribution),
+            self._actor_params,
+            self.cg_damping,
+            n_samples=len(outputs[0]),
+        )
+
+    def _policy_step(self, obs: PyTorchObs, objective: Callable[[Distribution], th.Tensor]) -> StepResult:
+        """
+        Maximise the surrogate under the KL constraint: natural-gradient direction by conjugate
+        gradient, maximal step sqrt(2 delta / s^T F s), backtracking line search. A rejected
+        step leaves the policy exactly as it was.
+        """
+        with th.no_grad():
+            # The policy's distribution object is reused between calls: keep a copy of pi_old.
+            old_distribution = copy.copy(self.policy.get_distribution(obs))
+        distribution = self.policy.get_distribution(obs)
+        surrogate = objective(distribution)
+        fisher_product = self._fisher_product(obs, distribution, old_distribution)
+
+        def evaluate() -> tuple[float, float]:
+            new_distribution = self.policy.get_distribution(obs)
+            return float(objective(new_distribution)), float(mean_kl(old_distribution, new_distribution))
+
+        # Start CG from small noise rather than zero, as sb3-contrib does (same random stream).
+        x0 = 1e-4 * th.randn(sum(p.numel() for p in self._actor_params), device=self.device)
+        return natural_gradient_step(
+            self._actor_params,
+            surrogate,
+            fisher_product,
+            evaluate,
+            max_kl=self.target_kl,
+            cg_max_iter=self.cg_max_steps,
+            shrinking_factor=self.line_search_shrinking_factor,
+            line_search_max_iter=self.line_search_max_iter,
+            cg_x0=x0,
+        )
+
+    # ------------------------------------------------------------------ step 4: critic
+
+    def _fit_critic(self) -> list[float]:
+        """
+        Minibatch regression of the value function on the returns. Gradients of parameters the
+        policy depends on (shared feature extractors included) are dropped before every
+        optimizer step, so the critic never moves the policy.
+        """
+        value_losses = []
+        for _ in range(self.n_critic_updates):
+            for rollout_data in self.rollout_buffer.get(self.batch_size):
+                values_pred = self.policy.predict_values(rollout_data.observations)
+                value_loss = F.mse_loss(rollout_data.returns, values_pred.flatten())
+                value_losses.append(value_loss.item())
+                self.policy.optimizer.zero_grad()
+                value_loss.backward()
+                for param in self._actor_params:
+                    param.grad = None
+                self.policy.optimizer.step()
+        return value_losses
+
+    # ------------------------------------------------------------------ one iteration
+
+    def train(self) -> None:
+        """
+        Update the policy with one trust-region step on the collected batch, then fit the value
+        function.
+        """
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+
+        batch = self._policy_batch()
+        objective, log_q = self._surrogate(batch)
+        if not bool(th.isfinite(batch.advantages).all()):
+            step = StepResult(False, "non-finite advantages", 0.0, 0.0, 0.0, 0, math.nan, 0, 0.0)
+        else:
+            step = self._policy_step(batch.observations, objective)
+        value_losses = self._fit_critic()
+        self._n_updates += 1
+        self._record(step, value_losses, batch, log_q)
+
+    def _record(self, step: StepResult, value_losses: list[float], batch: Any, log_q: th.Tensor) -> None:
+        if not step.accepted:
+            self.n_rejected_steps += 1
+            if self.verbose >= 1:
+                print(f"TRPOPlus: trust-region step rejected ({step.reason}); policy parameters kept")
+        with th.no_grad():
+            distribution = self.policy.get_distribution(batch.observations)
+            weights = importance_weights(distribution.log_prob(self._actions_for_log_prob(batch.actions)), log_q)
+        explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
+        record = self.logger.record
+        record("train/kl", step.kl)
+        record("train/surrogate_gain", step.surrogate_gain)
+        record("train/expected_gain", step.expected_gain)
+        record("train/line_search_steps", step.line_search_steps)
+        record("train/line_search_success", float(step.accepted))
+        record("train/cg_residual", step.cg_residual)
+        record("train/cg_iterations", step.cg_iterations)
+        record("train/step_fraction", step.step_fraction)
+        record("train/rejected_steps", self.n_rejected_steps)
+        record("train/is_ess", effective_sample_size(weights))
+        if value_losses:
+            record("train/value_loss", float(np.mean(value_losses)))
+        record("train/explained_variance", explained_var)
+        # sb3-contrib's keys, so dashboards and scripts written for TRPO keep working
+        record("train/kl_divergence_loss", step.kl)
+        record("train/is_line_search_success", float(step.accepted))
+        if hasattr(self.policy, "log_std"):
+            record("train/std", th.exp(self.policy.log_std).mean().item())
+        record("train/n_updates", self._n_updates, exclude="tensorboard")
+
+    def learn(
+        self: SelfTRPOPlus,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "TRPOPlus",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfTRPOPlus:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
