@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
+import numpy as np
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from sb3_trpo_plus import TRPOPlus
 
 # rl_zoo3's tuned TRPO hyperparameters for CartPole-v1 (hyperparams/trpo.yml)
-CARTPOLE_HYPERPARAMS = dict(
+CARTPOLE_HYPERPARAMS: dict[str, Any] = dict(
     n_steps=512, batch_size=512, cg_damping=1e-3, gae_lambda=0.98, gamma=0.99, learning_rate=1e-3, n_critic_updates=20
 )
 
@@ -36,14 +38,14 @@ def main(argv: list[str] | None = None) -> float:
     model.learn(args.timesteps)
     elapsed = time.perf_counter() - start
     eval_env = make_vec_env(args.env, n_envs=1, seed=args.seed + 1000)
-    mean_return, std_return = evaluate_policy(model, eval_env, n_eval_episodes=20, deterministic=True)
+    mean_return, std_return = evaluate_policy(model, eval_env, n_eval_episodes=20, deterministic=True)  # type: ignore[misc]
     model.save(args.out)
     print(
         f"TRPOPlus on {args.env}: {model.num_timesteps} steps in {elapsed:.1f} s "
         f"({model.num_timesteps / elapsed:.0f} steps/s); "
         f"evaluation return over 20 episodes: {mean_return:.1f} +/- {std_return:.1f}; saved to {args.out}.zip"
     )
-    return float(mean_return)
+    return float(np.mean(mean_return))
 
 
 if __name__ == "__main__":

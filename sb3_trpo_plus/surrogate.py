@@ -12,6 +12,7 @@ tensor maps; the algorithm decides which estimator goes with which sampling sche
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch as th
@@ -77,6 +78,28 @@ def mean_kl(old: Distribution, new: Distribution) -> th.Tensor:
     return kl_divergence(old, new).mean()
 
 
+def detached(distribution: Distribution) -> Distribution:
+    """
+    A copy of an SB3 action distribution cut from the autograd graph: pi_old, taken from the
+    same forward pass that gives pi_theta at theta = theta_old (no second forward pass).
+    SB3 policies reuse one distribution object between calls, so the copy is also what keeps
+    pi_old alive when the policy is evaluated again.
+    """
+    old = copy.copy(distribution)
+    dist = distribution.distribution
+    if isinstance(dist, Normal):
+        old.distribution = Normal(dist.loc.detach(), dist.scale.detach(), validate_args=False)
+    elif isinstance(dist, Categorical):
+        old.distribution = Categorical(logits=dist.logits.detach(), validate_args=False)
+    elif isinstance(dist, Bernoulli):
+        old.distribution = Bernoulli(logits=dist.logits.detach(), validate_args=False)
+    elif isinstance(dist, list):
+        old.distribution = [Categorical(logits=part.logits.detach(), validate_args=False) for part in dist]  # type: ignore[attr-defined]
+    else:
+        raise TypeError(f"Cannot detach a {type(distribution).__name__}")
+    return old
+
+
 def distribution_parameters(distribution: Distribution) -> list[th.Tensor]:
     """
     The parameters of an SB3 action distribution in which its Fisher information is known in
@@ -89,11 +112,11 @@ def distribution_parameters(distribution: Distribution) -> list[th.Tensor]:
     if isinstance(dist, (Categorical, Bernoulli)):
         return [dist.logits]
     if isinstance(dist, list):
-        return [part.logits for part in dist]
+        return [part.logits for part in dist]  # type: ignore[attr-defined]
     raise TypeError(f"No analytic Fisher information for {type(distribution).__name__}")
 
 
-def distribution_metric(distribution: Distribution) -> "FisherMetric":
+def distribution_metric(distribution: Distribution) -> FisherMetric:
     """
     The Fisher information M of the distribution in the parameters returned by
     :func:`distribution_parameters`, as a per-sample linear map on tangents:

@@ -16,7 +16,6 @@ The algorithm box of the paper, as :meth:`TRPOPlus.learn` runs it:
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from collections.abc import Callable
@@ -26,18 +25,22 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
 from stable_baselines3.common.utils import explained_variance
+from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
-from torch.nn import functional as F
 
 from sb3_trpo_plus.buffers import default_buffer_class
+from sb3_trpo_plus.critic import FusedMlpCritic, fit_critic_torch
 from sb3_trpo_plus.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_trpo_plus.q import validate_q
+from sb3_trpo_plus.sampling import collect_single_path
 from sb3_trpo_plus.surrogate import (
+    detached,
     distribution_metric,
     distribution_parameters,
     effective_sample_size,
@@ -59,7 +62,7 @@ FISHER_MODES = ("analytic", "kl_hessian")
 SAMPLING_SCHEMES = ("single_path",)
 
 
-def _check(condition: bool, message: str) -> None:
+def _check(condition: Any, message: str) -> None:
     if not condition:
         raise ValueError(message)
 
@@ -227,7 +230,8 @@ class TRPOPlus(OnPolicyAlgorithm):
                     f"is of size n_steps * n_envs = {buffer_size}, after every {buffer_size // batch_size} "
                     f"untruncated mini-batches there will be a truncated mini-batch of size "
                     f"{buffer_size % batch_size}. We recommend a batch_size that is a factor of n_steps * n_envs "
-                    f"(n_steps={self.n_steps}, n_envs={self.env.num_envs})."
+                    f"(n_steps={self.n_steps}, n_envs={self.env.num_envs}).",
+                    stacklevel=2,
                 )
         self.batch_size = batch_size
         self.cg_max_steps = cg_max_steps
@@ -252,13 +256,28 @@ class TRPOPlus(OnPolicyAlgorithm):
     def _validate_hyperparameters(**kwargs: Any) -> None:
         """Reject bad arguments before any environment is built or any training time is spent."""
         lr = kwargs["learning_rate"]
-        _check(callable(lr) or (isinstance(lr, (int, float)) and lr > 0), f"learning_rate must be > 0 or a schedule, got {lr!r}")
-        for name in ("n_steps", "batch_size", "cg_max_steps", "line_search_max_iter", "sub_sampling_factor", "stats_window_size"):
+        _check(
+            callable(lr) or (isinstance(lr, (int, float)) and lr > 0), f"learning_rate must be > 0 or a schedule, got {lr!r}"
+        )
+        for name in (
+            "n_steps",
+            "batch_size",
+            "cg_max_steps",
+            "line_search_max_iter",
+            "sub_sampling_factor",
+            "stats_window_size",
+        ):
             value = kwargs[name]
             _check(isinstance(value, (int, np.integer)) and value >= 1, f"{name} must be an integer >= 1, got {value!r}")
         n_critic = kwargs["n_critic_updates"]
-        _check(isinstance(n_critic, (int, np.integer)) and n_critic >= 0, f"n_critic_updates must be an integer >= 0, got {n_critic!r}")
-        _check(isinstance(kwargs["sde_sample_freq"], (int, np.integer)), f"sde_sample_freq must be an integer, got {kwargs['sde_sample_freq']!r}")
+        _check(
+            isinstance(n_critic, (int, np.integer)) and n_critic >= 0,
+            f"n_critic_updates must be an integer >= 0, got {n_critic!r}",
+        )
+        _check(
+            isinstance(kwargs["sde_sample_freq"], (int, np.integer)),
+            f"sde_sample_freq must be an integer, got {kwargs['sde_sample_freq']!r}",
+        )
         for name in ("gamma", "gae_lambda"):
             _check(0.0 <= kwargs[name] <= 1.0, f"{name} must be in [0, 1], got {kwargs[name]!r}")
         target_kl = kwargs["target_kl"]
@@ -270,7 +289,9 @@ class TRPOPlus(OnPolicyAlgorithm):
         _check(kwargs["fisher"] in FISHER_MODES, f"fisher must be one of {FISHER_MODES}, got {kwargs['fisher']!r}")
         subsample = kwargs["fvp_subsample"]
         _check(0.0 < subsample <= 1.0, f"fvp_subsample must be in (0, 1], got {subsample!r}")
-        _check(kwargs["sampling"] in SAMPLING_SCHEMES, f"sampling must be one of {SAMPLING_SCHEMES}, got {kwargs['sampling']!r}")
+        _check(
+            kwargs["sampling"] in SAMPLING_SCHEMES, f"sampling must be one of {SAMPLING_SCHEMES}, got {kwargs['sampling']!r}"
+        )
         _check(not kwargs["vine_kwargs"], f"vine_kwargs needs sampling='vine', got {kwargs['vine_kwargs']!r}")
 
     def _setup_model(self) -> None:
@@ -294,11 +315,19 @@ class TRPOPlus(OnPolicyAlgorithm):
         grads = th.autograd.grad([out.sum() for out in outputs], params, allow_unused=True)
         return [p for p, g in zip(params, grads, strict=True) if g is not None]
 
+    # ------------------------------------------------------------------ step 1: sampling
+
+    def collect_rollouts(
+        self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
+    ) -> bool:
+        """Run pi_old and store every (s, a) pair with its advantage (single-path scheme)."""
+        return collect_single_path(self, env, callback, rollout_buffer, n_rollout_steps)
+
     # ------------------------------------------------------------------ step 2: surrogate
 
     def _policy_batch(self) -> Any:
         """All samples of the rollout, every ``sub_sampling_factor``-th one."""
-        batch = next(iter(self.rollout_buffer.get(batch_size=None)))
+        batch: Any = next(iter(self.rollout_buffer.get(batch_size=None)))
         if self.sub_sampling_factor > 1:
             every = slice(None, None, self.sub_sampling_factor)
             batch = batch._replace(
@@ -340,9 +369,8 @@ class TRPOPlus(OnPolicyAlgorithm):
             size = max(1, math.ceil(self.fvp_subsample * n_obs))
             index = th.randperm(n_obs, device=self.device)[:size]
             sub_obs = _index_obs(obs, index)
-            with th.no_grad():
-                old_distribution = copy.copy(self.policy.get_distribution(sub_obs))
             distribution = self.policy.get_distribution(sub_obs)
+            old_distribution = detached(distribution)
         if self.fisher == "kl_hessian":
             return kl_hessian_vector_product(mean_kl(old_distribution, distribution), self._actor_params, self.cg_damping)
         outputs = distribution_parameters(distribution)
@@ -360,10 +388,8 @@ class TRPOPlus(OnPolicyAlgorithm):
         gradient, maximal step sqrt(2 delta / s^T F s), backtracking line search. A rejected
         step leaves the policy exactly as it was.
         """
-        with th.no_grad():
-            # The policy's distribution object is reused between calls: keep a copy of pi_old.
-            old_distribution = copy.copy(self.policy.get_distribution(obs))
         distribution = self.policy.get_distribution(obs)
+        old_distribution = detached(distribution)
         surrogate = objective(distribution)
         fisher_product = self._fisher_product(obs, distribution, old_distribution)
 
@@ -389,22 +415,17 @@ class TRPOPlus(OnPolicyAlgorithm):
 
     def _fit_critic(self) -> list[float]:
         """
-        Minibatch regression of the value function on the returns. Gradients of parameters the
-        policy depends on (shared feature extractors included) are dropped before every
-        optimizer step, so the critic never moves the policy.
+        Regress the value function on the returns (:mod:`sb3_trpo_plus.critic`): fused for the
+        standard MLP critic with Adam, through autograd otherwise. Parameters the policy depends
+        on (shared feature extractors included) are never moved.
         """
-        value_losses = []
-        for _ in range(self.n_critic_updates):
-            for rollout_data in self.rollout_buffer.get(self.batch_size):
-                values_pred = self.policy.predict_values(rollout_data.observations)
-                value_loss = F.mse_loss(rollout_data.returns, values_pred.flatten())
-                value_losses.append(value_loss.item())
-                self.policy.optimizer.zero_grad()
-                value_loss.backward()
-                for param in self._actor_params:
-                    param.grad = None
-                self.policy.optimizer.step()
-        return value_losses
+        fused = FusedMlpCritic.from_policy(self.policy)
+        actor_ids = {id(p) for p in self._actor_params}
+        if fused is not None and self.rollout_buffer.generator_ready and not any(id(p) in actor_ids for p in fused.params):
+            return fused.fit(
+                self.rollout_buffer.observations, self.rollout_buffer.returns, self.n_critic_updates, self.batch_size
+            )
+        return fit_critic_torch(self.policy, self.rollout_buffer, self.n_critic_updates, self.batch_size, self._actor_params)
 
     # ------------------------------------------------------------------ one iteration
 

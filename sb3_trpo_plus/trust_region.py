@@ -101,9 +101,7 @@ def flat_grad(
     return th.cat([(th.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params, strict=True)])
 
 
-def kl_hessian_vector_product(
-    mean_kl: th.Tensor, params: Sequence[nn.Parameter], damping: float
-) -> MatVec:
+def kl_hessian_vector_product(mean_kl: th.Tensor, params: Sequence[nn.Parameter], damping: float) -> MatVec:
     """
     Fisher-vector products by double backpropagation through the mean KL divergence:
     F v = d/dtheta ( (d KL / d theta) . v ), evaluated at theta_old where the Hessian of the
@@ -151,9 +149,7 @@ def analytic_fisher_vector_product(
     :return: function v -> (F + c I) v
     """
     cotangents = [th.zeros_like(out, requires_grad=True) for out in outputs]
-    vjp = th.autograd.grad(
-        list(outputs), list(params), grad_outputs=cotangents, create_graph=True, allow_unused=True
-    )
+    vjp = th.autograd.grad(list(outputs), list(params), grad_outputs=cotangents, create_graph=True, allow_unused=True)
     live = [(g, p) for g, p in zip(vjp, params, strict=True) if g is not None]
     sizes = [p.numel() for p in params]
     live_mask = [g is not None for g in vjp]

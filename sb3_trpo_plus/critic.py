@@ -1,0 +1,199 @@
+"""
+Fitting the value function (the baseline of the advantages): minibatch regression of V(s) on
+the empirical returns, several passes over the batch, with the policy's own optimizer.
+
+The critic never moves a parameter the action distribution depends on: the KL constraint of
+the policy step would otherwise be broken behind its back.
+
+Two implementations with the same semantics (same minibatches drawn from NumPy's global
+generator, as SB3's ``RolloutBuffer.get`` draws them, same mean-squared loss, same Adam update):
+
+- :func:`fit_critic_torch`, the generic loop through autograd and ``policy.optimizer``;
+- :class:`FusedMlpCritic`, for the standard MLP critic trained with Adam: the whole regression
+  runs on flat float32 arrays (forward, hand-derived backward of the MLP, Adam on one
+  contiguous vector), then parameters and the optimizer's state are written back. This removes
+  the per-minibatch framework overhead that dominates small networks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.torch_layers import FlattenExtractor, MlpExtractor
+from torch import nn
+from torch.nn import functional as F
+
+
+def fit_critic_torch(
+    policy: ActorCriticPolicy,
+    rollout_buffer: RolloutBuffer,
+    n_epochs: int,
+    batch_size: int,
+    frozen: Sequence[nn.Parameter],
+) -> list[float]:
+    """
+    Generic value regression: ``n_epochs`` passes of minibatches from ``rollout_buffer``, each an
+    optimizer step of ``policy.optimizer`` on the mean-squared error, with the gradients of the
+    ``frozen`` (actor) parameters dropped before the step.
+
+    :return: the loss of every minibatch
+    """
+    losses = []
+    for _ in range(n_epochs):
+        for rollout_data in rollout_buffer.get(batch_size):
+            values_pred = policy.predict_values(rollout_data.observations)
+            value_loss = F.mse_loss(rollout_data.returns, values_pred.flatten())
+            losses.append(value_loss.item())
+            policy.optimizer.zero_grad()
+            value_loss.backward()
+            for param in frozen:
+                param.grad = None
+            policy.optimizer.step()
+    return losses
+
+
+_DERIVATIVES: dict[type[nn.Module], tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
+    # activation, and its derivative expressed through the activation's output
+    nn.Tanh: (np.tanh, lambda y: 1.0 - y * y),
+    nn.ReLU: (lambda x: np.maximum(x, 0.0), lambda y: (y > 0).astype(np.float32)),
+}
+
+
+class FusedMlpCritic:
+    """
+    The value regression of a standard MLP critic (flattened Box observations, Linear layers
+    with Tanh or ReLU activations, a linear value head) with ``torch.optim.Adam``, run on flat
+    float32 arrays. Build it with :meth:`from_policy`, which returns ``None`` when the policy or
+    its optimizer is of another form; then call :meth:`fit`.
+    """
+
+    def __init__(self, policy: ActorCriticPolicy, linears: list[nn.Linear], activations: list[type[nn.Module]]) -> None:
+        self.policy = policy
+        self.linears = linears
+        self.activations = activations
+        self.params: list[nn.Parameter] = [p for layer in linears for p in (layer.weight, layer.bias)]  # type: ignore[misc]
+
+    @classmethod
+    def from_policy(cls, policy: ActorCriticPolicy) -> FusedMlpCritic | None:
+        """The fused critic of ``policy``, or None when it does not have the supported form."""
+        optimizer = policy.optimizer
+        if (
+            type(optimizer) is not th.optim.Adam
+            or len(optimizer.param_groups) != 1
+            or any(optimizer.param_groups[0].get(flag) for flag in ("amsgrad", "maximize", "capturable", "differentiable"))
+            or not isinstance(policy.observation_space, spaces.Box)
+            or is_image_space(policy.observation_space)
+            or type(policy.vf_features_extractor) is not FlattenExtractor
+            or type(policy.mlp_extractor) is not MlpExtractor
+            or hasattr(policy.mlp_extractor, "shared_net")
+            or type(policy.value_net) is not nn.Linear
+        ):
+            return None
+        linears: list[nn.Linear] = []
+        activations: list[type[nn.Module]] = []
+        for module in policy.mlp_extractor.value_net:
+            if type(module) is nn.Linear and len(linears) == len(activations):
+                linears.append(module)
+            elif type(module) in _DERIVATIVES and len(linears) == len(activations) + 1:
+                activations.append(type(module))
+            else:
+                return None
+        if len(linears) != len(activations):
+            return None
+        linears.append(policy.value_net)
+        if any(layer.bias is None for layer in linears):
+            return None
+        fused = cls(policy, linears, activations)
+        grouped = {id(p) for p in optimizer.param_groups[0]["params"]}
+        if not all(id(p) in grouped for p in fused.params):
+            return None
+        steps = {float(optimizer.state[p]["step"]) if p in optimizer.state else 0.0 for p in fused.params}
+        return fused if len(steps) == 1 else None
+
+    def fit(self, observations: np.ndarray, returns: np.ndarray, n_epochs: int, batch_size: int) -> list[float]:
+        """
+        ``n_epochs`` passes of shuffled minibatches (one ``np.random.permutation`` per pass, as
+        ``RolloutBuffer.get`` draws them) of Adam on the mean-squared error.
+
+        :param observations: flattened batch of observations, shape (N, ...)
+        :param returns: regression targets, shape (N,)
+        :return: the loss of every minibatch
+        """
+        group = self.policy.optimizer.param_groups[0]
+        lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        state = self.policy.optimizer.state
+        shapes = [tuple(p.shape) for p in self.params]
+        sizes = [p.numel() for p in self.params]
+        flat = np.concatenate([p.detach().cpu().numpy().ravel() for p in self.params]).astype(np.float32)
+        exp_avg = np.concatenate([self._state(p, "exp_avg") for p in self.params])
+        exp_avg_sq = np.concatenate([self._state(p, "exp_avg_sq") for p in self.params])
+        step = float(state[self.params[0]]["step"]) if self.params[0] in state else 0.0
+        views = [v.reshape(s) for v, s in zip(np.split(flat, np.cumsum(sizes)[:-1]), shapes, strict=True)]
+        grad = np.zeros_like(flat)
+        grad_views = [v.reshape(s) for v, s in zip(np.split(grad, np.cumsum(sizes)[:-1]), shapes, strict=True)]
+        x_all = np.asarray(observations, dtype=np.float32).reshape(len(observations), -1)
+        y_all = np.asarray(returns, dtype=np.float32).reshape(-1)
+        n_samples = len(y_all)
+        losses = []
+        for _ in range(n_epochs):
+            indices = np.random.permutation(n_samples)
+            for start in range(0, n_samples, batch_size):
+                batch = indices[start : start + batch_size]
+                losses.append(self._gradient(views, grad_views, x_all[batch], y_all[batch]))
+                step += 1.0
+                if weight_decay != 0:
+                    grad += weight_decay * flat
+                exp_avg += (1.0 - beta1) * (grad - exp_avg)
+                exp_avg_sq *= beta2
+                exp_avg_sq += (1.0 - beta2) * grad * grad
+                step_size = lr / (1.0 - beta1**step)
+                denom = np.sqrt(exp_avg_sq) / np.float32((1.0 - beta2**step) ** 0.5) + np.float32(eps)
+                flat -= np.float32(step_size) * (exp_avg / denom)
+        self._write_back(flat, exp_avg, exp_avg_sq, step, sizes)
+        return losses
+
+    def _state(self, param: nn.Parameter, key: str) -> np.ndarray:
+        state = self.policy.optimizer.state.get(param)
+        if not state:
+            return np.zeros(param.numel(), dtype=np.float32)
+        return state[key].detach().cpu().numpy().ravel().astype(np.float32)
+
+    def _gradient(self, weights: list[np.ndarray], grads: list[np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
+        """Mean-squared-error loss of the minibatch; writes its gradient into ``grads``."""
+        outputs = [x]
+        for index, name in enumerate(self.activations):
+            weight, bias = weights[2 * index], weights[2 * index + 1]
+            outputs.append(_DERIVATIVES[name][0](outputs[-1] @ weight.T + bias))
+        values = (outputs[-1] @ weights[-2].T + weights[-1])[:, 0]
+        error = values - y
+        delta = (2.0 / len(y)) * error[:, None]
+        for index in range(len(self.linears) - 1, -1, -1):
+            grads[2 * index][...] = delta.T @ outputs[index]
+            grads[2 * index + 1][...] = delta.sum(axis=0)
+            if index > 0:
+                delta = (delta @ weights[2 * index]) * _DERIVATIVES[self.activations[index - 1]][1](outputs[index])
+        return float(np.mean(error * error))
+
+    def _write_back(
+        self, flat: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray, step: float, sizes: list[int]
+    ) -> None:
+        bounds = np.cumsum([0, *sizes])
+        state = self.policy.optimizer.state
+        with th.no_grad():
+            for index, param in enumerate(self.params):
+                piece = slice(bounds[index], bounds[index + 1])
+                param.copy_(th.from_numpy(flat[piece]).view_as(param))
+                param_state = state[param]
+                if not param_state:
+                    param_state["step"] = th.tensor(0.0, dtype=th.float32)
+                    param_state["exp_avg"] = th.zeros_like(param, memory_format=th.preserve_format)
+                    param_state["exp_avg_sq"] = th.zeros_like(param, memory_format=th.preserve_format)
+                param_state["exp_avg"].copy_(th.from_numpy(exp_avg[piece]).view_as(param))
+                param_state["exp_avg_sq"].copy_(th.from_numpy(exp_avg_sq[piece]).view_as(param))
+                param_state["step"].fill_(step)

@@ -1,0 +1,299 @@
+"""
+Single-path sampling (Schulman et al. 2015, section 5.1): run pi_old in the training
+environment and keep every (s, a) pair with log pi_old(a|s) and log q(a|s) = log pi_old(a|s).
+
+The collection loop keeps every semantic of SB3's ``OnPolicyAlgorithm.collect_rollouts``
+(callbacks called once per step with the same local variables, timeouts bootstrapped with the
+value function, episode statistics, gSDE noise resampling, action clipping or unscaling); it is
+faster because the policy is frozen during a rollout: for the standard MLP policies it is
+evaluated by :class:`NumpyActor`, a NumPy copy of its weights taken at the start of the
+rollout, which draws its noise from torch's random generator exactly as SB3's distributions do,
+so a seed gives the same action stream. Every other policy goes through :class:`TorchActor`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.distributions import (
+    BernoulliDistribution,
+    CategoricalDistribution,
+    DiagGaussianDistribution,
+    MultiCategoricalDistribution,
+)
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.torch_layers import FlattenExtractor, MlpExtractor
+from stable_baselines3.common.utils import obs_as_tensor
+from stable_baselines3.common.vec_env import VecEnv
+from torch import nn
+
+from sb3_trpo_plus.buffers import QRolloutBuffer
+
+if TYPE_CHECKING:
+    from sb3_trpo_plus.trpo_plus import TRPOPlus
+
+_ACTIVATIONS: dict[type[nn.Module], Callable[[np.ndarray], np.ndarray]] = {
+    nn.Tanh: np.tanh,
+    nn.ReLU: lambda x: np.maximum(x, 0.0, out=x),
+    nn.Identity: lambda x: x,
+}
+_LOG_SQRT_2PI = 0.5 * float(np.log(2.0 * np.pi))
+
+
+def _numpy_layers(module: nn.Module) -> list[tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]] | None:
+    """(weight^T, bias, activation) of a Sequential of Linear layers and known activations, or None."""
+    modules = list(module) if isinstance(module, nn.Sequential) else [module]
+    layers: list[tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]] = []
+    for layer in modules:
+        if type(layer) is nn.Linear:
+            if layer.bias is None:
+                return None
+            weight = layer.weight.detach().cpu().numpy().T.copy()
+            layers.append((weight, layer.bias.detach().cpu().numpy().copy(), _ACTIVATIONS[nn.Identity]))
+        elif type(layer) in _ACTIVATIONS and layers:
+            weight, bias, _ = layers[-1]
+            layers[-1] = (weight, bias, _ACTIVATIONS[type(layer)])
+        else:
+            return None
+    return layers
+
+
+def _forward(layers: list[tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]], x: np.ndarray) -> np.ndarray:
+    for weight, bias, activation in layers:
+        x = activation(x @ weight + bias)
+    return x
+
+
+class TorchActor:
+    """
+    Evaluates any SB3 actor-critic policy through its own ``forward`` (the generic path).
+
+    :param policy: the policy, frozen for the duration of the rollout
+    """
+
+    def __init__(self, policy: ActorCriticPolicy) -> None:
+        self.policy = policy
+
+    def act(self, obs: Any, obs_tensor: Any) -> tuple[np.ndarray, th.Tensor, th.Tensor]:
+        """Actions (numpy), values and log-probabilities (tensors) for a batch of observations."""
+        with th.no_grad():
+            actions, values, log_probs = self.policy(obs_tensor)
+        return actions.cpu().numpy(), values, log_probs
+
+    def values(self, obs: Any) -> th.Tensor:
+        """State values for a batch of observations (numpy or dict of numpy arrays)."""
+        with th.no_grad():
+            return self.policy.predict_values(obs_as_tensor(obs, self.policy.device))
+
+
+class NumpyActor:
+    """
+    A NumPy copy of a standard MLP actor-critic policy (flattened Box observations, an
+    ``MlpExtractor`` of Linear layers with Tanh/ReLU activations, linear heads, a Gaussian
+    without gSDE, categorical, multi-categorical or Bernoulli action distribution), built with
+    :meth:`from_policy`, which returns ``None`` for any other policy.
+
+    Noise is drawn from torch's global generator with the calls SB3's distributions make
+    (``randn`` for Gaussians, ``multinomial`` for categoricals, ``bernoulli`` for Bernoulli), so
+    the random stream, and thus the actions for a given seed, are those of SB3's own path.
+    """
+
+    def __init__(
+        self,
+        policy: ActorCriticPolicy,
+        shared: list[tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]],
+        actor: list[tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]],
+        critic: list[tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]],
+    ) -> None:
+        self.policy = policy
+        self.shared = shared
+        self.actor = actor
+        self.critic = critic
+        self.dist = policy.action_dist
+        self.std: np.ndarray | None = None
+        if isinstance(self.dist, DiagGaussianDistribution):
+            log_std = policy.log_std.detach().cpu().numpy().astype(np.float32)
+            self.std = np.exp(log_std)
+            self.log_norm = float(np.sum(log_std)) + _LOG_SQRT_2PI * log_std.size
+
+    @classmethod
+    def from_policy(cls, policy: ActorCriticPolicy) -> NumpyActor | None:
+        """The NumPy actor of ``policy``, or None when ``policy`` is not of the supported form."""
+        supported_dist = (
+            DiagGaussianDistribution,
+            CategoricalDistribution,
+            MultiCategoricalDistribution,
+            BernoulliDistribution,
+        )
+        if (
+            type(policy.action_dist) not in supported_dist
+            or not isinstance(policy.observation_space, spaces.Box)
+            or is_image_space(policy.observation_space)
+            or type(policy.pi_features_extractor) is not FlattenExtractor
+            or type(policy.vf_features_extractor) is not FlattenExtractor
+            or type(policy.mlp_extractor) is not MlpExtractor
+            or policy.squash_output
+        ):
+            return None
+        extractor: Any = policy.mlp_extractor
+        shared = _numpy_layers(extractor.shared_net) if hasattr(extractor, "shared_net") else []
+        actor = _numpy_layers(nn.Sequential(*extractor.policy_net, policy.action_net))
+        critic = _numpy_layers(nn.Sequential(*extractor.value_net, policy.value_net))
+        if shared is None or actor is None or critic is None:
+            return None
+        return cls(policy, shared, actor, critic)
+
+    def _features(self, obs: np.ndarray) -> np.ndarray:
+        x = np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
+        return _forward(self.shared, x) if self.shared else x
+
+    def act(self, obs: np.ndarray, obs_tensor: Any = None) -> tuple[np.ndarray, th.Tensor, th.Tensor]:
+        """Actions (numpy, in SB3's format), values and log-probabilities (tensors)."""
+        features = self._features(obs)
+        values = _forward(self.critic, features)
+        params = _forward(self.actor, features)
+        if self.std is not None:
+            noise = th.randn(params.shape).numpy()
+            actions = params + noise * self.std
+            log_prob = -0.5 * np.sum(noise * noise, axis=1) - self.log_norm
+        elif isinstance(self.dist, BernoulliDistribution):
+            probs = 1.0 / (1.0 + np.exp(-params))
+            actions = th.bernoulli(th.from_numpy(probs)).numpy()
+            log_prob = np.sum(actions * np.log(probs + 1e-30) + (1 - actions) * np.log1p(-probs + 1e-30), axis=1)
+        else:
+            dims = [params.shape[1]] if isinstance(self.dist, CategoricalDistribution) else list(self.dist.action_dims)  # type: ignore[attr-defined]
+            columns, log_prob = [], np.zeros(len(params), dtype=np.float32)
+            for logits in np.split(params, np.cumsum(dims)[:-1], axis=1):
+                shifted = logits - logits.max(axis=1, keepdims=True)
+                log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+                choice = th.multinomial(th.from_numpy(np.exp(log_p)), 1, True).numpy()[:, 0]
+                columns.append(choice)
+                log_prob += log_p[np.arange(len(choice)), choice]
+            actions = columns[0] if isinstance(self.dist, CategoricalDistribution) else np.stack(columns, axis=1)
+        actions = actions.reshape((-1, *self.policy.action_space.shape))  # type: ignore[misc]
+        return actions, th.from_numpy(values.astype(np.float32)), th.from_numpy(np.asarray(log_prob, dtype=np.float32))
+
+    def values(self, obs: np.ndarray) -> th.Tensor:
+        """State values for a batch of observations."""
+        return th.from_numpy(_forward(self.critic, self._features(obs)).astype(np.float32))
+
+
+def make_actor(policy: ActorCriticPolicy) -> NumpyActor | TorchActor:
+    """The fastest exact evaluator of ``policy`` for a rollout (gSDE needs the torch path)."""
+    if policy.use_sde:
+        return TorchActor(policy)
+    return NumpyActor.from_policy(policy) or TorchActor(policy)
+
+
+def collect_single_path(
+    algo: TRPOPlus,
+    env: VecEnv,
+    callback: BaseCallback,
+    rollout_buffer: RolloutBuffer,
+    n_rollout_steps: int,
+) -> bool:
+    """
+    Fill ``rollout_buffer`` with ``n_rollout_steps`` steps per environment of pi_old, exactly as
+    SB3's ``OnPolicyAlgorithm.collect_rollouts`` does (same callbacks and local names, same
+    timeout bootstrapping and episode statistics), with the policy evaluated by
+    :func:`make_actor`.
+
+    :return: False if a callback stopped the rollout early, True otherwise
+    """
+    assert algo._last_obs is not None, "No previous observation was provided"
+    algo.policy.set_training_mode(False)
+    n_steps = 0
+    rollout_buffer.reset()
+    if algo.use_sde:
+        algo.policy.reset_noise(env.num_envs)
+    actor = make_actor(algo.policy)
+    fast_add = type(rollout_buffer) is QRolloutBuffer
+    action_space = algo.action_space
+    clip_low = clip_high = None
+    if isinstance(action_space, spaces.Box) and not algo.policy.squash_output:
+        clip_low, clip_high = action_space.low, action_space.high
+
+    callback.on_rollout_start()
+
+    while n_steps < n_rollout_steps:
+        if algo.use_sde and algo.sde_sample_freq > 0 and n_steps % algo.sde_sample_freq == 0:
+            algo.policy.reset_noise(env.num_envs)
+
+        obs_tensor = obs_as_tensor(algo._last_obs, algo.device)  # type: ignore[arg-type]
+        actions, values, log_probs = actor.act(algo._last_obs, obs_tensor)  # type: ignore[arg-type]
+
+        clipped_actions = actions
+        if clip_low is not None:
+            clipped_actions = np.clip(actions, clip_low, clip_high)
+        elif isinstance(action_space, spaces.Box):
+            clipped_actions = algo.policy.unscale_action(clipped_actions)
+
+        new_obs, rewards, dones, infos = env.step(clipped_actions)
+
+        algo.num_timesteps += env.num_envs
+
+        # Give access to local variables
+        callback.update_locals(locals())
+        if not callback.on_step():
+            return False
+
+        algo._update_info_buffer(infos, dones)
+        n_steps += 1
+
+        if isinstance(action_space, spaces.Discrete):
+            actions = actions.reshape(-1, 1)
+
+        # Bootstrap truncated episodes with the value of their last observation
+        for idx, done in enumerate(dones):
+            if done and infos[idx].get("terminal_observation") is not None and infos[idx].get("TimeLimit.truncated", False):
+                terminal_obs = infos[idx]["terminal_observation"]
+                if isinstance(actor, NumpyActor):
+                    terminal_value = actor.values(terminal_obs[None])[0]
+                else:
+                    with th.no_grad():
+                        terminal_value = algo.policy.predict_values(algo.policy.obs_to_tensor(terminal_obs)[0])[0]  # type: ignore[arg-type]
+                rewards[idx] += algo.gamma * terminal_value.item()
+
+        if fast_add:
+            _fast_add(rollout_buffer, algo._last_obs, actions, rewards, algo._last_episode_starts, values, log_probs)  # type: ignore[arg-type]
+        else:
+            rollout_buffer.add(algo._last_obs, actions, rewards, algo._last_episode_starts, values, log_probs)  # type: ignore[arg-type]
+        algo._last_obs = new_obs  # type: ignore[assignment]
+        algo._last_episode_starts = dones
+
+    values = actor.values(new_obs)  # type: ignore[arg-type]
+    rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+
+    callback.update_locals(locals())
+    callback.on_rollout_end()
+    return True
+
+
+def _fast_add(
+    buffer: RolloutBuffer,
+    obs: np.ndarray,
+    actions: np.ndarray,
+    rewards: np.ndarray,
+    episode_starts: np.ndarray,
+    values: th.Tensor,
+    log_probs: th.Tensor,
+) -> None:
+    """``RolloutBuffer.add`` for CPU tensors and arrays without intermediate copies."""
+    pos = buffer.pos
+    buffer.observations[pos] = obs.reshape(buffer.observations.shape[1:])
+    buffer.actions[pos] = actions.reshape(buffer.actions.shape[1:])
+    buffer.rewards[pos] = rewards
+    buffer.episode_starts[pos] = episode_starts
+    buffer.values[pos] = values.reshape(-1).numpy()
+    buffer.log_probs[pos] = log_probs.reshape(-1).numpy()
+    buffer.log_q[pos] = buffer.log_probs[pos]  # type: ignore[attr-defined]
+    buffer.pos += 1
+    if buffer.pos == buffer.buffer_size:
+        buffer.full = True
