@@ -116,6 +116,15 @@ class NumpyActor:
         self.shared = shared
         self.actor = actor
         self.critic = critic
+        # The first layers of actor and critic read the same features: one matmul for both.
+        self.split = 0
+        if len(actor) > 1 and len(critic) > 1 and actor[0][2] is critic[0][2]:
+            self.split = actor[0][0].shape[1]
+            self.first = (
+                np.concatenate([actor[0][0], critic[0][0]], axis=1),
+                np.concatenate([actor[0][1], critic[0][1]]),
+                actor[0][2],
+            )
         self.dist = policy.action_dist
         self.std: np.ndarray | None = None
         if isinstance(self.dist, DiagGaussianDistribution):
@@ -157,12 +166,18 @@ class NumpyActor:
     def act(self, obs: np.ndarray, obs_tensor: Any = None) -> tuple[np.ndarray, th.Tensor, th.Tensor]:
         """Actions (numpy, in SB3's format), values and log-probabilities (tensors)."""
         features = self._features(obs)
-        values = _forward(self.critic, features)
-        params = _forward(self.actor, features)
+        if self.split:
+            weight, bias, activation = self.first
+            hidden = activation(features @ weight + bias)
+            params = _forward(self.actor[1:], hidden[:, : self.split])
+            values = _forward(self.critic[1:], hidden[:, self.split :])
+        else:
+            params = _forward(self.actor, features)
+            values = _forward(self.critic, features)
         if self.std is not None:
             noise = th.randn(params.shape).numpy()
             actions = params + noise * self.std
-            log_prob = -0.5 * np.sum(noise * noise, axis=1) - self.log_norm
+            log_prob = -0.5 * np.einsum("ij,ij->i", noise, noise) - self.log_norm
         elif isinstance(self.dist, BernoulliDistribution):
             probs = 1.0 / (1.0 + np.exp(-params))
             actions = th.bernoulli(th.from_numpy(probs)).numpy()
@@ -178,7 +193,7 @@ class NumpyActor:
                 log_prob += log_p[np.arange(len(choice)), choice]
             actions = columns[0] if isinstance(self.dist, CategoricalDistribution) else np.stack(columns, axis=1)
         actions = actions.reshape((-1, *self.policy.action_space.shape))  # type: ignore[misc]
-        return actions, th.from_numpy(values.astype(np.float32)), th.from_numpy(np.asarray(log_prob, dtype=np.float32))
+        return actions, th.from_numpy(values), th.from_numpy(np.asarray(log_prob, dtype=np.float32))
 
     def values(self, obs: np.ndarray) -> th.Tensor:
         """State values for a batch of observations."""
@@ -198,6 +213,7 @@ def collect_single_path(
     callback: BaseCallback,
     rollout_buffer: RolloutBuffer,
     n_rollout_steps: int,
+    before_step: Callable[[Any, np.ndarray], None] | None = None,
 ) -> bool:
     """
     Fill ``rollout_buffer`` with ``n_rollout_steps`` steps per environment of pi_old, exactly as
@@ -205,6 +221,8 @@ def collect_single_path(
     timeout bootstrapping and episode statistics), with the policy evaluated by
     :func:`make_actor`.
 
+    :param before_step: called with the current observations and episode-start flags before
+        every environment step (the vine scheme keeps its rollout set there)
     :return: False if a callback stopped the rollout early, True otherwise
     """
     assert algo._last_obs is not None, "No previous observation was provided"
@@ -226,12 +244,14 @@ def collect_single_path(
         if algo.use_sde and algo.sde_sample_freq > 0 and n_steps % algo.sde_sample_freq == 0:
             algo.policy.reset_noise(env.num_envs)
 
+        if before_step is not None:
+            before_step(algo._last_obs, algo._last_episode_starts)  # type: ignore[arg-type]
         obs_tensor = obs_as_tensor(algo._last_obs, algo.device)  # type: ignore[arg-type]
         actions, values, log_probs = actor.act(algo._last_obs, obs_tensor)  # type: ignore[arg-type]
 
         clipped_actions = actions
         if clip_low is not None:
-            clipped_actions = np.clip(actions, clip_low, clip_high)
+            clipped_actions = np.minimum(np.maximum(actions, clip_low), clip_high)
         elif isinstance(action_space, spaces.Box):
             clipped_actions = algo.policy.unscale_action(clipped_actions)
 
@@ -291,9 +311,8 @@ def _fast_add(
     buffer.actions[pos] = actions.reshape(buffer.actions.shape[1:])
     buffer.rewards[pos] = rewards
     buffer.episode_starts[pos] = episode_starts
-    buffer.values[pos] = values.reshape(-1).numpy()
-    buffer.log_probs[pos] = log_probs.reshape(-1).numpy()
-    buffer.log_q[pos] = buffer.log_probs[pos]  # type: ignore[attr-defined]
+    buffer.values[pos] = values.numpy().reshape(-1)
+    buffer.log_probs[pos] = buffer.log_q[pos] = log_probs.numpy().reshape(-1)  # type: ignore[attr-defined]
     buffer.pos += 1
     if buffer.pos == buffer.buffer_size:
         buffer.full = True
