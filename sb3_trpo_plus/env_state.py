@@ -305,7 +305,7 @@ class BranchableEnv(gym.Wrapper):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         if self.replay:
-            rng_state = None if seed is not None else copy.deepcopy(self.env.unwrapped.np_random.bit_generator.state)
+            rng_state = None if seed is not None else dict(copy.deepcopy(self.env.unwrapped.np_random.bit_generator.state))
             self.log = ReplayLog(seed, copy.deepcopy(options), rng_state)
         return self.env.reset(seed=seed, options=options)
 
