@@ -7,6 +7,7 @@ pi_theta / q; the KL constraint is always taken against pi_old.
 from __future__ import annotations
 
 from collections.abc import Generator
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -91,3 +92,27 @@ class DictQRolloutBuffer(_LogQMixin, DictRolloutBuffer):
 def default_buffer_class(observation_space: spaces.Space) -> type[RolloutBuffer]:
     """The q-aware buffer matching an observation space (dict or not)."""
     return DictQRolloutBuffer if isinstance(observation_space, spaces.Dict) else QRolloutBuffer
+
+
+@dataclass
+class VineBatch:
+    """
+    What one vine iteration gives the surrogate: for N rollout-set states and K actions each,
+    rows ordered state by state (row n * K + k is action k of state n).
+
+    :param observations: the state of every row (each rollout-set state repeated K times)
+    :param actions: a_{n,k}, in the format the policy's distribution takes
+    :param log_q: log q(a_{n,k} | s_n) (zeros when every action of a finite space is branched)
+    :param q_values: the branch estimates of Q(s_n, a_{n,k})
+    :param group: n, the rollout-set state of every row
+    :param n_states: N
+    :param all_actions: whether the K actions are the whole finite action space (exact sum estimator)
+    """
+
+    observations: th.Tensor | TensorDict
+    actions: th.Tensor
+    log_q: th.Tensor
+    q_values: th.Tensor
+    group: th.Tensor
+    n_states: int
+    all_actions: bool

@@ -335,5 +335,3 @@ class BranchableEnv(gym.Wrapper):
             self.env.step(action)
         self.replayed_steps += len(state.actions)
         self.log = ReplayLog(state.seed, state.options, state.rng_state, list(state.actions))
-
-

@@ -234,7 +234,8 @@ def collect_single_path(
     actor = make_actor(algo.policy)
     fast_add = type(rollout_buffer) is QRolloutBuffer
     action_space = algo.action_space
-    clip_low = clip_high = None
+    clip_low: np.ndarray | None = None
+    clip_high: np.ndarray | None = None
     if isinstance(action_space, spaces.Box) and not algo.policy.squash_output:
         clip_low, clip_high = action_space.low, action_space.high
 
@@ -250,7 +251,7 @@ def collect_single_path(
         actions, values, log_probs = actor.act(algo._last_obs, obs_tensor)  # type: ignore[arg-type]
 
         clipped_actions = actions
-        if clip_low is not None:
+        if clip_low is not None and clip_high is not None:
             clipped_actions = np.minimum(np.maximum(actions, clip_low), clip_high)
         elif isinstance(action_space, spaces.Box):
             clipped_actions = algo.policy.unscale_action(clipped_actions)

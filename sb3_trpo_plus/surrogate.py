@@ -28,21 +28,44 @@ from stable_baselines3.common.distributions import (
 from torch.distributions import Bernoulli, Categorical, Normal
 
 
-def importance_weights(log_prob: th.Tensor, log_q: th.Tensor) -> th.Tensor:
-    """pi_theta(a|s) / q(a|s) from log-probabilities."""
-    return th.exp(log_prob - log_q)
+def importance_weights(log_prob: th.Tensor, log_q: th.Tensor, max_weight: float | None = None) -> th.Tensor:
+    """
+    pi_theta(a|s) / q(a|s) from log-probabilities, truncated at ``max_weight`` when given
+    (truncated weights carry no gradient: less variance for some bias).
+    """
+    weights = th.exp(log_prob - log_q)
+    return weights if max_weight is None else th.clamp(weights, max=max_weight)
 
 
-def importance_sampled_surrogate(log_prob: th.Tensor, log_q: th.Tensor, advantages: th.Tensor) -> th.Tensor:
+def importance_sampled_surrogate(
+    log_prob: th.Tensor, log_q: th.Tensor, advantages: th.Tensor, max_weight: float | None = None
+) -> th.Tensor:
     """
     Mean of pi_theta/q times the advantage (or Q-value): the single-path estimator, and the
     vine estimator when every branch carries its own weight.
     """
-    return (importance_weights(log_prob, log_q) * advantages).mean()
+    return (importance_weights(log_prob, log_q, max_weight) * advantages).mean()
+
+
+def exact_sum_surrogate(log_prob: th.Tensor, q_values: th.Tensor, group: th.Tensor, n_groups: int) -> th.Tensor:
+    """
+    The vine surrogate when every action of a finite space was branched: for every rollout-set
+    state n, L_n = sum_k pi_theta(a_k|s_n) Q(s_n, a_k), averaged over states. No importance
+    weights, and no baseline needed (a constant added to Q adds a constant to L_n).
+
+    :param group: index of the rollout-set state of every (state, action) row, in [0, n_groups)
+    """
+    per_state = th.zeros(n_groups, dtype=q_values.dtype, device=q_values.device)
+    return per_state.index_add(0, group, th.exp(log_prob) * q_values).mean()
 
 
 def self_normalized_surrogate(
-    log_prob: th.Tensor, log_q: th.Tensor, q_values: th.Tensor, group: th.Tensor, n_groups: int
+    log_prob: th.Tensor,
+    log_q: th.Tensor,
+    q_values: th.Tensor,
+    group: th.Tensor,
+    n_groups: int,
+    max_weight: float | None = None,
 ) -> th.Tensor:
     """
     Self-normalised importance-sampling surrogate of the vine scheme: for every rollout-set
@@ -55,7 +78,7 @@ def self_normalized_surrogate(
 
     :param group: index of the rollout-set state of every (state, action) row, in [0, n_groups)
     """
-    weights = importance_weights(log_prob, log_q)
+    weights = importance_weights(log_prob, log_q, max_weight)
     numerator = th.zeros(n_groups, dtype=weights.dtype, device=weights.device).index_add_(0, group, weights * q_values)
     denominator = th.zeros(n_groups, dtype=weights.dtype, device=weights.device).index_add_(0, group, weights)
     return (numerator / denominator).mean()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -34,19 +35,21 @@ from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
-from sb3_trpo_plus.buffers import default_buffer_class
+from sb3_trpo_plus.buffers import VineBatch, default_buffer_class
 from sb3_trpo_plus.critic import FusedMlpCritic, fit_critic_torch
 from sb3_trpo_plus.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
-from sb3_trpo_plus.q import validate_q
+from sb3_trpo_plus.q import make_q, validate_q
 from sb3_trpo_plus.sampling import collect_single_path
 from sb3_trpo_plus.surrogate import (
     detached,
     distribution_metric,
     distribution_parameters,
     effective_sample_size,
+    exact_sum_surrogate,
     importance_sampled_surrogate,
     importance_weights,
     mean_kl,
+    self_normalized_surrogate,
 )
 from sb3_trpo_plus.trust_region import (
     MatVec,
@@ -55,11 +58,30 @@ from sb3_trpo_plus.trust_region import (
     kl_hessian_vector_product,
     natural_gradient_step,
 )
+from sb3_trpo_plus.vine import VineSampler, validate_vine_kwargs
 
 SelfTRPOPlus = TypeVar("SelfTRPOPlus", bound="TRPOPlus")
 
+
+@dataclass
+class Surrogate:
+    """
+    The estimated objective of one iteration.
+
+    :param observations: the states the objective and the KL constraint are evaluated on
+    :param objective: the surrogate L(theta) as a function of pi_theta's distribution on them
+    :param ess: effective sample size of the importance weights under a distribution
+    :param invalid: why the batch cannot be used ("" when it can)
+    """
+
+    observations: PyTorchObs
+    objective: Callable[[Distribution], th.Tensor]
+    ess: Callable[[Distribution], float]
+    invalid: str
+
+
 FISHER_MODES = ("analytic", "kl_hessian")
-SAMPLING_SCHEMES = ("single_path",)
+SAMPLING_SCHEMES = ("single_path", "vine")
 
 
 def _check(condition: Any, message: str) -> None:
@@ -193,6 +215,8 @@ class TRPOPlus(OnPolicyAlgorithm):
             vine_kwargs=vine_kwargs,
         )
         validate_q(q, q_kwargs, sampling)
+        if sampling == "vine":
+            validate_vine_kwargs(vine_kwargs, None)
         super().__init__(
             policy,
             env,
@@ -248,6 +272,10 @@ class TRPOPlus(OnPolicyAlgorithm):
         self.fisher = fisher
         self.fvp_subsample = fvp_subsample
         self.n_rejected_steps = 0
+        self._vine: VineSampler | None = None
+        if sampling == "vine":
+            validate_vine_kwargs(self.vine_kwargs, self.action_space)
+            make_q(q, q_kwargs, self.action_space)  # validates q against the action space
 
         if _init_setup_model:
             self._setup_model()
@@ -292,16 +320,35 @@ class TRPOPlus(OnPolicyAlgorithm):
         _check(
             kwargs["sampling"] in SAMPLING_SCHEMES, f"sampling must be one of {SAMPLING_SCHEMES}, got {kwargs['sampling']!r}"
         )
-        _check(not kwargs["vine_kwargs"], f"vine_kwargs needs sampling='vine', got {kwargs['vine_kwargs']!r}")
+        _check(
+            kwargs["sampling"] == "vine" or not kwargs["vine_kwargs"],
+            f"vine_kwargs needs sampling='vine', got {kwargs['vine_kwargs']!r}",
+        )
 
     def _setup_model(self) -> None:
         if self.rollout_buffer_class is None:
             self.rollout_buffer_class = default_buffer_class(self.observation_space)
         super()._setup_model()
         self._actor_params = self._find_actor_parameters()
+        self._setup_vine()
+
+    def _setup_vine(self) -> None:
+        """Build the vine sampler on the current training env (checks that it can be branched)."""
+        if self._vine is not None:
+            self._vine.close()
+            self._vine = None
+        if self.sampling == "vine" and self.env is not None:
+            settings = validate_vine_kwargs(self.vine_kwargs, self.action_space)
+            q = make_q(self.q, self.q_kwargs, self.action_space)
+            self._vine = VineSampler(settings, q, self.env, self.policy, self.gamma, self.seed)
+
+    def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
+        super().set_env(env, force_reset)
+        if self.sampling == "vine" and self.policy is not None:
+            self._setup_vine()
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_actor_params"]
+        return [*super()._excluded_save_params(), "_actor_params", "_vine"]
 
     def _find_actor_parameters(self) -> list[nn.Parameter]:
         """
@@ -320,8 +367,28 @@ class TRPOPlus(OnPolicyAlgorithm):
     def collect_rollouts(
         self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
     ) -> bool:
-        """Run pi_old and store every (s, a) pair with its advantage (single-path scheme)."""
-        return collect_single_path(self, env, callback, rollout_buffer, n_rollout_steps)
+        """
+        Run pi_old and store every (s, a) pair with its advantage (single path). In vine mode
+        that run is the trunk; its rollout set is then branched to estimate Q-values.
+        """
+        if self._vine is None:
+            if self.sampling == "vine":
+                self._setup_vine()
+            else:
+                return collect_single_path(self, env, callback, rollout_buffer, n_rollout_steps)
+        assert self._vine is not None
+        self._vine.start_trunk(n_rollout_steps * env.num_envs)
+        trunk_start = self.num_timesteps
+        if not collect_single_path(self, env, callback, rollout_buffer, n_rollout_steps, self._vine.before_trunk_step):
+            return False
+        branch_steps = self._vine.branch()
+        self.num_timesteps += branch_steps
+        trunk_steps = self.num_timesteps - branch_steps - trunk_start
+        self.logger.record("rollout/branch_steps", branch_steps)
+        self.logger.record("rollout/branch_fraction", branch_steps / max(1, branch_steps + trunk_steps))
+        for key in ("rollout_set_size", "branch_length_mean", "replayed_steps", "q_value_mean"):
+            self.logger.record(f"rollout/{key}", self._vine.stats[key])
+        return True
 
     # ------------------------------------------------------------------ step 2: surrogate
 
@@ -344,10 +411,10 @@ class TRPOPlus(OnPolicyAlgorithm):
             return actions.long().flatten()
         return actions
 
-    def _surrogate(self, batch: Any) -> tuple[Callable[[Distribution], th.Tensor], th.Tensor]:
+    def _surrogate(self, batch: Any) -> Surrogate:
         """
-        The single-path importance-sampled surrogate as a function of the policy's action
-        distribution on the batch's states, and the importance weights' log-denominator log q.
+        The single-path importance-sampled surrogate mean[pi_theta / q * A] as a function of the
+        policy's action distribution on the batch's states.
         """
         actions = self._actions_for_log_prob(batch.actions)
         log_q = batch.log_q if hasattr(batch, "log_q") else batch.old_log_prob
@@ -358,7 +425,31 @@ class TRPOPlus(OnPolicyAlgorithm):
         def objective(distribution: Distribution) -> th.Tensor:
             return importance_sampled_surrogate(distribution.log_prob(actions), log_q, advantages)
 
-        return objective, log_q
+        def ess(distribution: Distribution) -> float:
+            return effective_sample_size(importance_weights(distribution.log_prob(actions), log_q))
+
+        finite = bool(th.isfinite(advantages).all())
+        return Surrogate(batch.observations, objective, ess, "" if finite else "non-finite advantages")
+
+    def _vine_surrogate(self, batch: VineBatch) -> Surrogate:
+        """
+        The vine surrogate on the rollout set: the exact sum over actions when every action of a
+        finite space was branched, the self-normalised importance-sampled estimator otherwise.
+        """
+        actions = self._actions_for_log_prob(batch.actions)
+
+        def objective(distribution: Distribution) -> th.Tensor:
+            log_prob = distribution.log_prob(actions)
+            if batch.all_actions:
+                return exact_sum_surrogate(log_prob, batch.q_values, batch.group, batch.n_states)
+            return self_normalized_surrogate(log_prob, batch.log_q, batch.q_values, batch.group, batch.n_states)
+
+        def ess(distribution: Distribution) -> float:
+            weights = importance_weights(distribution.log_prob(actions), batch.log_q).view(batch.n_states, -1)
+            return float(np.mean([effective_sample_size(row) for row in weights]))
+
+        finite = bool(th.isfinite(batch.q_values).all())
+        return Surrogate(batch.observations, objective, ess, "" if finite else "non-finite Q-values")
 
     # ------------------------------------------------------------------ step 3: trust region
 
@@ -437,24 +528,26 @@ class TRPOPlus(OnPolicyAlgorithm):
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
 
-        batch = self._policy_batch()
-        objective, log_q = self._surrogate(batch)
-        if not bool(th.isfinite(batch.advantages).all()):
-            step = StepResult(False, "non-finite advantages", 0.0, 0.0, 0.0, 0, math.nan, 0, 0.0)
+        trunk = self._policy_batch()
+        if self._vine is not None and self._vine.batch is not None:
+            surrogate = self._vine_surrogate(self._vine.batch)
         else:
-            step = self._policy_step(batch.observations, objective)
+            surrogate = self._surrogate(trunk)
+        if surrogate.invalid:
+            step = StepResult(False, surrogate.invalid, 0.0, 0.0, 0.0, 0, math.nan, 0, 0.0)
+        else:
+            step = self._policy_step(surrogate.observations, surrogate.objective)
         value_losses = self._fit_critic()
         self._n_updates += 1
-        self._record(step, value_losses, batch, log_q)
+        self._record(step, value_losses, surrogate)
 
-    def _record(self, step: StepResult, value_losses: list[float], batch: Any, log_q: th.Tensor) -> None:
+    def _record(self, step: StepResult, value_losses: list[float], surrogate: Surrogate) -> None:
         if not step.accepted:
             self.n_rejected_steps += 1
             if self.verbose >= 1:
                 print(f"TRPOPlus: trust-region step rejected ({step.reason}); policy parameters kept")
         with th.no_grad():
-            distribution = self.policy.get_distribution(batch.observations)
-            weights = importance_weights(distribution.log_prob(self._actions_for_log_prob(batch.actions)), log_q)
+            ess = surrogate.ess(self.policy.get_distribution(surrogate.observations))
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
         record = self.logger.record
         record("train/kl", step.kl)
@@ -466,7 +559,7 @@ class TRPOPlus(OnPolicyAlgorithm):
         record("train/cg_iterations", step.cg_iterations)
         record("train/step_fraction", step.step_fraction)
         record("train/rejected_steps", self.n_rejected_steps)
-        record("train/is_ess", effective_sample_size(weights))
+        record("train/is_ess", ess)
         if value_losses:
             record("train/value_loss", float(np.mean(value_losses)))
         record("train/explained_variance", explained_var)
