@@ -97,7 +97,13 @@ def effective_sample_size(weights: th.Tensor) -> float:
 
 
 def mean_kl(old: Distribution, new: Distribution) -> th.Tensor:
-    """Mean over states of KL(pi_old(.|s) || pi_theta(.|s)), summed over action dimensions."""
+    """
+    Mean KL(pi_old(.|s) || pi_theta(.|s)) over states, measured as sb3-contrib's TRPO measures
+    it, so that a ``target_kl`` tuned for it means the same here: SB3's ``kl_divergence`` gives
+    Gaussian and Bernoulli KLs per action dimension and sums those of a multi-categorical's
+    components, and the mean is taken over all entries. For a Gaussian or Bernoulli policy over d
+    action dimensions this is the KL of the joint distribution divided by d.
+    """
     return kl_divergence(old, new).mean()
 
 
@@ -149,7 +155,8 @@ def distribution_metric(distribution: Distribution) -> FisherMetric:
     - Bernoulli in logits: diag(p (1 - p)).
 
     The map uses the detached probabilities of ``distribution``, which is pi_old when the
-    product is formed at theta_old.
+    product is formed at theta_old. Gaussian and Bernoulli metrics are divided by the number of
+    action dimensions, so that M is the Hessian of :func:`mean_kl`'s per-dimension measure.
     """
     supported = (
         DiagGaussianDistribution,
@@ -162,11 +169,11 @@ def distribution_metric(distribution: Distribution) -> FisherMetric:
         raise TypeError(f"No analytic Fisher information for {type(distribution).__name__}")
     dist = distribution.distribution
     if isinstance(dist, Normal):
-        inv_var = dist.scale.detach() ** -2
+        inv_var = dist.scale.detach() ** -2 / dist.scale.shape[-1]
         return FisherMetric([inv_var, 2.0 * inv_var], kind="diagonal")
     if isinstance(dist, Bernoulli):
         probs = dist.probs.detach()
-        return FisherMetric([probs * (1.0 - probs)], kind="diagonal")
+        return FisherMetric([probs * (1.0 - probs) / probs.shape[-1]], kind="diagonal")
     parts = [dist] if isinstance(dist, Categorical) else list(dist)
     return FisherMetric([part.probs.detach() for part in parts], kind="categorical")
 
