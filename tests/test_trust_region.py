@@ -143,7 +143,7 @@ def _step_problem(seed: int, target_kl: float, n: int = 64):  # type: ignore[no-
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), target_kl=st.floats(1e-4, 0.5), shrink=st.floats(0.1, 0.9), n=st.integers(4, 64))
 def test_a_step_never_leaves_the_trust_region(seed: int, target_kl: float, shrink: float, n: int) -> None:
-    policy, params, objective, evaluate, fvp, kl, obs = _step_problem(seed, target_kl, n)
+    _, params, objective, evaluate, fvp, kl, obs = _step_problem(seed, target_kl, n)
     before = th.nn.utils.parameters_to_vector(params).detach().clone()
     result = natural_gradient_step(params, objective(), fvp, evaluate, target_kl, 10, shrink, 10)
     with th.no_grad():
@@ -157,7 +157,7 @@ def test_a_step_never_leaves_the_trust_region(seed: int, target_kl: float, shrin
 
 
 def test_a_rejected_step_restores_the_parameters_bit_for_bit() -> None:
-    policy, params, objective, _, fvp, _, _ = _step_problem(0, 0.01)
+    _, params, objective, _, fvp, _, _ = _step_problem(0, 0.01)
     before = [p.detach().clone() for p in params]
     result = natural_gradient_step(params, objective(), fvp, lambda: (math.nan, 0.0), 0.01, 10, 0.8, 5)
     assert not result.accepted and "non-finite" in result.reason and result.line_search_steps == 5
@@ -165,7 +165,7 @@ def test_a_rejected_step_restores_the_parameters_bit_for_bit() -> None:
 
 
 def test_non_finite_gradient_or_curvature_rejects_the_step() -> None:
-    policy, params, objective, evaluate, fvp, _, _ = _step_problem(1, 0.01)
+    _, params, objective, evaluate, fvp, _, _ = _step_problem(1, 0.01)
     before = th.nn.utils.parameters_to_vector(params).detach().clone()
     result = natural_gradient_step(params, objective() * math.nan, fvp, evaluate, 0.01, 10, 0.8, 5)
     assert not result.accepted and "non-finite" in result.reason
@@ -175,7 +175,7 @@ def test_non_finite_gradient_or_curvature_rejects_the_step() -> None:
 
 
 def test_expected_gain_matches_the_linear_model_for_small_steps() -> None:
-    policy, params, objective, evaluate, fvp, _, _ = _step_problem(2, 1e-6)
+    _, params, objective, evaluate, fvp, _, _ = _step_problem(2, 1e-6)
     result = natural_gradient_step(params, objective(), fvp, evaluate, 1e-6, 20, 0.8, 10)
     assert result.accepted
     assert np.isclose(result.surrogate_gain, result.expected_gain, rtol=0.05)
