@@ -143,7 +143,7 @@ def _step_problem(seed: int, target_kl: float, n: int = 64):  # type: ignore[no-
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), target_kl=st.floats(1e-4, 0.5), shrink=st.floats(0.1, 0.9), n=st.integers(4, 64))
 def test_a_step_never_leaves_the_trust_region(seed: int, target_kl: float, shrink: float, n: int) -> None:
-    _, params, objective, evaluate, fvp, kl, obs = _step_problem(seed, target_kl, n)
+    policy, params, objective, evaluate, fvp, kl, obs = _step_problem(seed, target_kl, n)
     before = th.nn.utils.parameters_to_vector(params).detach().clone()
     result = natural_gradient_step(params, objective(), fvp, evaluate, target_kl, 10, shrink, 10)
     with th.no_grad():
