@@ -23,6 +23,7 @@ frozen statistics). Every branch step is a real environment step and counts in t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import heapq
 import math
@@ -235,7 +236,9 @@ def _branch_env_factory(trunk: VecEnv, make_branch_env: Callable[[], gym.Env] | 
             "sampling='vine' cannot build copies of this environment (it cannot be deep-copied and has no "
             "gymnasium spec): pass vine_kwargs={'make_branch_env': <callable returning a new env>}"
         )
-    return lambda: _branchable(gym.make(spec))
+    # the base environment as registered: wrappers added after gym.make (Monitor, ...) only record
+    base_spec = dataclasses.replace(spec, additional_wrappers=())
+    return lambda: _branchable(gym.make(base_spec))
 
 
 def _branchable(env: gym.Env) -> BranchableEnv:
