@@ -45,27 +45,14 @@ Timings on a shared machine are noisy: read the medians and the paired ratios (e
 repetition's TRPOPlus figure divided by the same repetition's sb3-contrib or floor figure).
 """
 
-# ruff: noqa: E402  (the BLAS thread count must be set before NumPy is imported)
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
-
-def _blas_threads_from_argv(argv: list[str], default: str = "1") -> str:
-    """The ``--blas-threads`` value, read before NumPy loads OpenBLAS (it reads the variable once)."""
-    for i, arg in enumerate(argv):
-        if arg == "--blas-threads" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--blas-threads="):
-            return arg.split("=", 1)[1]
-    return default
-
-
-BLAS_THREADS = _blas_threads_from_argv(sys.argv)
-if BLAS_THREADS != "default":
-    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[_var] = BLAS_THREADS
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _threads import BLAS_THREADS  # noqa: I001  (first: sets the BLAS thread count before NumPy loads)
 
 import argparse
 import concurrent.futures
@@ -74,7 +61,6 @@ import platform
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -82,7 +68,6 @@ import pandas as pd
 import torch as th
 from sb3_contrib import TRPO
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from zoo_settings import algo_kwargs, make_env, settings
 
 from sb3_trpo_plus import TRPOPlus
