@@ -3,290 +3,684 @@ Saving and restoring the complete state of an environment, so that vine sampling
 rollouts from a trunk state (Schulman et al. 2015, section 5.2: "requires the ability to reset
 the system to a given state").
 
-A snapshot holds the state of the unwrapped environment, the state of every wrapper of the
-chain (TimeLimit's elapsed steps, OrderEnforcing's flag, episode statistics, frame stacks,
-normalisation statistics, ...), and the environment's random generator. It is a picklable
-value, and can be restored on the instance it was taken from or on another instance built the
-same way (branches run on dedicated copies, possibly in subprocesses).
+A snapshot (:class:`EnvSnapshot`) holds the state of the unwrapped environment, its random
+generator ``np_random`` and the state of every wrapper of the chain (TimeLimit's elapsed steps,
+OrderEnforcing's flag, PassiveEnvChecker's flags, episode statistics, SB3's ``Monitor``, frame
+stacks, normalisation statistics, ...). It is a picklable value and can be restored on the
+instance it was taken from or on another instance built the same way (branches run on
+dedicated copies, possibly in subprocesses). Taking or restoring a snapshot never disturbs
+another instance, and a snapshot is never modified by a restore (it can be restored many times).
 
-How the unwrapped state is taken, by kind of environment:
+How the unwrapped environment's state is taken, in order of precedence:
 
-- your own: an environment with ``get_state()`` / ``set_state(state)`` methods is used as it is;
-  or register an adapter with :func:`register_state_adapter`;
-- MuJoCo (gymnasium's ``MujocoEnv``): ``mujoco.mj_getState`` / ``mj_setState`` with
-  ``mjSTATE_INTEGRATION`` (positions and velocities alone are not the full state);
-- classic control: the env's own attributes (``state``, CartPole's ``steps_beyond_terminated``,
-  Pendulum's ``last_u``, ...);
-- ALE/Atari: the emulator's ``cloneState(include_rng=True)`` / ``restoreState``;
-- Box2D (LunarLander, BipedalWalker, CarRacing), which has no restore API: *replay*. The
-  snapshot is the random state at the episode's reset plus the actions taken since; restoring
-  resets and replays them. This needs the recording done by :class:`BranchableEnv` and costs
-  simulator time proportional to the episode so far (counted in ``replayed_steps``). Register
-  other environments that are deterministic under their random generator with
-  :func:`register_replay_env`.
+1. an adapter registered with :func:`register_state_adapter` for its class (or a base class);
+2. your own: an environment with ``get_state()`` and ``set_state(state)`` methods (``set_state``
+   taking the single value ``get_state`` returned) is used as it is. The random generator
+   ``np_random`` and the wrappers are handled here, so these methods only need the simulator's
+   own state;
+3. gymnasium's MuJoCo environments (``MujocoEnv``): ``mujoco.mj_getState`` / ``mj_setState``
+   with ``mjSTATE_INTEGRATION`` (positions and velocities alone are not the full state: controls,
+   applied forces, activations and the constraint solver's warm start are needed too), then the
+   quantities that ``mj_step`` leaves computed at the *previous* positions and that environments
+   read before their next step (body positions for Ant's and Humanoid's forward reward, contact
+   forces, sensors, ...);
+4. ALE/Atari (``ale_py``'s ``AtariEnv``): the emulator's ``cloneState(include_rng=True)`` /
+   ``restoreState`` (sticky actions draw from the emulator's generator; a random frame skip
+   draws from ``np_random``, which is saved too);
+5. gymnasium's classic control (CartPole, Pendulum, Acrobot, MountainCar,
+   MountainCarContinuous): the environment's plain attributes (``state``, CartPole's
+   ``steps_beyond_terminated``, Pendulum's ``last_u``, ...);
+6. *replay*, for Box2D (LunarLander, BipedalWalker, CarRacing), which has no restore API, and for
+   the classes registered with :func:`register_replay_env`: any environment that is
+   deterministic given its ``np_random`` and the actions. The snapshot is how the episode was
+   reset (seed, options and the state of ``np_random`` at that reset) plus the actions taken
+   since; restoring resets the unwrapped environment and steps it through those actions (the
+   wrappers are bypassed and get their saved state back afterwards). Replay needs the recording
+   done by :class:`BranchableEnv`, so a replayed environment can be snapshotted only through it,
+   and only from the first ``reset()`` after it was wrapped. Its cost is simulator time
+   proportional to the episode so far; it is counted in :attr:`BranchableEnv.replayed_steps`.
+   Box2D keeps its physics world across episodes and a world's history changes how it steps,
+   so a replayed Box2D environment is rebuilt (``type(env).__init__`` with its constructor
+   arguments) at every reset: the trunk's episodes and their replays all start from a fresh
+   world.
+
+Anything else raises :class:`UnbranchableEnvError` from :func:`check_branchable`, which the
+algorithm calls at construction.
+
+Wrappers are saved generically: a copy of each wrapper's instance attributes, except the wrapped
+environment, spaces, the spec, functions and anything that cannot be copied (open files).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
+import io
+import types
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
 
-CLASSIC_CONTROL = ("CartPoleEnv", "PendulumEnv", "AcrobotEnv", "MountainCarEnv", "Continuous_MountainCarEnv")
-REPLAY_ENVS = ("LunarLander", "BipedalWalker", "CarRacing")
-# Wrapper attributes that are structure, not state
-_STRUCTURAL = {"env", "_env", "spec", "_cached_spec", "observation_space", "action_space", "_action_space"}
-_STRUCTURAL |= {"_observation_space", "metadata", "_metadata", "render_mode", "_reward_range"}
+__all__ = [
+    "BranchableEnv",
+    "EnvSnapshot",
+    "ReplayLog",
+    "StateAdapter",
+    "UnbranchableEnvError",
+    "check_branchable",
+    "find_adapter",
+    "needs_replay",
+    "register_replay_env",
+    "register_state_adapter",
+    "restore",
+    "snapshot",
+]
+
+_CLASSIC_CONTROL = frozenset({"CartPoleEnv", "PendulumEnv", "AcrobotEnv", "MountainCarEnv", "Continuous_MountainCarEnv"})
+_BOX2D = frozenset({"LunarLander", "BipedalWalker", "CarRacing"})
+# Attributes that are structure or configuration, never state: not saved, never overwritten.
+_STRUCTURAL = frozenset(
+    (
+        "env _env spec _cached_spec observation_space action_space _action_space _observation_space metadata "
+        "_metadata render_mode _reward_range reward_range"
+    ).split()
+)
+# Quantities of mjData computed by mj_forward / mj_rnePostConstraint that an environment may read
+# between steps. After mj_step they describe the positions *before* the last integration, so they
+# are saved as they are rather than recomputed from the restored state.
+_MUJOCO_DERIVED = tuple(
+    (
+        "xpos xquat xmat xipos ximat xiquat xanchor xaxis geom_xpos geom_xmat geom_xquat site_xpos site_xmat "
+        "site_xquat cam_xpos cam_xmat light_xpos light_xdir subtree_com cdof cinert crb ten_length "
+        "ten_velocity actuator_length actuator_velocity actuator_force cvel cdof_dot cacc cfrc_int cfrc_ext "
+        "subtree_linvel subtree_angmom qfrc_bias qfrc_passive qfrc_spring qfrc_damper qfrc_gravcomp "
+        "qfrc_fluid qfrc_actuator qfrc_smooth qacc_smooth qfrc_constraint qacc sensordata energy"
+    ).split()
+)
 
 
 class UnbranchableEnvError(ValueError):
     """An environment whose state cannot be saved and restored, so that vine sampling cannot branch it."""
 
 
+@runtime_checkable
 class StateAdapter(Protocol):
-    """Saves and restores the state of an *unwrapped* environment."""
+    """
+    Saves and restores the state of an *unwrapped* environment of one kind.
+
+    The environment's random generator ``np_random`` and its wrappers are saved and restored by
+    :func:`snapshot` / :func:`restore` themselves: an adapter handles the simulator only.
+    """
 
     def save(self, env: gym.Env) -> Any:
-        """A picklable value holding the environment's full state (its random generator excepted)."""
+        """
+        Save the state of an unwrapped environment.
+
+        :param env: the unwrapped environment
+        :return: a picklable value holding the environment's full state (``np_random`` excepted),
+            sharing no mutable object with the environment
+        """
+        ...
 
     def restore(self, env: gym.Env, state: Any) -> None:
-        """Put ``env`` (the same or another instance built the same way) into ``state``."""
+        """
+        Put an unwrapped environment into a saved state.
+
+        :param env: the unwrapped environment: the one ``state`` was saved from, or another built the same way
+        :param state: a value returned by :meth:`save`; it must not be modified (it may be restored again)
+        """
+        ...
 
 
 class ProtocolAdapter:
-    """For environments with their own ``get_state()`` / ``set_state(state)``."""
+    """For environments with their own ``get_state()`` / ``set_state(state)`` methods."""
 
     def save(self, env: gym.Env) -> Any:
-        return env.get_state()  # type: ignore[attr-defined]
+        """
+        :param env: the unwrapped environment
+        :return: a copy of what ``env.get_state()`` returns
+        """
+        return copy.deepcopy(env.get_state())  # type: ignore[attr-defined]
 
     def restore(self, env: gym.Env, state: Any) -> None:
-        env.set_state(state)  # type: ignore[attr-defined]
+        """
+        :param env: the unwrapped environment
+        :param state: a value from :meth:`save` (a copy is passed to ``env.set_state``)
+        """
+        env.set_state(copy.deepcopy(state))  # type: ignore[attr-defined]
 
 
-class MujocoAdapter:
-    """gymnasium's MuJoCo environments: the full integration state of ``mjData``."""
+def _copy_plain(value: Any) -> Any:
+    """A copy of a plain value (numbers, strings, arrays and containers of them), or ``_NOT_PLAIN``."""
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes, np.generic)):
+        return value
+    if isinstance(value, np.ndarray):
+        return value.copy() if value.dtype != object else _NOT_PLAIN
+    if isinstance(value, (list, tuple)):
+        items = [_copy_plain(item) for item in value]
+        if any(item is _NOT_PLAIN for item in items):
+            return _NOT_PLAIN
+        return items if isinstance(value, list) else tuple(items)
+    if isinstance(value, dict):
+        copied = {key: _copy_plain(item) for key, item in value.items()}
+        return _NOT_PLAIN if any(item is _NOT_PLAIN for item in copied.values()) else copied
+    return _NOT_PLAIN
 
-    def save(self, env: gym.Env) -> Any:
-        import mujoco
 
-        spec = mujoco.mjtState.mjSTATE_INTEGRATION
-        state = np.empty(mujoco.mj_stateSize(env.model, spec))  # type: ignore[attr-defined]
-        mujoco.mj_getState(env.model, env.data, state, spec)  # type: ignore[attr-defined]
-        return state
+_NOT_PLAIN = object()
 
-    def restore(self, env: gym.Env, state: Any) -> None:
-        import mujoco
 
-        mujoco.mj_setState(env.model, env.data, state, mujoco.mjtState.mjSTATE_INTEGRATION)  # type: ignore[attr-defined]
-        mujoco.mj_forward(env.model, env.data)  # type: ignore[attr-defined]
+def _plain_attributes(env: gym.Env, skip: frozenset[str]) -> dict[str, Any]:
+    state = {}
+    for key, value in vars(env).items():
+        if key in skip or key in _STRUCTURAL:
+            continue
+        copied = _copy_plain(value)
+        if copied is not _NOT_PLAIN:
+            state[key] = copied
+    return state
+
+
+def _set_attributes(env: Any, state: dict[str, Any]) -> None:
+    for key, value in state.items():
+        setattr(env, key, copy.deepcopy(value))
 
 
 class AttributeAdapter:
-    """Environments whose state is their own plain attributes (gymnasium's classic control)."""
+    """Environments whose whole state is their own plain attributes (gymnasium's classic control)."""
 
-    _SKIP: ClassVar[set[str]] = {"np_random", "_np_random", "screen", "clock", "viewer", "surf", *_STRUCTURAL}
+    _SKIP: ClassVar[frozenset[str]] = frozenset({"_np_random", "screen", "clock", "viewer", "surf", "isopen"})
 
-    def save(self, env: gym.Env) -> Any:
-        return {key: copy.deepcopy(value) for key, value in vars(env).items() if key not in self._SKIP and _plain(value)}
+    def save(self, env: gym.Env) -> dict[str, Any]:
+        """
+        :param env: the unwrapped environment
+        :return: copies of its attributes that are numbers, strings, arrays or containers of them
+        """
+        return _plain_attributes(env, self._SKIP)
 
-    def restore(self, env: gym.Env, state: Any) -> None:
-        for key, value in state.items():
-            setattr(env, key, copy.deepcopy(value))
+    def restore(self, env: gym.Env, state: dict[str, Any]) -> None:
+        """
+        :param env: the unwrapped environment
+        :param state: a value from :meth:`save`
+        """
+        _set_attributes(env, state)
+
+
+@dataclass
+class MujocoState:
+    """
+    The state of a gymnasium MuJoCo environment.
+
+    :param integration: ``mj_getState(..., mjSTATE_INTEGRATION)``
+    :param derived: the derived quantities of ``mjData`` that environments read between steps
+    :param attributes: the environment's plain Python attributes
+    """
+
+    integration: np.ndarray
+    derived: dict[str, np.ndarray]
+    attributes: dict[str, Any]
+
+
+class MujocoAdapter:
+    """gymnasium's MuJoCo environments: the full integration state of ``mjData`` and what steps read from it."""
+
+    _SKIP: ClassVar[frozenset[str]] = frozenset({"_np_random", "model", "data", "mujoco_renderer", "fullpath"})
+
+    def save(self, env: gym.Env) -> MujocoState:
+        """
+        :param env: the unwrapped ``MujocoEnv``
+        :return: its integration state, derived quantities and plain attributes
+        """
+        import mujoco
+
+        model, data = env.model, env.data  # type: ignore[attr-defined]
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        integration = np.empty(mujoco.mj_stateSize(model, spec))
+        mujoco.mj_getState(model, data, integration, spec)
+        derived = {name: getattr(data, name).copy() for name in _MUJOCO_DERIVED if hasattr(data, name)}
+        return MujocoState(integration, derived, _plain_attributes(env, self._SKIP))
+
+    def restore(self, env: gym.Env, state: MujocoState) -> None:
+        """
+        :param env: the unwrapped ``MujocoEnv``
+        :param state: a value from :meth:`save`
+        """
+        import mujoco
+
+        model, data = env.model, env.data  # type: ignore[attr-defined]
+        mujoco.mj_setState(model, data, state.integration, mujoco.mjtState.mjSTATE_INTEGRATION)
+        mujoco.mj_forward(model, data)  # contacts and constraints consistent with the restored state
+        for name, value in state.derived.items():
+            getattr(data, name)[...] = value
+        _set_attributes(env, state.attributes)
 
 
 class AtariAdapter:
     """ALE/Atari: the emulator's own state cloning, its random generator included."""
 
     def save(self, env: gym.Env) -> Any:
+        """
+        :param env: the unwrapped ``AtariEnv``
+        :return: an ``ale_py.ALEState`` (picklable)
+        """
         return env.ale.cloneState(include_rng=True)  # type: ignore[attr-defined]
 
     def restore(self, env: gym.Env, state: Any) -> None:
+        """
+        :param env: the unwrapped ``AtariEnv``
+        :param state: a value from :meth:`save`
+        """
         env.ale.restoreState(state)  # type: ignore[attr-defined]
 
 
 @dataclass
 class ReplayLog:
-    """What replaying an episode needs: how it was reset and the actions taken since."""
+    """
+    What replaying an episode needs: how it was reset and the actions taken since.
+
+    :param seed: the seed passed to ``reset``
+    :param options: the options passed to ``reset``
+    :param rng_state: ``np_random``'s bit-generator state just before the reset
+    :param actions: the actions the unwrapped environment received since the reset
+    """
 
     seed: int | None
     options: dict[str, Any] | None
-    rng_state: dict[str, Any] | None
+    rng_state: dict[str, Any]
     actions: list[Any] = field(default_factory=list)
 
 
 @dataclass
 class EnvSnapshot:
     """
-    The complete state of an environment and its wrappers.
+    The complete state of an environment and its wrappers (picklable).
 
-    :param env_state: the unwrapped environment's state (from its adapter), or a :class:`ReplayLog`
-    :param rng_state: the unwrapped environment's ``np_random`` bit-generator state
-    :param wrappers: (class name, attributes) of every wrapper, outermost first
+    :param env_class: qualified name of the unwrapped environment's class
+    :param kind: "adapter" (``env_state`` comes from a :class:`StateAdapter`) or "replay"
+        (``env_state`` is a :class:`ReplayLog`)
+    :param env_state: the unwrapped environment's state
+    :param rng_state: the unwrapped environment's ``np_random`` bit-generator state (None if it had none yet)
+    :param rng_seed: the unwrapped environment's ``_np_random_seed``
+    :param wrappers: (qualified class name, saved attributes) of every wrapper, outermost first
     """
 
+    env_class: str
+    kind: Literal["adapter", "replay"]
     env_state: Any
     rng_state: dict[str, Any] | None
+    rng_seed: int | None
     wrappers: list[tuple[str, dict[str, Any]]]
 
 
+@dataclass
+class _ReplayType:
+    env_type: type
+    rebuild: bool
+
+
 _ADAPTERS: list[tuple[type, StateAdapter]] = []
-_REPLAY_TYPES: list[type] = []
+_REPLAY_TYPES: list[_ReplayType] = []
 
 
 def register_state_adapter(env_type: type[gym.Env], adapter: StateAdapter) -> None:
     """
     Make environments of ``env_type`` (subclasses included) branchable with ``adapter``, which
-    saves and restores the unwrapped environment's state; the random generator and the wrappers
-    are handled here. Later registrations take precedence.
+    saves and restores the unwrapped environment's own state; the random generator ``np_random``
+    and the wrappers are handled by :func:`snapshot` and :func:`restore`. A registered adapter
+    takes precedence over every built-in one, and later registrations over earlier ones.
+
+    :param env_type: class of the unwrapped environments the adapter applies to
+    :param adapter: an object with ``save(env) -> state`` and ``restore(env, state)`` (see :class:`StateAdapter`)
     """
+    if not isinstance(adapter, StateAdapter):
+        raise TypeError(f"a state adapter needs save(env) and restore(env, state) methods, got {adapter!r}")
     _ADAPTERS.insert(0, (env_type, adapter))
 
 
-def register_replay_env(env_type: type[gym.Env]) -> None:
+def register_replay_env(env_type: type[gym.Env], rebuild: bool = False) -> None:
     """
-    Make environments of ``env_type`` branchable by replay: only valid when the environment is
-    deterministic given its ``np_random`` and the actions (no other source of randomness).
+    Make environments of ``env_type`` (subclasses included) branchable by replay (see the module
+    documentation): only valid when the environment is deterministic given its ``np_random`` and
+    the actions, with no other source of randomness and no state carried across ``reset()``
+    (or ``rebuild=True``).
+
+    :param env_type: class of the unwrapped environments
+    :param rebuild: rebuild the environment in place (``type(env).__init__`` with its spec's keyword
+        arguments, or else its attributes of the same names) at every reset, for simulators whose
+        history changes how they step (as Box2D's world does)
     """
-    _REPLAY_TYPES.insert(0, env_type)
+    _REPLAY_TYPES.insert(0, _ReplayType(env_type, rebuild))
 
 
-def _plain(value: Any) -> bool:
-    if isinstance(value, (bool, int, float, str, type(None), np.ndarray, np.generic)):
-        return True
-    if isinstance(value, (tuple, list)):
-        return all(_plain(item) for item in value)
-    if isinstance(value, dict):
-        return all(_plain(item) for item in value.values())
-    return False
+def _class_names(env: gym.Env) -> set[str]:
+    return {cls.__name__ for cls in type(env).__mro__}
+
+
+def _has_protocol(env: gym.Env) -> bool:
+    get_state, set_state = getattr(env, "get_state", None), getattr(env, "set_state", None)
+    if not (callable(get_state) and callable(set_state)):
+        return False
+    try:  # gymnasium's MujocoEnv has set_state(qpos, qvel): not the protocol
+        inspect.signature(set_state).bind(None)
+        inspect.signature(get_state).bind()
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def find_adapter(env: gym.Env) -> StateAdapter | None:
-    """The adapter for an unwrapped environment, or None when it can only be replayed or not branched."""
-    if callable(getattr(env, "get_state", None)) and callable(getattr(env, "set_state", None)):
-        return ProtocolAdapter()
+    """
+    The adapter that saves and restores an unwrapped environment.
+
+    :param env: the unwrapped environment
+    :return: its adapter, or None when it can only be replayed (see :func:`needs_replay`) or not branched at all
+    """
     for env_type, adapter in _ADAPTERS:
         if isinstance(env, env_type):
             return adapter
-    names = {cls.__name__ for cls in type(env).__mro__}
-    if "MujocoEnv" in names:
+    if _has_protocol(env):
+        return ProtocolAdapter()
+    names = _class_names(env)
+    if "MujocoEnv" in names and hasattr(env, "model") and hasattr(env, "data"):
         return MujocoAdapter()
-    if names & set(CLASSIC_CONTROL):
-        return AttributeAdapter()
     if "AtariEnv" in names and hasattr(env, "ale"):
         return AtariAdapter()
+    if type(env).__module__.startswith("gymnasium.envs.classic_control") and names & _CLASSIC_CONTROL:
+        return AttributeAdapter()
+    return None
+
+
+def _replay_type(env: gym.Env) -> _ReplayType | None:
+    for replay_type in _REPLAY_TYPES:
+        if isinstance(env, replay_type.env_type):
+            return replay_type
+    if type(env).__module__.startswith("gymnasium.envs.box2d") and _class_names(env) & _BOX2D:
+        return _ReplayType(type(env), rebuild=True)
     return None
 
 
 def needs_replay(env: gym.Env) -> bool:
-    """Whether an unwrapped environment is branched by replay."""
-    if find_adapter(env) is not None:
-        return False
-    return isinstance(env, tuple(_REPLAY_TYPES)) or bool({cls.__name__ for cls in type(env).__mro__} & set(REPLAY_ENVS))
+    """
+    Whether an environment is branched by replay (and so must be wrapped in :class:`BranchableEnv`
+    before its episode starts for snapshots to be possible).
+
+    :param env: the environment (wrapped or not)
+    :return: True when no adapter applies and its unwrapped environment is a replay type
+    """
+    unwrapped = env.unwrapped
+    return find_adapter(unwrapped) is None and _replay_type(unwrapped) is not None
+
+
+def _describe(env: gym.Env) -> str:
+    unwrapped = env.unwrapped
+    spec = getattr(unwrapped, "spec", None)
+    name = f"{type(unwrapped).__module__}.{type(unwrapped).__qualname__}"
+    return name + (f" (id {spec.id!r})" if spec is not None else "")
 
 
 def check_branchable(env: gym.Env) -> None:
     """
-    Raise :class:`UnbranchableEnvError` when ``env`` cannot be saved and restored. Cheap; does
-    not touch the environment's state.
+    Check that ``env`` can be snapshotted and restored. Cheap (it looks at types only) and does
+    not touch the environment's state. An environment branched by replay passes: it is
+    branchable once wrapped in :class:`BranchableEnv` (the vine sampler does that for the
+    environments of a DummyVecEnv; with a SubprocVecEnv, build the environments with
+    ``wrapper_class=BranchableEnv``); :func:`snapshot` says so if the wrapper is missing.
+
+    :param env: the environment (wrapped or not)
+    :raises UnbranchableEnvError: naming the environment's class and id, and how to add support
     """
     unwrapped = env.unwrapped
-    if find_adapter(unwrapped) is not None or needs_replay(unwrapped):
+    if find_adapter(unwrapped) is not None or _replay_type(unwrapped) is not None:
         return
-    spec = getattr(unwrapped, "spec", None)
-    name = type(unwrapped).__name__ + (f" ({spec.id})" if spec is not None else "")
     raise UnbranchableEnvError(
-        f"sampling='vine' cannot save and restore the state of {name}. Make it branchable by giving the "
-        "environment get_state() and set_state(state) methods that capture its full state, by "
-        "sb3_trpo_plus.env_state.register_state_adapter(YourEnvClass, adapter), or, if it is deterministic "
-        "under its np_random, by sb3_trpo_plus.env_state.register_replay_env(YourEnvClass)."
+        f"sampling='vine' cannot save and restore the state of {_describe(env)}. Make it branchable by "
+        "giving the environment class get_state() and set_state(state) methods that capture its full state "
+        "(its np_random and its wrappers are saved separately), or by "
+        "sb3_trpo_plus.env_state.register_state_adapter(YourEnvClass, adapter) with an adapter that has "
+        "save(env) -> state and restore(env, state) methods, or, if it is deterministic given its np_random "
+        "and the actions, by sb3_trpo_plus.env_state.register_replay_env(YourEnvClass)."
     )
 
 
-def _wrappers(env: gym.Env) -> list[gym.Wrapper]:
-    chain = []
+def _chain(env: gym.Env) -> list[gym.Wrapper]:
+    """The wrappers of ``env``, outermost first."""
+    wrappers = []
     while isinstance(env, gym.Wrapper):
-        chain.append(env)
+        wrappers.append(env)
         env = env.env
-    return chain
+    return wrappers
+
+
+def _qualified(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def _is_configuration(value: Any) -> bool:
+    """Values that are not state: environments, spaces, functions, classes, modules, files."""
+    return isinstance(
+        value,
+        (
+            gym.Env,
+            gym.spaces.Space,
+            types.FunctionType,
+            types.BuiltinFunctionType,
+            types.MethodType,
+            functools.partial,
+            type,
+            types.ModuleType,
+            io.IOBase,
+        ),
+    )
 
 
 def _wrapper_state(wrapper: gym.Wrapper) -> dict[str, Any]:
     state = {}
     for key, value in vars(wrapper).items():
-        if key in _STRUCTURAL or isinstance(value, gym.Env):
+        if key in _STRUCTURAL or _is_configuration(value):
             continue
-        try:
-            state[key] = copy.deepcopy(value)
-        except Exception:  # handles (files, sockets) are not state
-            continue
+        copied = _copy_plain(value)
+        if copied is _NOT_PLAIN:
+            try:
+                copied = copy.deepcopy(value)
+            except Exception:  # handles (files, sockets, renderers) are not state
+                continue
+        state[key] = copied
     return state
+
+
+def _is_internal(wrapper: gym.Wrapper) -> bool:
+    return isinstance(wrapper, (BranchableEnv, _ReplayRecorder))
+
+
+def _recorder(env: gym.Env) -> _ReplayRecorder | None:
+    for wrapper in _chain(env):
+        if isinstance(wrapper, _ReplayRecorder):
+            return wrapper
+    return None
+
+
+def _get_rng(env: gym.Env) -> tuple[dict[str, Any] | None, int | None]:
+    rng = getattr(env, "_np_random", None)
+    if rng is None:
+        return None, None
+    return copy.deepcopy(rng.bit_generator.state), getattr(env, "_np_random_seed", None)
+
+
+def _set_rng(env: gym.Env, state: dict[str, Any], seed: int | None = None) -> None:
+    rng = getattr(env, "_np_random", None)
+    if rng is None or type(rng.bit_generator).__name__ != state["bit_generator"]:
+        rng = np.random.Generator(getattr(np.random, state["bit_generator"])())
+        env.np_random = rng
+    rng.bit_generator.state = copy.deepcopy(state)
+    if seed is not None:
+        env._np_random_seed = seed  # type: ignore[attr-defined]
 
 
 def snapshot(env: gym.Env) -> EnvSnapshot:
     """
-    The complete state of ``env``: unwrapped environment, random generator and wrappers.
-    Replay-based environments must be snapshotted through :meth:`BranchableEnv.get_state`.
+    Save the complete state of ``env``: unwrapped environment, its ``np_random`` and every wrapper.
+
+    :param env: the environment (wrapped or not). An environment branched by replay must contain
+        a :class:`BranchableEnv` that saw the current episode's ``reset()``
+    :return: a picklable snapshot, to be restored with :func:`restore` on ``env`` or on another
+        environment built the same way
+    :raises UnbranchableEnvError: if ``env`` cannot be snapshotted
     """
     unwrapped = env.unwrapped
     adapter = find_adapter(unwrapped)
-    if adapter is None:
+    if adapter is not None:
+        kind: Literal["adapter", "replay"] = "adapter"
+        env_state = adapter.save(unwrapped)
+    else:
         check_branchable(env)
-        raise UnbranchableEnvError(
-            f"{type(unwrapped).__name__} is branched by replay: wrap it in sb3_trpo_plus.env_state.BranchableEnv"
-        )
-    rng = getattr(unwrapped, "_np_random", None)
-    rng_state = copy.deepcopy(rng.bit_generator.state) if rng is not None else None
-    wrappers = [(type(w).__name__, _wrapper_state(w)) for w in _wrappers(env) if not isinstance(w, BranchableEnv)]
-    return EnvSnapshot(adapter.save(unwrapped), rng_state, wrappers)
+        recorder = _recorder(env)
+        if recorder is None:
+            raise UnbranchableEnvError(
+                f"{_describe(env)} is branched by replay, which needs the recording done by "
+                "sb3_trpo_plus.env_state.BranchableEnv: wrap the environment in it before its episode starts "
+                "(with a SubprocVecEnv: make_vec_env(..., wrapper_class=BranchableEnv))"
+            )
+        if recorder.log is None:
+            raise UnbranchableEnvError(
+                f"{_describe(env)} is branched by replay and its current episode began before it was wrapped in "
+                "BranchableEnv: there is nothing to replay; snapshots are possible after the next reset()"
+            )
+        kind = "replay"
+        env_state = copy.deepcopy(recorder.log)
+    rng_state, rng_seed = _get_rng(unwrapped)
+    wrappers = [(_qualified(w), _wrapper_state(w)) for w in _chain(env) if not _is_internal(w)]
+    return EnvSnapshot(_qualified(unwrapped), kind, env_state, rng_state, rng_seed, wrappers)
 
 
 def restore(env: gym.Env, snap: EnvSnapshot) -> None:
     """
-    Put ``env`` into the state of ``snap``. Wrappers are matched by class, in order; a wrapper
-    of ``env`` with no counterpart in the snapshot keeps its state.
+    Put ``env`` into the state saved in ``snap`` (which is not modified, and can be restored again).
+
+    Wrappers are matched by class, outermost first, in order: a wrapper of ``env`` with no
+    counterpart in the snapshot keeps its state, and the state of a snapshot's wrapper that
+    ``env`` lacks is ignored (so a branch copy built without SB3's ``Monitor`` can take a
+    snapshot of a monitored trunk).
+
+    :param env: the environment the snapshot was taken from, or another built the same way
+    :param snap: a snapshot from :func:`snapshot` or :meth:`BranchableEnv.get_state`
+    :raises ValueError: if the snapshot is of another kind of environment
+    :raises UnbranchableEnvError: if ``env`` cannot be restored (a replayed environment without :class:`BranchableEnv`)
     """
     unwrapped = env.unwrapped
-    adapter = find_adapter(unwrapped)
-    if adapter is None:
-        raise UnbranchableEnvError(f"{type(unwrapped).__name__} is branched by replay: restore it through BranchableEnv")
-    adapter.restore(unwrapped, snap.env_state)
+    if snap.env_class != _qualified(unwrapped):
+        raise ValueError(f"a snapshot of {snap.env_class} cannot be restored onto {_qualified(unwrapped)}")
+    if snap.kind == "adapter":
+        adapter = find_adapter(unwrapped)
+        if adapter is None:
+            raise UnbranchableEnvError(f"no state adapter for {_describe(env)} (was it registered in this process?)")
+        adapter.restore(unwrapped, snap.env_state)
+    else:
+        recorder = _recorder(env)
+        if recorder is None:
+            raise UnbranchableEnvError(
+                f"{_describe(env)} is restored by replay, which needs sb3_trpo_plus.env_state.BranchableEnv around it"
+            )
+        recorder.replay(snap.env_state)
     if snap.rng_state is not None:
-        unwrapped.np_random.bit_generator.state = copy.deepcopy(snap.rng_state)
+        _set_rng(unwrapped, snap.rng_state, snap.rng_seed)
     saved = list(snap.wrappers)
-    for wrapper in _wrappers(env):
-        if isinstance(wrapper, BranchableEnv):
+    for wrapper in _chain(env):
+        if _is_internal(wrapper):
             continue
-        for position, (name, state) in enumerate(saved):
-            if name == type(wrapper).__name__:
-                for key, value in state.items():
-                    setattr(wrapper, key, copy.deepcopy(value))
-                del saved[position]
+        name = _qualified(wrapper)
+        for position, (saved_name, state) in enumerate(saved):
+            if saved_name == name:
+                _set_attributes(wrapper, state)
+                del saved[: position + 1]
                 break
 
 
-def _reinitialize(env: gym.Env) -> None:
+_KEPT_ON_REBUILD = ("spec", "action_space", "observation_space", "_np_random", "_np_random_seed")
+
+
+def _rebuild(env: gym.Env) -> None:
     """
-    Rebuild an unwrapped environment in place with the arguments it was made with. Box2D keeps
-    its world across resets, and a world's history (allocator and contact order) changes how it
-    steps: a replay is bit-identical only from a freshly built world.
+    Rebuild an unwrapped environment in place with the arguments it was made with (its spec's
+    keyword arguments, else its attributes of the same names), keeping its spec, its spaces (and
+    their random generators) and its ``np_random``.
     """
     spec = getattr(env, "spec", None)
-    kwargs = dict(spec.kwargs) if spec is not None else {}
-    if "render_mode" in inspect.signature(type(env).__init__).parameters:
-        kwargs["render_mode"] = getattr(env, "render_mode", None)
+    spec_kwargs = dict(spec.kwargs) if spec is not None else {}
+    kwargs: dict[str, Any] = {}
+    for name, parameter in list(inspect.signature(type(env).__init__).parameters.items())[1:]:
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            kwargs.update({key: value for key, value in spec_kwargs.items() if key not in kwargs})
+        elif parameter.kind is not inspect.Parameter.VAR_POSITIONAL:
+            if name in spec_kwargs:
+                kwargs[name] = spec_kwargs[name]
+            elif name in vars(env):
+                kwargs[name] = vars(env)[name]
+    kept = {key: vars(env)[key] for key in _KEPT_ON_REBUILD if key in vars(env)}
     env.close()
     type(env).__init__(env, **kwargs)
+    for key, value in kept.items():
+        setattr(env, key, value)
+
+
+class _ReplayRecorder(gym.Wrapper):
+    """
+    The innermost wrapper of a replayed environment (inserted by :class:`BranchableEnv`): records
+    how each episode was reset and the actions the unwrapped environment received, and replays them.
+
+    :param env: the unwrapped environment
+    :param rebuild: rebuild the environment at every reset (see :func:`register_replay_env`)
+    """
+
+    def __init__(self, env: gym.Env, rebuild: bool) -> None:
+        super().__init__(env)
+        self.rebuild = rebuild
+        self.log: ReplayLog | None = None
+        self.replayed_steps = 0
+
+    def _start(self, seed: int | None, options: dict[str, Any] | None, rng_state: dict[str, Any]) -> Any:
+        unwrapped = self.env.unwrapped
+        if self.rebuild:
+            _rebuild(unwrapped)
+        _set_rng(unwrapped, rng_state)
+        return unwrapped.reset(seed=seed, options=copy.deepcopy(options))
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        rng_state = dict(copy.deepcopy(self.env.unwrapped.np_random.bit_generator.state))  # creates np_random if needed
+        self.log = ReplayLog(seed, copy.deepcopy(options), rng_state)
+        return self._start(seed, options, rng_state)
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        if self.log is not None:
+            self.log.actions.append(copy.deepcopy(action))
+        return self.env.step(action)
+
+    def replay(self, log: ReplayLog) -> None:
+        """
+        Reset the unwrapped environment as ``log`` says and step it through ``log``'s actions,
+        bypassing every wrapper.
+
+        :param log: the episode to replay (not modified)
+        """
+        self._start(log.seed, log.options, log.rng_state)
+        unwrapped = self.env.unwrapped
+        for action in log.actions:
+            unwrapped.step(copy.deepcopy(action))
+        self.replayed_steps += len(log.actions)
+        self.log = copy.deepcopy(log)
 
 
 class BranchableEnv(gym.Wrapper):
     """
-    A transparent wrapper with ``get_state()`` and ``set_state(state)``, so that any process
-    holding the environment (a DummyVecEnv, or a SubprocVecEnv through ``env_method``) can
-    snapshot and restore it. For replay-based environments it records what replay needs.
+    A transparent wrapper with ``get_state()`` and ``set_state(state)``, so that whoever holds the
+    environment (a DummyVecEnv, or a SubprocVecEnv through ``env_method("get_state")``) can
+    snapshot and restore it: ``get_state()`` is :func:`snapshot` and ``set_state(state)`` is
+    :func:`restore` on the wrapped environment (wrappers outside this one are not saved, so make
+    it the outermost). For an environment branched by replay, it inserts the recorder that replay
+    needs at the bottom of the wrapper chain (between the unwrapped environment and its innermost
+    wrapper); snapshots are possible from the first ``reset()`` after wrapping.
 
     The vine sampler inserts it into the environments of a DummyVecEnv itself; with a
     SubprocVecEnv add it when building the environments:
@@ -298,40 +692,29 @@ class BranchableEnv(gym.Wrapper):
 
     def __init__(self, env: gym.Env) -> None:
         check_branchable(env)
+        replay_type = _replay_type(env.unwrapped) if needs_replay(env) else None
+        if replay_type is not None and _recorder(env) is None:
+            chain = _chain(env)
+            if chain:
+                chain[-1].env = _ReplayRecorder(chain[-1].env, replay_type.rebuild)
+            else:
+                env = _ReplayRecorder(env, replay_type.rebuild)
         super().__init__(env)
-        self.replay = needs_replay(env.unwrapped)
-        self.log: ReplayLog | None = None
-        self.replayed_steps = 0
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
-        if self.replay:
-            rng_state = None if seed is not None else dict(copy.deepcopy(self.env.unwrapped.np_random.bit_generator.state))
-            self.log = ReplayLog(seed, copy.deepcopy(options), rng_state)
-        return self.env.reset(seed=seed, options=options)
+    @property
+    def replayed_steps(self) -> int:
+        """Simulator steps spent replaying episodes to restore snapshots (0 unless branched by replay)."""
+        recorder = _recorder(self.env)
+        return 0 if recorder is None else recorder.replayed_steps
 
-    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
-        if self.log is not None:
-            self.log.actions.append(copy.deepcopy(action))
-        return self.env.step(action)
+    def get_state(self) -> EnvSnapshot:
+        """
+        :return: a snapshot of the wrapped environment's current state (see :func:`snapshot`)
+        """
+        return snapshot(self.env)
 
-    def get_state(self) -> EnvSnapshot | ReplayLog:
-        """A snapshot of the wrapped environment's current state."""
-        if not self.replay:
-            return snapshot(self.env)
-        if self.log is None:
-            raise RuntimeError("get_state() before the first reset(): there is no episode to replay")
-        return ReplayLog(self.log.seed, self.log.options, self.log.rng_state, list(self.log.actions))
-
-    def set_state(self, state: EnvSnapshot | ReplayLog) -> None:
-        """Put the wrapped environment into ``state`` (from :meth:`get_state` on this or an identical environment)."""
-        if not isinstance(state, ReplayLog):
-            restore(self.env, state)
-            return
-        _reinitialize(self.env.unwrapped)
-        if state.rng_state is not None:
-            self.env.unwrapped.np_random.bit_generator.state = copy.deepcopy(state.rng_state)
-        self.env.reset(seed=state.seed, options=copy.deepcopy(state.options))
-        for action in state.actions:
-            self.env.step(action)
-        self.replayed_steps += len(state.actions)
-        self.log = ReplayLog(state.seed, state.options, state.rng_state, list(state.actions))
+    def set_state(self, state: EnvSnapshot) -> None:
+        """
+        :param state: a snapshot from :meth:`get_state` on this or an identically built environment (see :func:`restore`)
+        """
+        restore(self.env, state)
