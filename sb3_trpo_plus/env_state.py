@@ -48,7 +48,8 @@ Anything else raises :class:`UnbranchableEnvError` from :func:`check_branchable`
 algorithm calls at construction.
 
 Wrappers are saved generically: a copy of each wrapper's instance attributes, except the wrapped
-environment, spaces, the spec, functions and anything that cannot be copied (open files).
+environment, spaces, the spec, its constructor arguments, functions and anything that cannot be
+pickled (open files, renderers).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ import copy
 import functools
 import inspect
 import io
+import pickle
 import types
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
@@ -85,7 +87,7 @@ _BOX2D = frozenset({"LunarLander", "BipedalWalker", "CarRacing"})
 _STRUCTURAL = frozenset(
     (
         "env _env spec _cached_spec observation_space action_space _action_space _observation_space metadata "
-        "_metadata render_mode _reward_range reward_range"
+        "_metadata render_mode _reward_range reward_range _saved_kwargs"
     ).split()
 )
 # Quantities of mjData computed by mj_forward / mj_rnePostConstraint that an environment may read
@@ -483,9 +485,9 @@ def _wrapper_state(wrapper: gym.Wrapper) -> dict[str, Any]:
             continue
         copied = _copy_plain(value)
         if copied is _NOT_PLAIN:
-            try:
-                copied = copy.deepcopy(value)
-            except Exception:  # handles (files, sockets, renderers) are not state
+            try:  # a pickle round trip copies, and proves the snapshot picklable
+                copied = pickle.loads(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+            except Exception:  # handles (files, sockets, renderers) and functions are not state
                 continue
         state[key] = copied
     return state
