@@ -257,7 +257,7 @@ def plot(curves: pd.DataFrame, path: Path) -> None:
             for _, run in part[part.config == config].groupby("seed"):
                 valid = run.dropna(subset=["ep_return_last10"])
                 if len(valid) >= 1:
-                    y = np.interp(grid, valid.timesteps, valid.ep_return_last10, left=np.nan)
+                    y = np.interp(grid, valid.timesteps, valid.ep_return_last10, left=np.nan, right=np.nan)
                     runs.append(y)
             if not runs:
                 continue
