@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 from collections.abc import Callable
 from typing import Any
@@ -122,6 +123,10 @@ def _check_branching(make: Callable[[], gym.Env], warmup: int = 15, steps: int =
     other = make()  # another instance built the same way, never reset
     other.set_state(pickle.loads(pickle.dumps(state)))  # type: ignore[attr-defined]
     _assert_same(reference, _run(other, actions))
+
+    clone = copy.deepcopy(env)  # how the vine sampler makes branch copies of an in-process trunk
+    clone.set_state(state)  # type: ignore[attr-defined]
+    _assert_same(reference, _run(clone, actions))
     return reference
 
 
@@ -188,6 +193,22 @@ def test_direct_api_without_the_wrapper() -> None:
         _assert_same(reference, _run(other, actions))
 
 
+def test_wrappers_are_matched_by_class() -> None:
+    """A branch copy built without the trunk's Monitor takes its snapshots; another env class is refused."""
+    trunk = Monitor(gym.make("CartPole-v1"))
+    trunk.reset(seed=3)
+    for action in (0, 1, 1, 0):
+        trunk.step(action)
+    snap = snapshot(trunk)
+    actions = [0, 1, 0, 0, 1, 1, 0, 1]
+    reference = _run(trunk, actions)
+    copy_without_monitor = gym.make("CartPole-v1")
+    restore(copy_without_monitor, snap)
+    _assert_same(reference[:-1], _run(copy_without_monitor, actions)[:-1])  # the same steps; no Monitor statistics
+    with pytest.raises(ValueError, match="cannot be restored onto"):
+        restore(gym.make("Acrobot-v1"), snap)
+
+
 @pytest.mark.parametrize("env_id", ["Pendulum-v1", "LunarLander-v3"])
 def test_time_limit_truncates_at_the_same_step_after_restore(env_id: str) -> None:
     kwargs = {"continuous": True} if env_id == "LunarLander-v3" else {}
@@ -206,25 +227,25 @@ def test_time_limit_truncates_at_the_same_step_after_restore(env_id: str) -> Non
             assert truncated == (step == 9)
 
 
-def test_box2d_replay_after_several_episodes() -> None:
+@pytest.mark.parametrize("env_id", ["LunarLander-v3", "BipedalWalker-v3"])
+def test_box2d_replay_after_several_episodes(env_id: str) -> None:
     """A Box2D world's history changes how it steps: each episode starts from a fresh world, so replays match."""
-    env = _make("BipedalWalker-v3", False)
+    env, other = _make(env_id, False), _make(env_id, False)
     env.reset(seed=4)
     env.action_space.seed(4)
-    episodes = 0
-    while episodes < 3:
-        *_, terminated, truncated, _ = env.step(env.action_space.sample())
-        if terminated or truncated:
-            env.reset()
-            episodes += 1
-    for _ in range(5):
-        env.step(env.action_space.sample())
-    state = env.get_state()
-    actions = [env.action_space.sample() for _ in range(100)]
-    reference = _run(env, actions)
-    other = _make("BipedalWalker-v3", False)
-    other.set_state(state)
-    _assert_same(reference, _run(other, actions))
+    for _ in range(8):  # snapshots in 8 successive episodes, each after some random steps
+        while True:
+            *_, terminated, truncated, _ = env.step(env.action_space.sample())
+            if terminated or truncated:
+                env.reset()
+                break
+        for _ in range(5):
+            env.step(env.action_space.sample())
+        state = env.get_state()
+        actions = [env.action_space.sample() for _ in range(40)]
+        reference = _run(env, actions)
+        other.set_state(state)
+        _assert_same(reference, _run(other, actions))
 
 
 def test_replay_counts_replayed_steps_and_needs_the_wrapper() -> None:
