@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _threads import BLAS_THREADS  # noqa: I001  (first: sets the BLAS thread count before NumPy loads)
 
 import argparse
+import shlex
 import math
 import time
 from typing import Any
@@ -239,9 +240,14 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     raw_path = out / "fvp_subsample_raw.csv"
+    command_path = out / "fvp_subsample_raw.cmd"
+    command = "python " + shlex.join(sys.argv)
     if args.skip_directions:
         raw = pd.read_csv(raw_path)
+        made_by = command_path.read_text().strip() if command_path.exists() else "an earlier run of this script"
     else:
+        made_by = command
+        command_path.write_text(command + "\n")
         rows = []
         for env_id in args.envs:
             rows += measure_env(env_id, fractions, args.draws, args.checkpoints, args.seed)
@@ -250,7 +256,8 @@ def main() -> None:
     text = [
         "# fvp_subsample: how much of the batch the Fisher-vector products need",
         "",
-        f"Command: `python {' '.join(sys.argv)}` (torch 1 thread, BLAS threads {BLAS_THREADS}).",
+        f"Command: `{command}` (torch 1 thread, BLAS threads {BLAS_THREADS}); "
+        f"step-direction measurements made by `{made_by}`.",
         "",
         "## Step direction against the full-batch Fisher",
         "",

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _threads import BLAS_THREADS  # noqa: I001  (first: sets the BLAS thread count before NumPy loads)
 
 import argparse
+import shlex
 import ast
 import concurrent.futures
 import copy
@@ -330,7 +331,7 @@ def main() -> None:
     out = Path(args.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     budget = budgets(args.envs, args.budget_scale, args.timesteps)
-    command = "python " + " ".join(sys.argv)
+    command = "python " + shlex.join(sys.argv)
     specs = [
         RunSpec(env_id, config, args.seed_offset + s, budget[env_id], args.eval_episodes, str(out), command)
         for env_id in args.envs

@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _threads import BLAS_THREADS  # noqa: I001  (first: sets the BLAS thread count before NumPy loads)
 
 import argparse
+import shlex
 import concurrent.futures
 import multiprocessing
 import platform
@@ -286,7 +287,7 @@ def markdown(summary: pd.DataFrame, args: argparse.Namespace, loads: tuple[str, 
     lines = [
         "# Throughput: TRPOPlus vs sb3-contrib TRPO",
         "",
-        f"Command: `python {' '.join(sys.argv)}`  ",
+        f"Command: `python {shlex.join(sys.argv)}`  ",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {th.__version__}, "
         f"1 torch thread, BLAS threads: {BLAS_THREADS}; load average before/after: {loads[0]} / {loads[1]}; "
         f"run took {elapsed / 60:.1f} min.  ",
