@@ -206,6 +206,40 @@ def summary_table(raw: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def criterion(raw: pd.DataFrame, min_cos: float, min_gain: float) -> str:
+    """
+    The smallest fraction that, on every env, keeps the median cosine with the full-batch
+    direction >= ``min_cos``, the median surrogate gain after the line search >= ``min_gain``
+    of the full-batch step's, and the line-search acceptance rate no lower than f = 1's.
+    """
+    passing = []
+    for fraction in sorted(raw.fraction.unique()):
+        ok = True
+        for _, part in raw.groupby("env"):
+            rows, full = part[part.fraction == fraction], part[part.fraction == 1.0]
+            ok &= bool(rows.cos.median() >= min_cos and rows.gain_ratio.median() >= min_gain)
+            ok &= bool(rows.accepted.mean() >= full.accepted.mean())
+        if ok:
+            passing.append(fraction)
+    speed = {
+        f: float(
+            raw[raw.fraction == f].groupby("env").policy_step_ms.median().div(
+                raw[raw.fraction == 1.0].groupby("env").policy_step_ms.median()
+            ).median()
+        )
+        for f in passing
+    }
+    if not passing:
+        return f"No fraction meets the criterion (median cos >= {min_cos}, median gain ratio >= {min_gain}, acceptance)."
+    best = passing[0]
+    return (
+        f"Criterion: the smallest f with, on every env, median cos(s_f, s_1) >= {min_cos}, median gain after the line "
+        f"search >= {min_gain:.0%} of the full-batch step's, and line-search acceptance no lower than f = 1. "
+        f"Fractions meeting it: {', '.join(f'{f:g}' for f in passing)}; smallest: **{best:g}** "
+        f"(policy step time {speed[best]:.2f}x that of f = 1, median over envs)."
+    )
+
+
 def learning_table(directory: Path) -> str:
     finals = pd.read_csv(directory / "final_eval.csv")
     lines = [
@@ -231,6 +265,8 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=int, default=3, help="policies measured along the pre-training run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--learning-dir", default=None, help="output directory of a learning.py run to tabulate")
+    parser.add_argument("--min-cos", type=float, default=0.95, help="criterion: median cosine with the full step")
+    parser.add_argument("--min-gain", type=float, default=0.9, help="criterion: median gain ratio after line search")
     parser.add_argument("--skip-directions", action="store_true", help="only rebuild the report from the raw CSV")
     parser.add_argument("--blas-threads", default="1", help="BLAS threads (read before NumPy loads)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
@@ -266,6 +302,8 @@ def main() -> None:
         + f". Draws per fraction and checkpoint: {int(raw.draw.max()) + 1}. Medians over checkpoints and draws.",
         "",
         summary_table(raw),
+        "",
+        criterion(raw, args.min_cos, args.min_gain),
         "",
     ]
     if args.learning_dir and (Path(args.learning_dir) / "final_eval.csv").exists():
