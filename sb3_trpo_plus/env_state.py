@@ -159,14 +159,14 @@ def _copy_plain(value: Any) -> Any:
     """A copy of a plain value (numbers, strings, arrays and containers of them), or ``_NOT_PLAIN``."""
     if value is None or isinstance(value, (bool, int, float, complex, str, bytes, np.generic)):
         return value
-    if isinstance(value, np.ndarray):
+    if type(value) is np.ndarray:  # exact types only: subclasses (named tuples, ...) are copied by pickling
         return value.copy() if value.dtype != object else _NOT_PLAIN
-    if isinstance(value, (list, tuple)):
+    if type(value) in (list, tuple):
         items = [_copy_plain(item) for item in value]
         if any(item is _NOT_PLAIN for item in items):
             return _NOT_PLAIN
-        return items if isinstance(value, list) else tuple(items)
-    if isinstance(value, dict):
+        return items if type(value) is list else tuple(items)
+    if type(value) is dict:
         copied = {key: _copy_plain(item) for key, item in value.items()}
         return _NOT_PLAIN if any(item is _NOT_PLAIN for item in copied.values()) else copied
     return _NOT_PLAIN
