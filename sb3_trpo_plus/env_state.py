@@ -687,6 +687,11 @@ class BranchableEnv(gym.Wrapper):
     The vine sampler inserts it into the environments of a DummyVecEnv itself; with a
     SubprocVecEnv add it when building the environments:
     ``make_vec_env(env_id, n_envs, vec_env_cls=SubprocVecEnv, wrapper_class=BranchableEnv)``.
+    Then trunk environment ``i`` is snapshotted by ``dummy_vec_env.envs[i].get_state()`` or
+    ``subproc_vec_env.env_method("get_state", indices=[i])[0]`` and restored by ``set_state(snap)``
+    on this or any identically built copy (a copy may lack the trunk's ``Monitor``). Restoring a replayed environment
+    costs a rebuild plus one simulator step per step of the episode so far
+    (:attr:`replayed_steps`).
 
     :param env: the environment to make branchable
     :raises UnbranchableEnvError: if ``env`` cannot be branched
