@@ -1,72 +1,156 @@
-"""The trust-region step's pure functions, against exact answers."""
+"""The trust-region step's pure functions against exact answers, and the trust-region property."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch as th
+from conftest import actor_parameters, build_policy, flat
+from gymnasium import spaces
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from sb3_trpo_plus.surrogate import importance_sampled_surrogate
+from sb3_trpo_plus.surrogate import (
+    detached,
+    distribution_metric,
+    distribution_parameters,
+    importance_sampled_surrogate,
+    mean_kl,
+)
 from sb3_trpo_plus.trust_region import (
     analytic_fisher_vector_product,
     backtracking_line_search,
     conjugate_gradient,
+    kl_hessian_vector_product,
     max_step_length,
     natural_gradient_step,
 )
 
+F64 = th.float64
+
 
 def _spd(n: int, seed: int) -> th.Tensor:
     gen = th.Generator().manual_seed(seed)
-    a = th.randn(n, n, generator=gen, dtype=th.float64)
-    return a @ a.T + n * th.eye(n, dtype=th.float64)
+    a = th.randn(n, n, generator=gen, dtype=F64)
+    return a @ a.T + n * th.eye(n, dtype=F64)
 
 
-def test_conjugate_gradient_solves_a_small_spd_system_exactly() -> None:
-    matrix = th.tensor([[4.0, 1.0, 0.0], [1.0, 3.0, 1.0], [0.0, 1.0, 2.0]], dtype=th.float64)
-    b = th.tensor([1.0, 2.0, 3.0], dtype=th.float64)
+def _vector(n: int, seed: int) -> th.Tensor:
+    return th.randn(n, generator=th.Generator().manual_seed(seed), dtype=F64)
+
+
+# ----------------------------------------------------------------------------- conjugate gradient
+
+
+def test_cg_solves_a_small_spd_system_exactly() -> None:
+    matrix = th.tensor([[4.0, 1.0, 0.0], [1.0, 3.0, 1.0], [0.0, 1.0, 2.0]], dtype=F64)
+    b = th.tensor([1.0, 2.0, 3.0], dtype=F64)
     result = conjugate_gradient(lambda v: matrix @ v, b, max_iter=3, residual_tol=0.0)
     # in exact arithmetic CG solves an n x n system in n iterations
-    assert th.allclose(result.solution, th.linalg.solve(matrix, b), atol=1e-12)
+    assert th.allclose(result.solution, th.linalg.solve(matrix, b), rtol=0, atol=1e-12)
     assert result.iterations == 3
-    assert result.residual_norm < 1e-10
+    assert result.residual_norm < 1e-12
 
 
-def test_conjugate_gradient_stops_early_on_the_residual() -> None:
-    matrix = _spd(20, 0)
-    b = th.randn(20, dtype=th.float64, generator=th.Generator().manual_seed(1))
-    result = conjugate_gradient(lambda v: matrix @ v, b, max_iter=100, residual_tol=1e-20)
-    assert result.iterations <= 20
-    assert float(th.linalg.norm(matrix @ result.solution - b)) < 1e-8
-    capped = conjugate_gradient(lambda v: matrix @ v, b, max_iter=2)
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_cg_after_k_iterations_is_the_krylov_minimiser(k: int) -> None:
+    # the k-th CG iterate minimises the A-norm of the error over span{b, Ab, ..., A^(k-1) b}:
+    # x_k = K (K^T A K)^-1 K^T b
+    matrix, b = _spd(6, 0), _vector(6, 1)
+    basis = th.stack([th.linalg.matrix_power(matrix, i) @ b for i in range(k)], dim=1)
+    expected = basis @ th.linalg.solve(basis.T @ matrix @ basis, basis.T @ b)
+    result = conjugate_gradient(lambda v: matrix @ v, b, max_iter=k, residual_tol=0.0)
+    assert result.iterations == k
+    assert th.allclose(result.solution, expected, rtol=1e-8, atol=1e-10)
+    # the residual norm tracked by the recursion is the true one
+    assert math.isclose(result.residual_norm, float(th.linalg.norm(b - matrix @ result.solution)), rel_tol=1e-6)
+
+
+def test_cg_stops_early_when_the_residual_vanishes() -> None:
+    # a matrix with two distinct eigenvalues: CG is exact after two iterations, whatever max_iter
+    matrix = th.diag(th.tensor([1.0, 1.0, 1.0, 5.0, 5.0, 5.0], dtype=F64))
+    b = _vector(6, 2)
+    calls: list[int] = []
+
+    def matvec(v: th.Tensor) -> th.Tensor:
+        calls.append(1)
+        return matrix @ v
+
+    result = conjugate_gradient(matvec, b, max_iter=50, residual_tol=1e-20)
+    assert result.iterations == 2 and len(calls) == 2
+    assert th.allclose(result.solution, b / th.diag(matrix), rtol=0, atol=1e-12)
+
+
+def test_cg_stops_at_the_first_iteration_below_the_tolerance() -> None:
+    matrix, b = _spd(8, 3), _vector(8, 4)
+    squared = [float(conjugate_gradient(lambda v: matrix @ v, b, k, 0.0).residual_norm) ** 2 for k in (1, 2, 3)]
+    assert squared[0] > squared[1] > squared[2]
+    # a tolerance between the squared residuals of iterations 1 and 2 stops after iteration 2
+    tol = math.sqrt(squared[0] * squared[1])
+    result = conjugate_gradient(lambda v: matrix @ v, b, max_iter=100, residual_tol=tol)
+    assert result.iterations == 2
+    assert result.residual_norm**2 < tol
+    # a tolerance above |b|^2 returns the starting point without any product
+    nothing = conjugate_gradient(lambda v: matrix @ v, b, max_iter=100, residual_tol=float(b @ b) * 1.01)
+    assert nothing.iterations == 0 and th.equal(nothing.solution, th.zeros_like(b))
+    assert math.isclose(nothing.residual_norm, float(th.linalg.norm(b)), rel_tol=1e-12)
+
+
+def test_cg_max_iter_caps_the_number_of_products() -> None:
+    matrix, b = _spd(20, 5), _vector(20, 6)
+    capped = conjugate_gradient(lambda v: matrix @ v, b, max_iter=2, residual_tol=0.0)
+    full = conjugate_gradient(lambda v: matrix @ v, b, max_iter=40, residual_tol=1e-24)
     assert capped.iterations == 2
-    assert capped.residual_norm > result.residual_norm
-
-
-def test_conjugate_gradient_from_the_solution_does_nothing() -> None:
-    matrix = _spd(5, 2)
-    b = th.ones(5, dtype=th.float64)
-    exact = th.linalg.solve(matrix, b)
-    result = conjugate_gradient(lambda v: matrix @ v, b, max_iter=10, residual_tol=1e-20, x0=exact)
-    assert result.iterations == 0
-    assert th.allclose(result.solution, exact)
+    assert capped.residual_norm > full.residual_norm
+    assert th.allclose(full.solution, th.linalg.solve(matrix, b), rtol=0, atol=1e-10)
     with pytest.raises(ValueError, match="max_iter"):
         conjugate_gradient(lambda v: matrix @ v, b, max_iter=0)
 
 
-def test_max_step_length_hits_the_kl_bound_of_the_quadratic_model() -> None:
+def test_cg_starting_point() -> None:
+    matrix, b = _spd(5, 7), _vector(5, 8)
+    exact = th.linalg.solve(matrix, b)
+    # from the solution: nothing to do
+    at_solution = conjugate_gradient(lambda v: matrix @ v, b, max_iter=10, residual_tol=1e-20, x0=exact)
+    assert at_solution.iterations == 0 and th.allclose(at_solution.solution, exact, rtol=0, atol=1e-12)
+    # from elsewhere: one step is x0 + alpha r0 with r0 = b - A x0 and alpha = r0.r0 / r0.A r0
+    x0 = _vector(5, 9)
+    r0 = b - matrix @ x0
+    one = conjugate_gradient(lambda v: matrix @ v, b, max_iter=1, residual_tol=0.0, x0=x0)
+    assert th.allclose(one.solution, x0 + (r0 @ r0) / (r0 @ matrix @ r0) * r0, rtol=0, atol=1e-12)
+    # and the full run reaches the same solution; x0 itself is not modified
+    x0_copy = x0.clone()
+    full = conjugate_gradient(lambda v: matrix @ v, b, max_iter=5, residual_tol=0.0, x0=x0)
+    assert th.allclose(full.solution, exact, rtol=0, atol=1e-10)
+    assert th.equal(x0, x0_copy)
+
+
+def test_cg_stops_on_non_finite_products() -> None:
+    b = _vector(4, 10)
+    result = conjugate_gradient(lambda v: v * math.nan, b, max_iter=10)
+    assert result.iterations == 1
+    assert not math.isfinite(result.residual_norm)
+
+
+# ----------------------------------------------------------------------------- step length
+
+
+def test_max_step_length_puts_the_quadratic_kl_model_on_the_bound() -> None:
     matrix = _spd(4, 3)
-    direction = th.tensor([1.0, -2.0, 0.5, 3.0], dtype=th.float64)
-    beta = max_step_length(direction, matrix @ direction, max_kl=0.01)
-    step = beta * direction
-    assert math.isclose(0.5 * float(step @ matrix @ step), 0.01, rel_tol=1e-12)
+    direction = th.tensor([1.0, -2.0, 0.5, 3.0], dtype=F64)
+    for delta in (1e-4, 0.01, 0.3):
+        beta = max_step_length(direction, matrix @ direction, max_kl=delta)
+        step = beta * direction
+        assert math.isclose(0.5 * float(step @ matrix @ step), delta, rel_tol=1e-12)
     assert math.isnan(max_step_length(direction, -(matrix @ direction), 0.01))
+    assert math.isnan(max_step_length(direction, th.zeros_like(direction), 0.01))
     assert math.isnan(max_step_length(direction, th.full_like(direction, math.nan), 0.01))
+    assert math.isnan(max_step_length(direction, th.full_like(direction, math.inf), 0.01))
+
+
+# ----------------------------------------------------------------------------- line search
 
 
 def test_line_search_accepts_the_first_improving_step_inside_the_bound() -> None:
@@ -78,104 +162,233 @@ def test_line_search_accepts_the_first_improving_step_inside_the_bound() -> None
         return 1 - (fraction - 0.3) ** 2, fraction**2 / 10
 
     result = backtracking_line_search(evaluate, baseline_objective=0.91, max_kl=0.01, shrinking_factor=0.5, max_iter=10)
-    assert result.success and result.step_fraction == 0.25 and result.n_evaluations == 3
+    assert result.success and result.reason == ""
+    assert result.step_fraction == 0.25 and result.n_evaluations == 3
     assert tried == [1.0, 0.5, 0.25]
+    assert result.objective == 1 - (0.25 - 0.3) ** 2 and result.kl == 0.25**2 / 10
+
+
+def test_line_search_bounds_are_kl_inclusive_and_improvement_strict() -> None:
+    assert backtracking_line_search(lambda f: (2.0, 0.01), 1.0, 0.01, 0.5, 1).success
+    equal = backtracking_line_search(lambda f: (1.0, 0.0), 1.0, 0.01, 0.5, 3)
+    assert not equal.success and equal.reason == "no surrogate improvement"
 
 
 @pytest.mark.parametrize(
     ("values", "reason"),
-    [((math.nan, 0.0), "non-finite"), ((2.0, 1.0), "KL above target"), ((0.0, 0.0), "no surrogate improvement")],
+    [
+        ((math.nan, 0.0), "non-finite"),
+        ((math.inf, 0.0), "non-finite"),
+        ((2.0, math.nan), "non-finite"),
+        ((2.0, 1.0), "KL above target"),
+        ((0.0, 0.0), "no surrogate improvement"),
+    ],
 )
 def test_line_search_failures_carry_their_reason(values: tuple[float, float], reason: str) -> None:
-    result = backtracking_line_search(lambda _: values, 1.0, 0.01, 0.8, 4)
-    assert not result.success and result.n_evaluations == 4 and reason in result.reason
-    assert result.step_fraction == 0.0
+    tried: list[float] = []
+
+    def evaluate(fraction: float) -> tuple[float, float]:
+        tried.append(fraction)
+        return values
+
+    result = backtracking_line_search(evaluate, 1.0, 0.01, 0.8, 4)
+    assert not result.success and reason in result.reason
+    assert result.n_evaluations == 4 and tried == [1.0, 0.8, 0.8**2, 0.8**3]
+    assert result.step_fraction == 0.0 and result.objective == 1.0 and result.kl == 0.0
 
 
-class TinyGaussianPolicy(nn.Module):
-    """A linear Gaussian policy pi(a|s) = N(W s + b, exp(log_std)) for the step tests."""
+def test_line_search_never_accepts_non_finite_values() -> None:
+    # inf "improves" any objective and nan compares false with the bound: neither may pass
+    candidates = [(math.inf, 0.0), (2.0, math.nan), (math.nan, 0.0), (2.0, -math.inf), (2.0, 0.005)]
+    result = backtracking_line_search(lambda f: candidates.pop(0), 1.0, 0.01, 0.5, 10)
+    assert result.success and result.n_evaluations == 5 and result.step_fraction == 0.5**4
+    assert (result.objective, result.kl) == (2.0, 0.005)
 
-    def __init__(self, obs_dim: int, act_dim: int, seed: int) -> None:
+
+_VALUES = st.one_of(st.floats(-2.0, 2.0), st.sampled_from([math.nan, math.inf, -math.inf]))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    candidates=st.lists(st.tuples(_VALUES, _VALUES), min_size=1, max_size=8),
+    baseline=st.floats(-1.0, 1.0),
+    max_kl=st.floats(0.0, 1.0),
+    shrink=st.floats(0.05, 0.95),
+)
+def test_line_search_result_is_the_first_admissible_candidate(
+    candidates: list[tuple[float, float]], baseline: float, max_kl: float, shrink: float
+) -> None:
+    queue = list(candidates)
+    result = backtracking_line_search(lambda f: queue.pop(0), baseline, max_kl, shrink, len(candidates))
+    admissible = [
+        i
+        for i, (objective, kl) in enumerate(candidates)
+        if math.isfinite(objective) and math.isfinite(kl) and kl <= max_kl and objective > baseline
+    ]
+    if not admissible:
+        assert not result.success and result.reason and result.step_fraction == 0.0
+        return
+    first = admissible[0]
+    assert result.success and result.n_evaluations == first + 1
+    assert result.step_fraction == pytest.approx(shrink**first, rel=1e-12)
+    assert (result.objective, result.kl) == candidates[first]
+
+
+# ----------------------------------------------------------------------------- natural gradient step
+
+
+class TinyCategoricalPolicy(nn.Module):
+    """logits = W s + b, in float64, small enough to form the Fisher matrix explicitly."""
+
+    def __init__(self, obs_dim: int, n_actions: int, seed: int) -> None:
         super().__init__()
         th.manual_seed(seed)
-        self.linear = nn.Linear(obs_dim, act_dim)
-        self.log_std = nn.Parameter(th.zeros(act_dim) - 0.5)
+        self.linear = nn.Linear(obs_dim, n_actions).double()
 
-    def distribution(self, obs: th.Tensor) -> th.distributions.Normal:
-        return th.distributions.Normal(self.linear(obs), self.log_std.exp().expand(len(obs), -1))
+    def distribution(self, obs: th.Tensor) -> th.distributions.Categorical:
+        return th.distributions.Categorical(logits=self.linear(obs))
 
 
-def _step_problem(seed: int, target_kl: float, n: int = 64):  # type: ignore[no-untyped-def]
-    policy = TinyGaussianPolicy(3, 2, seed)
+def _categorical_problem(seed: int, n: int = 40):  # type: ignore[no-untyped-def]
+    policy = TinyCategoricalPolicy(3, 4, seed)
     gen = th.Generator().manual_seed(seed)
-    obs = th.randn(n, 3, generator=gen)
+    obs = th.randn(n, 3, generator=gen, dtype=F64)
     with th.no_grad():
         old = policy.distribution(obs)
         actions = old.sample()
-        old_log_prob = old.log_prob(actions).sum(-1)
-    advantages = th.randn(n, generator=gen)
+        old_log_prob = old.log_prob(actions)
+    advantages = th.randn(n, generator=gen, dtype=F64)
     params = list(policy.parameters())
 
-    class Wrapped:
-        def __init__(self, dist: th.distributions.Normal) -> None:
-            self.distribution = dist
-
-    def kl(dist: th.distributions.Normal) -> th.Tensor:
-        return th.distributions.kl_divergence(old, dist).sum(-1).mean()
-
     def objective() -> th.Tensor:
-        dist = policy.distribution(obs)
-        return importance_sampled_surrogate(dist.log_prob(actions).sum(-1), old_log_prob, advantages)
+        return importance_sampled_surrogate(policy.distribution(obs).log_prob(actions), old_log_prob, advantages)
+
+    def kl() -> float:
+        return float(th.distributions.kl_divergence(old, policy.distribution(obs)).mean())
 
     def evaluate() -> tuple[float, float]:
-        dist = policy.distribution(obs)
-        surrogate = importance_sampled_surrogate(dist.log_prob(actions).sum(-1), old_log_prob, advantages)
-        return float(surrogate), float(kl(dist))
+        return float(objective()), kl()
 
-    dist = policy.distribution(obs)
-    inv_var = dist.scale.detach() ** -2
-    fvp = analytic_fisher_vector_product(
-        [dist.loc, dist.scale], lambda t: [inv_var * t[0], 2 * inv_var * t[1]], params, damping=0.0, n_samples=n
-    )
-    return policy, params, objective, evaluate, fvp, kl, obs
+    logits = policy.linear(obs)
+    probs = th.softmax(logits, -1).detach()
 
+    def metric(tangents: list[th.Tensor]) -> list[th.Tensor]:
+        t = tangents[0]
+        return [probs * t - probs * (probs * t).sum(-1, keepdim=True)]
 
-@settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), target_kl=st.floats(1e-4, 0.5), shrink=st.floats(0.1, 0.9), n=st.integers(4, 64))
-def test_a_step_never_leaves_the_trust_region(seed: int, target_kl: float, shrink: float, n: int) -> None:
-    policy, params, objective, evaluate, fvp, kl, obs = _step_problem(seed, target_kl, n)
-    before = th.nn.utils.parameters_to_vector(params).detach().clone()
-    result = natural_gradient_step(params, objective(), fvp, evaluate, target_kl, 10, shrink, 10)
-    with th.no_grad():
-        measured = float(kl(policy.distribution(obs)))
-    after = th.nn.utils.parameters_to_vector(params).detach()
-    if result.accepted:
-        assert measured <= target_kl
-        assert result.surrogate_gain > 0
-    else:
-        assert th.equal(before, after)
+    fvp = analytic_fisher_vector_product([logits], metric, params, damping=0.0, n_samples=n)
+    return policy, params, objective, evaluate, fvp, kl
 
 
-def test_a_rejected_step_restores_the_parameters_bit_for_bit() -> None:
-    _, params, objective, _, fvp, _, _ = _step_problem(0, 0.01)
-    before = [p.detach().clone() for p in params]
-    result = natural_gradient_step(params, objective(), fvp, lambda: (math.nan, 0.0), 0.01, 10, 0.8, 5)
-    assert not result.accepted and "non-finite" in result.reason and result.line_search_steps == 5
+def test_an_accepted_step_is_the_scaled_natural_gradient() -> None:
+    policy, params, objective, evaluate, fvp, kl = _categorical_problem(0)
+    n_params = sum(p.numel() for p in params)
+    damped = lambda v: fvp(v) + 1e-3 * v  # noqa: E731  (the softmax Fisher is singular along constant logits)
+    fisher = th.stack([damped(e) for e in th.eye(n_params, dtype=F64)], dim=1)
+    assert th.allclose(fisher, fisher.T, rtol=0, atol=1e-12)
+    surrogate = objective()
+    gradient = th.cat([g.reshape(-1) for g in th.autograd.grad(surrogate, params, retain_graph=True)])
+    natural = th.linalg.solve(fisher, gradient)
+    beta = math.sqrt(2 * 0.01 / float(natural @ fisher @ natural))
+    before = flat(params)
+    result = natural_gradient_step(params, surrogate, damped, evaluate, 0.01, n_params, 0.5, 10, cg_residual_tol=0.0)
+    assert result.accepted and result.reason == ""
+    step = flat(params) - before
+    assert th.allclose(step, result.step_fraction * beta * natural, rtol=1e-6, atol=1e-10)
+    assert math.isclose(result.expected_gain, float(gradient @ step), rel_tol=1e-9)
+    assert math.isclose(result.kl, kl(), rel_tol=1e-12) and result.kl <= 0.01
+    assert math.isclose(result.surrogate_gain, float(objective()) - float(surrogate), rel_tol=1e-9)
+    assert result.cg_iterations <= n_params and result.line_search_steps >= 1
+
+
+def _assert_restored(params: list[nn.Parameter], before: list[th.Tensor], objects: list[int]) -> None:
+    assert [id(p) for p in params] == objects
     assert all(th.equal(b, p) for b, p in zip(before, params, strict=True))
 
 
-def test_non_finite_gradient_or_curvature_rejects_the_step() -> None:
-    _, params, objective, evaluate, fvp, _, _ = _step_problem(1, 0.01)
-    before = th.nn.utils.parameters_to_vector(params).detach().clone()
-    result = natural_gradient_step(params, objective() * math.nan, fvp, evaluate, 0.01, 10, 0.8, 5)
+def test_a_step_that_leaves_the_trust_region_everywhere_restores_the_parameters() -> None:
+    _, params, objective, _, fvp, _ = _categorical_problem(1)
+    before, objects = [p.detach().clone() for p in params], [id(p) for p in params]
+    result = natural_gradient_step(params, objective(), fvp, lambda: (1e9, 1.0), 0.01, 10, 0.8, 6)
+    assert not result.accepted and result.reason == "KL above target" and result.line_search_steps == 6
+    assert result.kl == 0.0 and result.surrogate_gain == 0.0 and result.expected_gain == 0.0
+    _assert_restored(params, before, objects)
+
+
+@pytest.mark.parametrize("where", ["objective", "gradient", "fisher", "line_search"])
+def test_a_non_finite_step_is_rejected_and_restores_the_parameters_bit_for_bit(where: str) -> None:
+    _, params, objective, evaluate, fvp, _ = _categorical_problem(2)
+    before, objects = [p.detach().clone() for p in params], [id(p) for p in params]
+    surrogate = objective()
+    if where == "objective":
+        surrogate = surrogate * math.nan
+    elif where == "gradient":
+        # finite value, non-finite derivative
+        surrogate = surrogate + th.sqrt(params[0].sum() * 0.0)
+    fisher = (lambda v: v * math.nan) if where == "fisher" else fvp
+    check = (lambda: (math.nan, math.nan)) if where == "line_search" else evaluate
+    result = natural_gradient_step(params, surrogate, fisher, check, 0.01, 10, 0.8, 5)
     assert not result.accepted and "non-finite" in result.reason
-    result = natural_gradient_step(params, objective(), lambda v: v * math.inf, evaluate, 0.01, 10, 0.8, 5)
-    assert not result.accepted
-    assert th.equal(before, th.nn.utils.parameters_to_vector(params).detach())
+    _assert_restored(params, before, objects)
 
 
-def test_expected_gain_matches_the_linear_model_for_small_steps() -> None:
-    _, params, objective, evaluate, fvp, _, _ = _step_problem(2, 1e-6)
-    result = natural_gradient_step(params, objective(), fvp, evaluate, 1e-6, 20, 0.8, 10)
-    assert result.accepted
-    assert np.isclose(result.surrogate_gain, result.expected_gain, rtol=0.05)
+# ----------------------------------------------------------------------------- trust-region property
+
+_SPACES = {
+    "discrete": spaces.Discrete(3),
+    "box": spaces.Box(-1.0, 1.0, (2,)),
+}
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    space=st.sampled_from(sorted(_SPACES)),
+    seed=st.integers(0, 2**16),
+    n=st.integers(2, 48),
+    target_kl=st.floats(1e-4, 0.5),
+    shrink=st.floats(0.3, 0.9),
+    damping=st.floats(1e-3, 0.2),
+    fisher=st.sampled_from(["analytic", "kl_hessian"]),
+    advantage_scale=st.floats(0.01, 100.0),
+)
+def test_a_step_never_leaves_the_trust_region(
+    space: str, seed: int, n: int, target_kl: float, shrink: float, damping: float, fisher: str, advantage_scale: float
+) -> None:
+    policy = build_policy(_SPACES[space], seed, obs_dim=3, net_arch=[8], perturb=0.5)
+    gen = th.Generator().manual_seed(seed)
+    obs = 2.0 * th.randn(n, 3, generator=gen)
+    params = actor_parameters(policy, obs)
+    everything = list(policy.parameters())
+    distribution = policy.get_distribution(obs)
+    old = detached(distribution)
+    with th.no_grad():
+        actions = old.sample()
+        log_q = old.log_prob(actions)
+    advantages = advantage_scale * th.randn(n, generator=gen)
+
+    def objective(dist):  # type: ignore[no-untyped-def]
+        return importance_sampled_surrogate(dist.log_prob(actions), log_q, advantages)
+
+    def evaluate() -> tuple[float, float]:
+        dist = policy.get_distribution(obs)
+        return float(objective(dist)), float(mean_kl(old, dist))
+
+    if fisher == "analytic":
+        fvp = analytic_fisher_vector_product(distribution_parameters(distribution), distribution_metric(old), params, damping, n)
+    else:
+        fvp = kl_hessian_vector_product(mean_kl(old, policy.get_distribution(obs)), params, damping)
+    before = flat(everything)
+    surrogate = objective(distribution)
+    result = natural_gradient_step(params, surrogate, fvp, evaluate, target_kl, 10, shrink, 10)
+
+    with th.no_grad():
+        now = policy.get_distribution(obs)
+        measured_kl = float(mean_kl(old, now))
+        measured_gain = float(objective(now)) - float(surrogate)
+    if result.accepted:
+        assert measured_kl <= target_kl
+        assert measured_gain > 0
+        assert math.isclose(result.kl, measured_kl, rel_tol=1e-6, abs_tol=1e-9)
+    else:
+        assert th.equal(before, flat(everything))
+        assert measured_kl == 0.0
