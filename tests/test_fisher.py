@@ -80,7 +80,9 @@ def _products(name: str, seed: int, n: int = 32, damping: float = 0.0):  # type:
     params = actor_parameters(policy, obs)
     distribution = policy.get_distribution(obs)
     old = detached(distribution)
-    analytic = analytic_fisher_vector_product(distribution_parameters(distribution), distribution_metric(old), params, damping, n)
+    analytic = analytic_fisher_vector_product(
+        distribution_parameters(distribution), distribution_metric(old), params, damping, n
+    )
     hessian = kl_hessian_vector_product(mean_kl(old, policy.get_distribution(obs)), params, damping)
     return policy, params, analytic, hessian
 
@@ -99,7 +101,10 @@ def test_analytic_fisher_equals_kl_hessian(name: str, seed: int) -> None:
         # a Fisher matrix is positive semi-definite
         assert float(vector @ got) >= 0
     # and symmetric: u . F v == v . F u
-    u, v = th.randn(n_params, generator=th.Generator().manual_seed(7)), th.randn(n_params, generator=th.Generator().manual_seed(8))
+    u, v = (
+        th.randn(n_params, generator=th.Generator().manual_seed(7)),
+        th.randn(n_params, generator=th.Generator().manual_seed(8)),
+    )
     assert math.isclose(float(u @ analytic(v)), float(v @ analytic(u)), rel_tol=1e-4, abs_tol=1e-7)
 
 
@@ -157,7 +162,9 @@ def _kl_hessian(make: Any, old: Distribution, inputs: tuple[th.Tensor, ...]) -> 
     """Hessian of mean_kl(old, make(*inputs)) in the flattened inputs, at the inputs."""
     hessian = th.autograd.functional.hessian(lambda *x: mean_kl(old, make(*x)), inputs)
     sizes = [x.numel() for x in inputs]
-    return th.cat([th.cat([hessian[i][j].reshape(sizes[i], sizes[j]) for j in range(len(inputs))], 1) for i in range(len(inputs))])
+    return th.cat(
+        [th.cat([hessian[i][j].reshape(sizes[i], sizes[j]) for j in range(len(inputs))], 1) for i in range(len(inputs))]
+    )
 
 
 def test_gaussian_kl_hessian_is_the_closed_form() -> None:

@@ -281,7 +281,7 @@ def _categorical_problem(seed: int, n: int = 40):  # type: ignore[no-untyped-def
 
 
 def test_an_accepted_step_is_the_scaled_natural_gradient() -> None:
-    policy, params, objective, evaluate, fvp, kl = _categorical_problem(0)
+    _, params, objective, evaluate, fvp, kl = _categorical_problem(0)
     n_params = sum(p.numel() for p in params)
     damped = lambda v: fvp(v) + 1e-3 * v  # noqa: E731  (the softmax Fisher is singular along constant logits)
     fisher = th.stack([damped(e) for e in th.eye(n_params, dtype=F64)], dim=1)
@@ -374,7 +374,9 @@ def test_a_step_never_leaves_the_trust_region(
         return float(objective(dist)), float(mean_kl(old, dist))
 
     if fisher == "analytic":
-        fvp = analytic_fisher_vector_product(distribution_parameters(distribution), distribution_metric(old), params, damping, n)
+        fvp = analytic_fisher_vector_product(
+            distribution_parameters(distribution), distribution_metric(old), params, damping, n
+        )
     else:
         fvp = kl_hessian_vector_product(mean_kl(old, policy.get_distribution(obs)), params, damping)
     before = flat(everything)
