@@ -3,7 +3,7 @@ Which share of the batch should the Fisher-vector products use? The measurement 
 default of ``TRPOPlus(fvp_subsample=...)``.
 
     python benchmarks/fvp_subsample.py                       # direction quality and timing
-    python benchmarks/fvp_subsample.py --learning-dir benchmarks/results/fvp_learning   # + learning table
+    python benchmarks/fvp_subsample.py --skip-directions --learning-dir benchmarks/results/fvp_learning
 
 Direction quality. TRPOPlus (zoo settings, ``fvp_subsample=1.0``) trains briefly on each env;
 at ``--checkpoints`` policies along the run it collects a fresh batch and, on that one batch
@@ -264,7 +264,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=5, help="random subsamples per fraction and checkpoint")
     parser.add_argument("--checkpoints", type=int, default=3, help="policies measured along the pre-training run")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--learning-dir", default=None, help="output directory of a learning.py run to tabulate")
+    parser.add_argument("--learning-dir", nargs="*", default=[], help="output directories of learning.py runs to tabulate")
     parser.add_argument("--min-cos", type=float, default=0.95, help="criterion: median cosine with the full step")
     parser.add_argument("--min-gain", type=float, default=0.9, help="criterion: median gain ratio after line search")
     parser.add_argument("--skip-directions", action="store_true", help="only rebuild the report from the raw CSV")
@@ -306,8 +306,11 @@ def main() -> None:
         criterion(raw, args.min_cos, args.min_gain),
         "",
     ]
-    if args.learning_dir and (Path(args.learning_dir) / "final_eval.csv").exists():
-        text += ["## Short learning runs", "", learning_table(Path(args.learning_dir)), ""]
+    directories = [Path(d) for d in args.learning_dir if (Path(d) / "final_eval.csv").exists()]
+    if directories:
+        text += ["## Short learning runs", ""]
+        for directory in directories:
+            text += [f"From `{directory}`:", "", learning_table(directory), ""]
     (out / "fvp_subsample.md").write_text("\n".join(text))
     print("\n".join(text))
 
