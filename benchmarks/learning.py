@@ -245,6 +245,7 @@ def plot(curves: pd.DataFrame, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
 
     envs = list(dict.fromkeys(curves.env))
     cols = min(3, len(envs))
@@ -269,6 +270,7 @@ def plot(curves: pd.DataFrame, path: Path) -> None:
             ax.plot(grid, mean, label=f"{config} ({len(runs)} seeds)")
             ax.fill_between(grid, mean - std, mean + std, alpha=0.2)
         ax.set_title(env_id)
+        ax.xaxis.set_major_formatter(EngFormatter())
         ax.set_xlabel("environment steps")
         ax.set_ylabel("return (last 10 episodes)")
         ax.legend(fontsize=7)
