@@ -26,6 +26,7 @@ from stable_baselines3.common.distributions import (
     CategoricalDistribution,
     DiagGaussianDistribution,
     MultiCategoricalDistribution,
+    StateDependentNoiseDistribution,
 )
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.preprocessing import is_image_space
@@ -110,15 +111,17 @@ class NumpyActor:
         policy: ActorCriticPolicy,
         shared: list[tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]],
         actor: list[tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]],
+        head: list[tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]],
         critic: list[tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]],
     ) -> None:
         self.policy = policy
         self.shared = shared
-        self.actor = actor
+        self.actor = actor  # hidden layers: their output is latent_pi (gSDE's noise features)
+        self.head = head  # action_net
         self.critic = critic
         # The first layers of actor and critic read the same features: one matmul for both.
         self.split = 0
-        if len(actor) > 1 and len(critic) > 1 and actor[0][2] is critic[0][2]:
+        if actor and len(critic) > 1 and actor[0][2] is critic[0][2]:
             self.split = actor[0][0].shape[1]
             self.first = (
                 np.concatenate([actor[0][0], critic[0][0]], axis=1),
@@ -127,7 +130,12 @@ class NumpyActor:
             )
         self.dist = policy.action_dist
         self.std: np.ndarray | None = None
-        if isinstance(self.dist, DiagGaussianDistribution):
+        self.gsde_std: np.ndarray | None = None
+        self.gsde_matrices: tuple[Any, np.ndarray, np.ndarray] | None = None
+        if isinstance(self.dist, StateDependentNoiseDistribution):
+            with th.no_grad():
+                self.gsde_std = self.dist.get_std(policy.log_std).cpu().numpy().astype(np.float32)
+        elif isinstance(self.dist, DiagGaussianDistribution):
             log_std = policy.log_std.detach().cpu().numpy().astype(np.float32)
             self.std = np.exp(log_std)
             self.log_norm = float(np.sum(log_std)) + _LOG_SQRT_2PI * log_std.size
@@ -137,12 +145,15 @@ class NumpyActor:
         """The NumPy actor of ``policy``, or None when ``policy`` is not of the supported form."""
         supported_dist = (
             DiagGaussianDistribution,
+            StateDependentNoiseDistribution,
             CategoricalDistribution,
             MultiCategoricalDistribution,
             BernoulliDistribution,
         )
+        dist: Any = policy.action_dist
         if (
-            type(policy.action_dist) not in supported_dist
+            type(dist) not in supported_dist
+            or (isinstance(dist, StateDependentNoiseDistribution) and (dist.bijector is not None or dist.learn_features))
             or not isinstance(policy.observation_space, spaces.Box)
             or is_image_space(policy.observation_space)
             or type(policy.pi_features_extractor) is not FlattenExtractor
@@ -153,11 +164,12 @@ class NumpyActor:
             return None
         extractor: Any = policy.mlp_extractor
         shared = _numpy_layers(extractor.shared_net) if hasattr(extractor, "shared_net") else []
-        actor = _numpy_layers(nn.Sequential(*extractor.policy_net, policy.action_net))
+        actor = _numpy_layers(extractor.policy_net)
+        head = _numpy_layers(policy.action_net)
         critic = _numpy_layers(nn.Sequential(*extractor.value_net, policy.value_net))
-        if shared is None or actor is None or critic is None:
+        if shared is None or actor is None or head is None or critic is None:
             return None
-        return cls(policy, shared, actor, critic)
+        return cls(policy, shared, actor, head, critic)
 
     def _features(self, obs: np.ndarray) -> np.ndarray:
         x = np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
@@ -169,12 +181,15 @@ class NumpyActor:
         if self.split:
             weight, bias, activation = self.first
             hidden = activation(features @ weight + bias)
-            params = _forward(self.actor[1:], hidden[:, : self.split])
+            latent = _forward(self.actor[1:], hidden[:, : self.split])
             values = _forward(self.critic[1:], hidden[:, self.split :])
         else:
-            params = _forward(self.actor, features)
+            latent = _forward(self.actor, features)
             values = _forward(self.critic, features)
-        if self.std is not None:
+        params = _forward(self.head, latent)
+        if self.gsde_std is not None:
+            actions, log_prob = self._gsde(params, latent)
+        elif self.std is not None:
             noise = th.randn(params.shape).numpy()
             actions = params + noise * self.std
             log_prob = -0.5 * np.einsum("ij,ij->i", noise, noise) - self.log_norm
@@ -192,8 +207,25 @@ class NumpyActor:
                 columns.append(choice)
                 log_prob += log_p[np.arange(len(choice)), choice]
             actions = columns[0] if isinstance(self.dist, CategoricalDistribution) else np.stack(columns, axis=1)
-        actions = actions.reshape((-1, *self.policy.action_space.shape))  # type: ignore[misc]
+        actions = actions.reshape((-1, *self.policy.action_space.shape))  # type: ignore[misc, arg-type]
         return actions, th.from_numpy(values), th.from_numpy(np.asarray(log_prob, dtype=np.float32))
+
+    def _gsde(self, mean: np.ndarray, latent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """gSDE: noise = latent_pi times the current exploration matrix (no random draw per step, as in SB3)."""
+        dist: Any = self.dist
+        if self.gsde_matrices is None or self.gsde_matrices[0] is not dist.exploration_matrices:
+            matrices = dist.exploration_matrices
+            self.gsde_matrices = (matrices, dist.exploration_mat.detach().cpu().numpy(), matrices.detach().cpu().numpy())
+        _, single, batched = self.gsde_matrices
+        if len(latent) == 1 or len(latent) != len(batched):
+            noise = latent @ single
+        else:
+            noise = np.einsum("bi,bij->bj", latent, batched)
+        assert self.gsde_std is not None
+        std = np.sqrt((latent * latent) @ (self.gsde_std * self.gsde_std) + dist.epsilon)
+        scaled = noise / std
+        log_prob = -0.5 * np.einsum("ij,ij->i", scaled, scaled) - np.log(std).sum(axis=1) - _LOG_SQRT_2PI * mean.shape[1]
+        return mean + noise, log_prob
 
     def values(self, obs: np.ndarray) -> th.Tensor:
         """State values for a batch of observations."""
@@ -201,9 +233,7 @@ class NumpyActor:
 
 
 def make_actor(policy: ActorCriticPolicy) -> NumpyActor | TorchActor:
-    """The fastest exact evaluator of ``policy`` for a rollout (gSDE needs the torch path)."""
-    if policy.use_sde:
-        return TorchActor(policy)
+    """The fastest exact evaluator of ``policy`` for a rollout."""
     return NumpyActor.from_policy(policy) or TorchActor(policy)
 
 

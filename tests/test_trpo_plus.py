@@ -480,12 +480,42 @@ def test_a_nan_reward_rejects_the_step_and_does_not_corrupt_the_policy() -> None
 # ----------------------------------------------------------------------------- fast paths equal generic paths
 
 
-def test_numpy_actor_reproduces_the_policy_and_its_random_stream() -> None:
-    for env_id in ("CartPole-v1", "Pendulum-v1"):
-        model = TRPOPlus("MlpPolicy", env_id, seed=0, **SMALL)
+class BoxObsEnv(gym.Env):
+    """Box observations with any action space: what the NumPy actor serves."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (4,))
+
+    def __init__(self, action_space: gym.spaces.Space) -> None:
+        self.action_space = action_space
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+@pytest.mark.parametrize(
+    ("env", "kwargs"),
+    [
+        ("CartPole-v1", {}),
+        ("Pendulum-v1", {}),
+        ("Pendulum-v1", {"use_sde": True}),
+        ("Pendulum-v1", {"use_sde": True, "policy_kwargs": {"full_std": False, "use_expln": True}}),
+        (BoxObsEnv(gym.spaces.MultiDiscrete([3, 2])), {}),
+        (BoxObsEnv(gym.spaces.MultiBinary(3)), {}),
+    ],
+    ids=["categorical", "gaussian", "gsde", "gsde_expln", "multidiscrete", "multibinary"],
+)
+def test_numpy_actor_reproduces_the_policy_and_its_random_stream(env: Any, kwargs: dict[str, Any]) -> None:
+    for n_obs in (1, 5):
+        model = TRPOPlus("MlpPolicy", env, seed=0, **SMALL, **kwargs)
         actor = NumpyActor.from_policy(model.policy)
         assert actor is not None
-        obs = np.random.default_rng(0).normal(size=(5, *model.observation_space.shape)).astype(np.float32)
+        if model.use_sde:
+            model.policy.reset_noise(n_obs)
+        obs = np.random.default_rng(0).normal(size=(n_obs, *model.observation_space.shape)).astype(np.float32)
         th.manual_seed(3)
         fast = actor.act(obs)
         th.manual_seed(3)
