@@ -84,7 +84,11 @@ class FusedMlpCritic:
         """The fused critic of ``policy``, or None when it does not have the supported form."""
         optimizer = policy.optimizer
         if (
-            type(optimizer) is not th.optim.Adam
+            any(
+                getattr(type(policy), name) is not getattr(ActorCriticPolicy, name)
+                for name in ("predict_values", "extract_features")
+            )
+            or type(optimizer) is not th.optim.Adam
             or len(optimizer.param_groups) != 1
             or any(optimizer.param_groups[0].get(flag) for flag in ("amsgrad", "maximize", "capturable", "differentiable"))
             or not isinstance(policy.observation_space, spaces.Box)

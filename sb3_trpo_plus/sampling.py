@@ -66,6 +66,11 @@ def _numpy_layers(module: nn.Module) -> list[tuple[np.ndarray, np.ndarray, Calla
     return layers
 
 
+def _standard_methods(policy: ActorCriticPolicy, names: tuple[str, ...]) -> bool:
+    """Whether ``policy`` computes these methods as SB3's ActorCriticPolicy does (a subclass may override them)."""
+    return all(getattr(type(policy), name) is getattr(ActorCriticPolicy, name) for name in names)
+
+
 def _forward(layers: list[tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]], x: np.ndarray) -> np.ndarray:
     for weight, bias, activation in layers:
         x = activation(x @ weight + bias)
@@ -152,7 +157,8 @@ class NumpyActor:
         )
         dist: Any = policy.action_dist
         if (
-            type(dist) not in supported_dist
+            not _standard_methods(policy, ("forward", "extract_features", "_get_action_dist_from_latent", "predict_values"))
+            or type(dist) not in supported_dist
             or (isinstance(dist, StateDependentNoiseDistribution) and (dist.bijector is not None or dist.learn_features))
             or not isinstance(policy.observation_space, spaces.Box)
             or is_image_space(policy.observation_space)

@@ -463,7 +463,8 @@ class TRPOPlus(OnPolicyAlgorithm):
             distribution = self.policy.get_distribution(sub_obs)
             old_distribution = detached(distribution)
         if self.fisher == "kl_hessian":
-            return kl_hessian_vector_product(mean_kl(old_distribution, distribution), self._actor_params, self.cg_damping)
+            kl = mean_kl(distribution, old_distribution)  # its Hessian at theta_old is the Fisher matrix
+            return kl_hessian_vector_product(kl, self._actor_params, self.cg_damping)
         outputs = distribution_parameters(distribution)
         return analytic_fisher_vector_product(
             outputs,
@@ -486,7 +487,9 @@ class TRPOPlus(OnPolicyAlgorithm):
 
         def evaluate() -> tuple[float, float]:
             new_distribution = self.policy.get_distribution(obs)
-            return float(objective(new_distribution)), float(mean_kl(old_distribution, new_distribution))
+            # the constraint as sb3-contrib measures it, KL(pi_theta || pi_old), so that target_kl
+            # means the same (the paper's KL(pi_old || pi_theta) agrees to second order)
+            return float(objective(new_distribution)), float(mean_kl(new_distribution, old_distribution))
 
         # Start CG from small noise rather than zero, as sb3-contrib does (same random stream).
         x0 = 1e-4 * th.randn(sum(p.numel() for p in self._actor_params), device=self.device)
@@ -537,7 +540,12 @@ class TRPOPlus(OnPolicyAlgorithm):
             step = StepResult(False, surrogate.invalid, 0.0, 0.0, 0.0, 0, math.nan, 0, 0.0)
         else:
             step = self._policy_step(surrogate.observations, surrogate.objective)
-        value_losses = self._fit_critic()
+        if bool(np.isfinite(self.rollout_buffer.returns).all()):
+            value_losses = self._fit_critic()
+        else:
+            # regressing on NaN or inf returns would make the critic, and every later advantage, non-finite
+            value_losses = []
+            self.logger.record("train/critic_fit_skipped", 1)
         self._n_updates += 1
         self._record(step, value_losses, surrogate)
 

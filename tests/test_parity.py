@@ -68,9 +68,14 @@ def test_parity_with_a_large_trust_region(fisher: str) -> None:
     # A larger trust region, where the full step's measured KL is near target_kl: the line
     # search must take the same decision as sb3-contrib's, which accepts a candidate when
     # KL(pi_theta || pi_old) < target_kl (SB3's kl_divergence(distribution, old_distribution)).
+    # Seed 4: measuring the KL the other way round, KL(pi_old || pi_theta), changes the decision
+    # there (difference 6.7e-2; seed 3: 4.0e-2), while the right measure agrees to 7.5e-7. Some
+    # seeds (11 with one torch thread) instead sit on a float32 knife-edge of the conjugate-
+    # gradient stopping test (squared residual < 1e-10), where the two implementations' rounding
+    # flips the iteration count; seeds 0-5 measured 6.7e-7 to 4.5e-6.
     hyperparams = {**HYPERPARAMS, "target_kl": 0.1}
-    _, reference = _reference("Pendulum-v1", 11, {}, hyperparams)
-    _, ours = _one_iteration(TRPOPlus, "Pendulum-v1", 11, {}, hyperparams, fisher=fisher, fvp_subsample=1.0)
+    _, reference = _reference("Pendulum-v1", 4, {}, hyperparams)
+    _, ours = _one_iteration(TRPOPlus, "Pendulum-v1", 4, {}, hyperparams, fisher=fisher, fvp_subsample=1.0)
     difference = float((ours - reference).abs().max())
     print(f"parity Pendulum-v1 target_kl=0.1 fisher={fisher}: max abs difference {difference:.2e}")
     assert th.allclose(ours, reference, atol=1e-5, rtol=0), difference
