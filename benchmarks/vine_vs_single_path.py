@@ -1,0 +1,212 @@
+"""
+Vine against single path at equal total environment steps (branch steps counted), several seeds.
+
+Both schemes use the same base hyperparameters (the RL Zoo's tuned TRPO settings for the env);
+vine adds its ``vine_kwargs``. Budgets are total environment steps, trunk and branches.
+
+    python benchmarks/vine_vs_single_path.py                       # 4 envs x 2 schemes x 3 seeds, 2 processes
+    python benchmarks/vine_vs_single_path.py --envs CartPole-v1 --seeds 1 --scale 0.1
+
+Outputs in ``benchmarks/results/vine/``: ``curves.csv`` (per run and iteration: total steps,
+mean return of the last 10 training episodes), ``final_eval.csv`` (deterministic evaluation,
+10 episodes on a separately seeded env), ``vine_vs_single_path.png`` and ``vine_vs_single_path.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import multiprocessing as mp
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ENVS: dict[str, dict[str, Any]] = {
+    # rl_zoo3 hyperparams/trpo.yml entries; vine settings chosen here (see the README)
+    "CartPole-v1": {
+        "budget": 150_000,
+        "normalize": False,
+        "kwargs": {"n_steps": 512, "batch_size": 512, "cg_damping": 1e-3, "gae_lambda": 0.98, "n_critic_updates": 20},
+        "vine": {"n_states": 32, "horizon": 25, "all_actions": True},
+    },
+    "Acrobot-v1": {
+        "budget": 200_000,
+        "normalize": True,
+        "kwargs": {"n_steps": 1024},
+        "vine": {"n_states": 32, "horizon": 50, "all_actions": True},
+    },
+    "Pendulum-v1": {
+        "budget": 400_000,
+        "normalize": False,
+        "kwargs": {"n_steps": 1024, "gamma": 0.9, "n_critic_updates": 15, "use_sde": True, "sde_sample_freq": 4},
+        "vine": {"n_states": 128, "n_actions": 4, "horizon": 10},
+    },
+    "Hopper-v5": {
+        "budget": 300_000,
+        "normalize": True,
+        "kwargs": {
+            "n_steps": 1024,
+            "batch_size": 128,
+            "cg_max_steps": 25,
+            "cg_damping": 0.1,
+            "n_critic_updates": 20,
+            "gae_lambda": 0.95,
+            "learning_rate": 1e-3,
+        },
+        "vine": {"n_states": 64, "n_actions": 4, "horizon": 25},
+    },
+}
+
+
+def _make_env(env_id: str, seed: int, normalize: bool, training: bool = True) -> Any:
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    env = make_vec_env(env_id, n_envs=2 if training else 1, seed=seed)
+    if normalize:
+        env = VecNormalize(env, training=training, norm_reward=training)
+    return env
+
+
+def run(job: tuple[str, str, int, float, str]) -> dict[str, Any]:
+    """Train one (env, scheme, seed) and return its curve and final evaluation."""
+    env_id, scheme, seed, scale, _out = job
+    import torch as th
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    from sb3_trpo_plus import TRPOPlus
+
+    th.set_num_threads(1)
+    spec = ENVS[env_id]
+    env = _make_env(env_id, seed, spec["normalize"])
+    extra = {"sampling": "vine", "vine_kwargs": dict(spec["vine"])} if scheme == "vine" else {}
+    model = TRPOPlus("MlpPolicy", env, seed=seed, **spec["kwargs"], **extra)
+    curve: list[tuple[int, float]] = []
+
+    class Curve(BaseCallback):
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self) -> None:
+            episodes = [info["r"] for info in self.model.ep_info_buffer][-10:]
+            if episodes:
+                curve.append((self.model.num_timesteps, float(np.mean(episodes))))
+
+    started = time.perf_counter()
+    budget = int(spec["budget"] * scale)
+    model.learn(budget, callback=Curve())
+    seconds = time.perf_counter() - started
+    eval_env = _make_env(env_id, seed + 10_000, spec["normalize"], training=False)
+    if spec["normalize"]:
+        eval_env.obs_rms = env.obs_rms  # training statistics, frozen
+    mean, std = evaluate_policy(model, eval_env, n_eval_episodes=10, deterministic=True)
+    return {
+        "env": env_id,
+        "scheme": scheme,
+        "seed": seed,
+        "timesteps": model.num_timesteps,
+        "eval_mean": float(mean),
+        "eval_std": float(std),
+        "seconds": seconds,
+        "curve": curve,
+    }
+
+
+def report(results: list[dict[str, Any]], out: Path, command: str) -> None:
+    """Write the CSVs, the figure and the markdown table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(out / "curves.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["env", "scheme", "seed", "timesteps", "return_last10"])
+        for result in results:
+            for steps, value in result["curve"]:
+                writer.writerow([result["env"], result["scheme"], result["seed"], steps, value])
+    with open(out / "final_eval.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["env", "scheme", "seed", "timesteps", "eval_mean", "eval_std", "seconds"])
+        for result in results:
+            writer.writerow([result[k] for k in ("env", "scheme", "seed", "timesteps", "eval_mean", "eval_std", "seconds")])
+
+    envs = [env for env in ENVS if any(r["env"] == env for r in results)]
+    figure, axes = plt.subplots(1, len(envs), figsize=(4.5 * len(envs), 3.6), squeeze=False)
+    lines = [
+        "# Vine against single path at equal total environment steps",
+        "",
+        f"Command: `{command}`. Both schemes: the RL Zoo's TRPO settings for the env; vine adds the",
+        "settings below. Steps are total environment steps, vine's branch steps included. Final",
+        "evaluation: deterministic policy, 10 episodes, separately seeded env; mean over seeds (+- std over seeds).",
+        "",
+        "| env | total steps | vine settings | single path | vine | single path final returns | vine final returns |",
+        "| --- | ---: | --- | ---: | ---: | --- | --- |",
+    ]
+    for axis, env_id in zip(axes[0], envs, strict=True):
+        finals = {}
+        for scheme, color in (("single_path", "tab:blue"), ("vine", "tab:orange")):
+            runs = [r for r in results if r["env"] == env_id and r["scheme"] == scheme]
+            finals[scheme] = [r["eval_mean"] for r in runs]
+            if not runs:
+                continue
+            grid = np.linspace(0, max(r["timesteps"] for r in runs), 60)
+            interpolated = np.array([np.interp(grid, *zip(*r["curve"], strict=True), left=np.nan) for r in runs if r["curve"]])
+            mean, std = np.nanmean(interpolated, axis=0), np.nanstd(interpolated, axis=0)
+            axis.plot(grid, mean, color=color, label=f"{scheme} ({len(runs)} seeds)")
+            axis.fill_between(grid, mean - std, mean + std, color=color, alpha=0.2)
+        axis.set_title(env_id)
+        axis.set_xlabel("total environment steps")
+        axis.set_ylabel("training return (last 10 episodes)")
+        axis.legend(fontsize=8)
+
+        def cell(values: list[float]) -> str:
+            return f"{np.mean(values):.1f} +- {np.std(values):.1f}" if values else "-"
+
+        budget = max((r["timesteps"] for r in results if r["env"] == env_id), default=0)
+        lines.append(
+            f"| {env_id} | {budget:,} | `{json.dumps(ENVS[env_id]['vine'])}` | {cell(finals['single_path'])} | "
+            f"{cell(finals['vine'])} | {', '.join(f'{v:.1f}' for v in finals['single_path'])} | "
+            f"{', '.join(f'{v:.1f}' for v in finals['vine'])} |"
+        )
+    figure.tight_layout()
+    figure.savefig(out / "vine_vs_single_path.png", dpi=110)
+    (out / "vine_vs_single_path.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--envs", nargs="+", default=list(ENVS), choices=list(ENVS))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies every budget")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", default="benchmarks/results/vine")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [
+        (env, scheme, seed, args.scale, str(out))
+        for env in args.envs
+        for seed in range(args.seeds)
+        for scheme in ("single_path", "vine")
+    ]
+    # longest first, so that the two processes finish together
+    jobs.sort(key=lambda job: -ENVS[job[0]]["budget"] * (3 if job[1] == "vine" else 1))
+    with mp.get_context("spawn").Pool(args.jobs) as pool:
+        results = []
+        for result in pool.imap_unordered(run, jobs):
+            summary = f"{result['eval_mean']:.1f} after {result['timesteps']} steps ({result['seconds']:.0f} s)"
+            print(f"{result['env']} {result['scheme']} seed {result['seed']}: {summary}", flush=True)
+            results.append(result)
+            (out / "results.json").write_text(json.dumps(results))
+    report(results, out, "python " + " ".join(shlex.quote(arg) for arg in sys.argv))
+
+
+if __name__ == "__main__":
+    main()
