@@ -267,6 +267,7 @@ def main() -> None:
     parser.add_argument("--learning-dir", nargs="*", default=[], help="output directories of learning.py runs to tabulate")
     parser.add_argument("--min-cos", type=float, default=0.95, help="criterion: median cosine with the full step")
     parser.add_argument("--min-gain", type=float, default=0.9, help="criterion: median gain ratio after line search")
+    parser.add_argument("--notes", default=None, help="a markdown file appended to the report (the written conclusion)")
     parser.add_argument("--skip-directions", action="store_true", help="only rebuild the report from the raw CSV")
     parser.add_argument("--blas-threads", default="1", help="BLAS threads (read before NumPy loads)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
@@ -311,6 +312,8 @@ def main() -> None:
         text += ["## Short learning runs", ""]
         for directory in directories:
             text += [f"From `{directory}`:", "", learning_table(directory), ""]
+    if args.notes:
+        text += [Path(args.notes).read_text()]
     (out / "fvp_subsample.md").write_text("\n".join(text))
     print("\n".join(text))
 
