@@ -1,0 +1,123 @@
+"""
+``trpo-plus-zoo``: rl_zoo3's scripts with ``trpo_plus`` registered.
+
+Usage: ``trpo-plus-zoo <command> [flags of the rl_zoo3 script]``, with the commands ``train``,
+``enjoy``, ``record_video``, ``record_training``, ``plot_train``, ``all_plots`` and
+``plot_from_file``. Every flag is handed unchanged to the rl_zoo3 script of the same name;
+``--algo`` (``--algos`` for ``all_plots``) defaults to ``trpo_plus`` instead of ``ppo``, and
+still accepts every algorithm of rl_zoo3.
+
+``train`` understands three more flags, for ``-optimize`` with a database ``--storage``
+(``sqlite:///...``, ``postgresql://...``): ``--heartbeat-interval`` (seconds, default 10; 0
+turns heartbeat and retries off), ``--grace-period`` (seconds without heartbeat before a running
+trial is declared dead, default 60) and ``--max-retry`` (re-queues of a dead trial, default 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import runpy
+import sys
+from collections.abc import Callable, Sequence
+
+COMMANDS = ("train", "enjoy", "record_video", "record_training", "plot_train", "all_plots", "plot_from_file")
+#: flag naming the algorithm, per command (prepended with ``trpo_plus``; a later flag on the command line wins)
+ALGO_FLAGS = {
+    "train": "--algo",
+    "enjoy": "--algo",
+    "record_video": "--algo",
+    "record_training": "--algo",
+    "plot_train": "--algo",
+    "all_plots": "--algos",
+}
+USAGE = (
+    "usage: trpo-plus-zoo {" + ",".join(COMMANDS) + "} [flags of the rl_zoo3 script]\n"
+    "       trpo-plus-zoo <command> --help   shows the flags of that script"
+)
+
+
+def _heartbeat_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--heartbeat-interval", type=int, default=10)
+    parser.add_argument("--grace-period", type=int, default=60)
+    parser.add_argument("--max-retry", type=int, default=3)
+    return parser
+
+
+def _train() -> None:
+    from rl_zoo3.train import train
+
+    from sb3_trpo_plus.zoo.experiment import HeartbeatSettings, TRPOPlusExperimentManager
+
+    own, rest = _heartbeat_parser().parse_known_args(sys.argv[1:])
+    sys.argv[1:] = rest
+    if own.heartbeat_interval > 0:
+        TRPOPlusExperimentManager.heartbeat = HeartbeatSettings(
+            interval=own.heartbeat_interval,
+            grace_period=own.grace_period,
+            max_retry=own.max_retry if own.max_retry >= 0 else None,
+        )
+    train()
+
+
+def _enjoy() -> None:
+    from rl_zoo3.enjoy import enjoy
+
+    enjoy()
+
+
+def _run_script(module: str) -> Callable[[], None]:
+    """rl_zoo3 scripts that only run under ``if __name__ == "__main__"``."""
+
+    def run() -> None:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+    return run
+
+
+def _plot(name: str) -> Callable[[], None]:
+    def run() -> None:
+        import rl_zoo3.plots
+
+        getattr(rl_zoo3.plots, name)()
+
+    return run
+
+
+SCRIPTS: dict[str, Callable[[], None]] = {
+    "train": _train,
+    "enjoy": _enjoy,
+    "record_video": _run_script("rl_zoo3.record_video"),
+    "record_training": _run_script("rl_zoo3.record_training"),
+    "plot_train": _plot("plot_train"),
+    "all_plots": _plot("all_plots"),
+    "plot_from_file": _plot("plot_from_file"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """
+    Entry point of ``trpo-plus-zoo`` and ``python -m sb3_trpo_plus.zoo``.
+
+    :param argv: command and flags (default: ``sys.argv[1:]``)
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        sys.exit(0 if args else 2)
+    command, flags = args[0], args[1:]
+    if command not in SCRIPTS:
+        print(f"trpo-plus-zoo: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
+
+    import sb3_trpo_plus.zoo  # registers trpo_plus
+
+    sb3_trpo_plus.zoo.register()
+    if command in ALGO_FLAGS:
+        flags = [ALGO_FLAGS[command], sb3_trpo_plus.zoo.ALGO_NAME, *flags]
+    sys.argv = [f"trpo-plus-zoo {command}", *flags]
+    SCRIPTS[command]()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+"""
+rl_zoo3's experiment manager, with this package's defaults and fault-tolerant distributed tuning.
+
+:class:`TRPOPlusExperimentManager` differs from :class:`rl_zoo3.exp_manager.ExperimentManager` in
+three ways, none of which changes anything for rl_zoo3's own algorithms unless asked for:
+
+1. For the algorithms of this package, the default hyperparameter file is the package's
+   ``zoo_configs/<algo>.yml`` instead of rl_zoo3's ``hyperparams/<algo>.yml`` (``-conf`` still wins).
+2. Every trial records which worker ran it (user attribute ``worker``: ``host:pid``).
+3. With :attr:`TRPOPlusExperimentManager.heartbeat` set (the ``trpo-plus-zoo`` command line does
+   it for database storages), a study on a relational database (``sqlite:///...``,
+   ``postgresql://...``) uses Optuna's heartbeat: every running trial refreshes a timestamp in the
+   database; a trial whose worker died (killed, machine lost) stops refreshing it and, after the
+   grace period, the next worker that looks at the study marks it FAIL and re-queues its
+   parameters (:class:`optuna.storages.RetryHeartbeatStaleTrialCallback`). Before leaving, a worker waits
+   for the trials that were still running when it finished; if one of them turns out stale, it
+   runs the retry itself, so a study never ends with a lost trial just because the surviving
+   workers were done first.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+from rl_zoo3.exp_manager import ExperimentManager
+
+from sb3_trpo_plus.zoo.configs import default_config
+
+
+@dataclass(frozen=True)
+class HeartbeatSettings:
+    """
+    Optuna heartbeat of a relational-database storage.
+
+    :param interval: seconds between two heartbeats of a running trial
+    :param grace_period: seconds without heartbeat after which a running trial is stale
+    :param max_retry: how many times the parameters of a failed trial are re-queued
+        (None: without limit)
+    """
+
+    interval: int = 10
+    grace_period: int = 60
+    max_retry: int | None = 3
+
+    def __post_init__(self) -> None:
+        if self.interval <= 0:
+            raise ValueError(f"the heartbeat interval must be a positive number of seconds, got {self.interval}")
+        if self.grace_period <= self.interval:
+            raise ValueError(
+                f"the grace period ({self.grace_period} s) must be longer than the heartbeat interval ({self.interval} s)"
+            )
+        if self.max_retry is not None and self.max_retry < 0:
+            raise ValueError(f"max_retry must be >= 0 or None, got {self.max_retry}")
+
+    def storage(self, url: str) -> RDBStorage:
+        """
+        :param url: SQLAlchemy URL of the database
+        :return: an Optuna storage on it with heartbeat and retry of stale trials
+        """
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(
+                url,
+                heartbeat_interval=self.interval,
+                grace_period=self.grace_period,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry),
+            )
+
+
+def is_database_url(storage: Any) -> bool:
+    """
+    :param storage: value of rl_zoo3's ``--storage``
+    :return: whether it is a SQLAlchemy URL (as opposed to a journal file ``*.log`` or an object)
+    """
+    return isinstance(storage, str) and "://" in storage and not storage.endswith(".log")
+
+
+def worker_name() -> str:
+    """:return: ``host:pid`` of this process"""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class TRPOPlusExperimentManager(ExperimentManager):
+    """
+    rl_zoo3's experiment manager with the defaults of this package (see the module docstring).
+    Takes exactly the arguments of :class:`rl_zoo3.exp_manager.ExperimentManager`.
+    """
+
+    #: heartbeat of database storages during ``-optimize`` (None: Optuna's default, no heartbeat)
+    heartbeat: ClassVar[HeartbeatSettings | None] = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        bound = inspect.signature(ExperimentManager.__init__).bind(self, *args, **kwargs)
+        if bound.arguments.get("config") is None:
+            config = default_config(bound.arguments["algo"])
+            if config is not None:
+                bound.arguments["config"] = config
+        ExperimentManager.__init__(*bound.args, **bound.kwargs)
+        self._study: optuna.Study | None = None
+
+    def objective(self, trial: optuna.Trial) -> float:
+        """
+        rl_zoo3's objective, after recording which worker runs the trial.
+
+        :param trial: the Optuna trial
+        :return: the last mean evaluation reward
+        """
+        trial.set_user_attr("worker", worker_name())
+        return super().objective(trial)
+
+    @contextmanager
+    def _heartbeat_storage(self) -> Iterator[None]:
+        """
+        While active, the study that rl_zoo3 creates on a database URL gets an Optuna storage
+        with heartbeat instead of a plain one, and is remembered in ``self._study``.
+        """
+        create_study = optuna.create_study
+        heartbeat = self.heartbeat
+
+        def create_study_with_heartbeat(*args: Any, **kwargs: Any) -> optuna.Study:
+            if heartbeat is not None and is_database_url(kwargs.get("storage")):
+                kwargs["storage"] = heartbeat.storage(kwargs["storage"])
+            self._study = create_study(*args, **kwargs)
+            return self._study
+
+        optuna.create_study = create_study_with_heartbeat  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            optuna.create_study = create_study  # type: ignore[assignment]
+
+    def _wait_for_running_trials(self, study: optuna.Study, interval: float) -> int:
+        """
+        Wait until the trials running now are finished by their workers or failed as stale
+        (which re-queues them), then count the trials waiting to be run.
+
+        :param study: the study, on a storage with heartbeat
+        :param interval: seconds between two looks at the study
+        :return: the number of WAITING trials
+        """
+        watched = {trial.number for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        while watched:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)
+            states = {trial.number: trial.state for trial in study.get_trials(deepcopy=False)}
+            watched = {number for number in watched if states[number] == TrialState.RUNNING}
+            if watched:
+                if self.verbose > 0:
+                    print(f"Waiting for running trials {sorted(watched)} (finished or stale) before leaving")
+                time.sleep(interval)
+        return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+    def hyperparameters_optimization(self) -> None:
+        """rl_zoo3's optimisation; with a heartbeat, also runs the retries of trials whose worker died."""
+        heartbeat = self.heartbeat
+        if heartbeat is None or not is_database_url(self.storage):
+            super().hyperparameters_optimization()
+            return
+        run: Callable[[], None] = super().hyperparameters_optimization
+        with self._heartbeat_storage():
+            run()
+            assert self._study is not None
+            n_trials = self.n_trials
+            try:
+                while (n_waiting := self._wait_for_running_trials(self._study, heartbeat.interval)) > 0:
+                    if self.verbose > 0:
+                        print(f"Running {n_waiting} re-queued trial(s) of stale workers")
+                    if self.max_total_trials is None:
+                        # with --max-total-trials, rl_zoo3 counts the study's trials itself
+                        self.n_trials = n_waiting
+                    n_before = len(self._study.get_trials(deepcopy=False))
+                    run()
+                    if len(self._study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) >= n_waiting and (
+                        len(self._study.get_trials(deepcopy=False)) == n_before
+                    ):
+                        # nothing ran (e.g. --max-total-trials already reached): do not loop forever
+                        break
+            finally:
+                self.n_trials = n_trials
