@@ -1,0 +1,1 @@
+python benchmarks/fvp_subsample.py
