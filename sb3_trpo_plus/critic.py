@@ -145,20 +145,32 @@ class FusedMlpCritic:
         y_all = np.asarray(returns, dtype=np.float32).reshape(-1)
         n_samples = len(y_all)
         losses = []
+        scratch, denom = np.empty_like(flat), np.empty_like(flat)
         for _ in range(n_epochs):
             indices = np.random.permutation(n_samples)
+            # one gather per pass; minibatches are then contiguous slices
+            x_epoch, y_epoch = x_all[indices], y_all[indices]
             for start in range(0, n_samples, batch_size):
-                batch = indices[start : start + batch_size]
-                losses.append(self._gradient(views, grad_views, x_all[batch], y_all[batch]))
+                end = start + batch_size
+                losses.append(self._gradient(views, grad_views, x_epoch[start:end], y_epoch[start:end]))
                 step += 1.0
                 if weight_decay != 0:
-                    grad += weight_decay * flat
-                exp_avg += (1.0 - beta1) * (grad - exp_avg)
-                exp_avg_sq *= beta2
-                exp_avg_sq += (1.0 - beta2) * grad * grad
-                step_size = lr / (1.0 - beta1**step)
-                denom = np.sqrt(exp_avg_sq) / np.float32((1.0 - beta2**step) ** 0.5) + np.float32(eps)
-                flat -= np.float32(step_size) * (exp_avg / denom)
+                    grad += np.float32(weight_decay) * flat
+                # torch's Adam, in place: m += (1 - b1)(g - m); v = b2 v + (1 - b2) g^2;
+                # theta -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+                np.subtract(grad, exp_avg, out=scratch)
+                scratch *= np.float32(1.0 - beta1)
+                exp_avg += scratch
+                exp_avg_sq *= np.float32(beta2)
+                np.multiply(grad, grad, out=scratch)
+                scratch *= np.float32(1.0 - beta2)
+                exp_avg_sq += scratch
+                np.sqrt(exp_avg_sq, out=denom)
+                denom /= np.float32((1.0 - beta2**step) ** 0.5)
+                denom += np.float32(eps)
+                np.divide(exp_avg, denom, out=scratch)
+                scratch *= np.float32(lr / (1.0 - beta1**step))
+                flat -= scratch
         self._write_back(flat, exp_avg, exp_avg_sq, step, sizes)
         return losses
 
