@@ -9,17 +9,11 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from sb3_trpo_plus import TRPOPlus
+from sb3_trpo_plus.demo import CARTPOLE_HYPERPARAMS
 
-# rl_zoo3 hyperparams/trpo.yml, CartPole-v1 (n_timesteps 1e5); TRPOPlus-specific arguments at their defaults
-ZOO_CARTPOLE = {
-    "n_steps": 512,
-    "batch_size": 512,
-    "cg_damping": 1e-3,
-    "gae_lambda": 0.98,
-    "gamma": 0.99,
-    "learning_rate": 1e-3,
-    "n_critic_updates": 20,
-}
+# rl_zoo3 hyperparams/trpo.yml, CartPole-v1 (n_timesteps 1e5), as the demo uses them;
+# TRPOPlus-specific arguments at their defaults
+ZOO_CARTPOLE = CARTPOLE_HYPERPARAMS
 BUDGET = 100_000
 
 
