@@ -348,8 +348,9 @@ def _fast_add(
     buffer.actions[pos] = actions.reshape(buffer.actions.shape[1:])
     buffer.rewards[pos] = rewards
     buffer.episode_starts[pos] = episode_starts
-    buffer.values[pos] = values.numpy().reshape(-1)
-    buffer.log_probs[pos] = buffer.log_q[pos] = log_probs.numpy().reshape(-1)  # type: ignore[attr-defined]
+    # .cpu() is free for the NumPy actor's tensors and needed for the torch actor's on a GPU
+    buffer.values[pos] = values.detach().cpu().numpy().reshape(-1)
+    buffer.log_probs[pos] = buffer.log_q[pos] = log_probs.detach().cpu().numpy().reshape(-1)  # type: ignore[attr-defined]
     buffer.pos += 1
     if buffer.pos == buffer.buffer_size:
         buffer.full = True
