@@ -394,3 +394,9 @@ def test_wheel_ships_the_configuration(tmp_path: Path) -> None:
     assert Path(module_file).is_relative_to(site)
     assert Path(config) == site / "sb3_trpo_plus" / "zoo_configs" / "trpo_plus.yml"
     assert yaml.safe_load(Path(config).read_text())["CartPole-v1"]["n_steps"] == 512
+
+
+def test_record_video(trained: Path) -> None:
+    run_zoo(["record_video", "--env", "CartPole-v1", "-f", "logs", "-n", "50", "-o", "videos"], trained)
+    (video,) = (trained / "videos").glob("*trpo_plus-CartPole-v1*.mp4")
+    assert video.stat().st_size > 0

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import optuna
+import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from rl_zoo3.exp_manager import ExperimentManager
@@ -63,19 +64,39 @@ class HeartbeatSettings:
         if self.max_retry is not None and self.max_retry < 0:
             raise ValueError(f"max_retry must be >= 0 or None, got {self.max_retry}")
 
-    def storage(self, url: str) -> RDBStorage:
-        """
-        :param url: SQLAlchemy URL of the database
-        :return: an Optuna storage on it with heartbeat and retry of stale trials
-        """
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url,
-                heartbeat_interval=self.interval,
-                grace_period=self.grace_period,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry),
-            )
+    def storage_kwargs(self) -> dict[str, Any]:
+        """:return: the heartbeat arguments of :class:`optuna.storages.RDBStorage`"""
+        return {
+            "heartbeat_interval": self.interval,
+            "grace_period": self.grace_period,
+            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry),
+        }
+
+
+def database_storage(url: str, heartbeat: HeartbeatSettings | None = None, attempts: int = 5) -> RDBStorage:
+    """
+    An Optuna storage on a relational database, safe for workers that start at the same time.
+
+    On an empty database, the first workers race to create Optuna's tables (PostgreSQL then
+    reports a duplicate type or table to the losers); the creation is retried, and finds the
+    tables made by the winner.
+
+    :param url: SQLAlchemy URL of the database
+    :param heartbeat: heartbeat and retry of dead trials (None: Optuna's default, no heartbeat)
+    :param attempts: how many times the creation of the tables is tried
+    :return: the storage
+    """
+    kwargs = heartbeat.storage_kwargs() if heartbeat is not None else {}
+    for attempt in range(1, attempts + 1):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, **kwargs)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == attempts:
+                raise
+            time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")
 
 
 def is_database_url(storage: Any) -> bool:
@@ -120,21 +141,22 @@ class TRPOPlusExperimentManager(ExperimentManager):
         return super().objective(trial)
 
     @contextmanager
-    def _heartbeat_storage(self) -> Iterator[None]:
+    def _study_storage(self) -> Iterator[None]:
         """
-        While active, the study that rl_zoo3 creates on a database URL gets an Optuna storage
-        with heartbeat instead of a plain one, and is remembered in ``self._study``.
+        While active, the study that rl_zoo3 creates on a database URL gets the storage of
+        :func:`database_storage` (with heartbeat if :attr:`heartbeat` is set) instead of a plain
+        one, and is remembered in ``self._study``.
         """
         create_study = optuna.create_study
         heartbeat = self.heartbeat
 
-        def create_study_with_heartbeat(*args: Any, **kwargs: Any) -> optuna.Study:
-            if heartbeat is not None and is_database_url(kwargs.get("storage")):
-                kwargs["storage"] = heartbeat.storage(kwargs["storage"])
+        def create_study_on_database(*args: Any, **kwargs: Any) -> optuna.Study:
+            if is_database_url(kwargs.get("storage")):
+                kwargs["storage"] = database_storage(kwargs["storage"], heartbeat)
             self._study = create_study(*args, **kwargs)
             return self._study
 
-        optuna.create_study = create_study_with_heartbeat  # type: ignore[assignment]
+        optuna.create_study = create_study_on_database  # type: ignore[assignment]
         try:
             yield
         finally:
@@ -165,12 +187,14 @@ class TRPOPlusExperimentManager(ExperimentManager):
     def hyperparameters_optimization(self) -> None:
         """rl_zoo3's optimisation; with a heartbeat, also runs the retries of trials whose worker died."""
         heartbeat = self.heartbeat
-        if heartbeat is None or not is_database_url(self.storage):
+        if not is_database_url(self.storage):
             super().hyperparameters_optimization()
             return
         run: Callable[[], None] = super().hyperparameters_optimization
-        with self._heartbeat_storage():
+        with self._study_storage():
             run()
+            if heartbeat is None:
+                return
             assert self._study is not None
             n_trials = self.n_trials
             try:
