@@ -29,6 +29,8 @@ from stable_baselines3.common.torch_layers import FlattenExtractor, MlpExtractor
 from torch import nn
 from torch.nn import functional as F
 
+from sb3_trpo_plus.sampling import single_blas_thread
+
 
 def fit_critic_torch(
     policy: ActorCriticPolicy,
@@ -129,6 +131,10 @@ class FusedMlpCritic:
         :param returns: regression targets, shape (N,)
         :return: the loss of every minibatch
         """
+        with single_blas_thread():
+            return self._fit(observations, returns, n_epochs, batch_size)
+
+    def _fit(self, observations: np.ndarray, returns: np.ndarray, n_epochs: int, batch_size: int) -> list[float]:
         group = self.policy.optimizer.param_groups[0]
         lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
         state = self.policy.optimizer.state

@@ -33,6 +33,7 @@ from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.torch_layers import FlattenExtractor, MlpExtractor
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
+from threadpoolctl import ThreadpoolController
 from torch import nn
 
 from sb3_trpo_plus.buffers import QRolloutBuffer
@@ -46,6 +47,20 @@ _ACTIVATIONS: dict[type[nn.Module], Callable[[np.ndarray], np.ndarray]] = {
     nn.Identity: lambda x: x,
 }
 _LOG_SQRT_2PI = 0.5 * float(np.log(2.0 * np.pi))
+_BLAS: ThreadpoolController | None = None
+
+
+def single_blas_thread() -> Any:
+    """
+    A context in which NumPy's BLAS uses one thread. The fast paths multiply small matrices, for
+    which a multi-threaded BLAS only adds synchronisation: on a loaded multi-core machine it
+    made them tens of times slower. The controller is built once (inspecting the loaded
+    libraries takes a fraction of a millisecond; entering the limit, microseconds).
+    """
+    global _BLAS
+    if _BLAS is None:
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
 
 
 def _numpy_layers(module: nn.Module) -> list[tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]] | None:
@@ -183,6 +198,10 @@ class NumpyActor:
 
     def act(self, obs: np.ndarray, obs_tensor: Any = None) -> tuple[np.ndarray, th.Tensor, th.Tensor]:
         """Actions (numpy, in SB3's format), values and log-probabilities (tensors)."""
+        with single_blas_thread():
+            return self._act(obs)
+
+    def _act(self, obs: np.ndarray) -> tuple[np.ndarray, th.Tensor, th.Tensor]:
         features = self._features(obs)
         if self.split:
             weight, bias, activation = self.first
@@ -235,7 +254,8 @@ class NumpyActor:
 
     def values(self, obs: np.ndarray) -> th.Tensor:
         """State values for a batch of observations."""
-        return th.from_numpy(_forward(self.critic, self._features(obs)).astype(np.float32))
+        with single_blas_thread():
+            return th.from_numpy(_forward(self.critic, self._features(obs)).astype(np.float32))
 
 
 def make_actor(policy: ActorCriticPolicy) -> NumpyActor | TorchActor:
