@@ -400,3 +400,65 @@ def test_record_video(trained: Path) -> None:
     run_zoo(["record_video", "--env", "CartPole-v1", "-f", "logs", "-n", "50", "-o", "videos"], trained)
     (video,) = (trained / "videos").glob("*trpo_plus-CartPole-v1*.mp4")
     assert video.stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------- vine through the zoo
+
+
+def test_vine_configuration_file_builds_vine_models() -> None:
+    vine = yaml.safe_load((REPO / "zoo_configs" / "trpo_plus_vine.yml").read_text())
+    text = (REPO / "zoo_configs" / "trpo_plus_vine.yml").read_text()
+    for name in ("CartPole-v1", "Pendulum-v1", "Acrobot-v1", "LunarLander-v3", "Hopper-v5"):
+        assert vine[name]["sampling"] == "vine"
+        assert f"\n{name}:" in text
+        kwargs = {k: v for k, v in vine[name].items() if k not in ("n_envs", "n_timesteps", "normalize", "policy")}
+        model = TRPOPlus(vine[name]["policy"], name, **kwargs)
+        assert model.sampling == "vine" and model.vine_kwargs == vine[name]["vine_kwargs"]
+        model.env.close()
+
+
+def test_vine_search_space_is_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sb3_trpo_plus.zoo import hyperparams_opt
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
+    assert all("sampling" not in sample_trpo_plus_params(study.ask(), 0, 1, {}) for _ in range(20))
+    monkeypatch.setattr(hyperparams_opt, "SEARCH_VINE", True)
+    schemes = set()
+    for _ in range(40):
+        trial = study.ask()
+        hyperparams = sample_trpo_plus_params(trial, 0, 1, {})
+        schemes.add(hyperparams.get("sampling", "single_path"))
+        assert convert_trpo_plus_params(trial.params) == hyperparams
+        if hyperparams.get("sampling") == "vine":
+            vine = hyperparams["vine_kwargs"]
+            assert 16 <= vine["n_states"] <= 128 and 2 <= vine["n_actions"] <= 8
+            model = TRPOPlus("MlpPolicy", "CartPole-v1", **hyperparams)
+            assert model.q == hyperparams["q"]
+            model.env.close()
+        study.tell(trial, 0.0)
+    assert schemes == {"single_path", "vine"}
+
+
+def test_train_with_the_vine_configuration(tmp_path: Path) -> None:
+    run_zoo(
+        [
+            "train",
+            "--env",
+            "CartPole-v1",
+            "-conf",
+            str(REPO / "zoo_configs" / "trpo_plus_vine.yml"),
+            "-n",
+            "3000",
+            "--seed",
+            "0",
+            "-f",
+            "logs",
+            "--eval-freq",
+            "-1",
+        ],
+        tmp_path,
+    )
+    (model_path,) = (tmp_path / "logs" / "trpo_plus").glob("CartPole-v1_1/CartPole-v1.zip")
+    model = TRPOPlus.load(model_path)
+    assert model.sampling == "vine" and model.vine_kwargs["all_actions"] is True
+    assert model.num_timesteps >= 3000

@@ -10,7 +10,9 @@ still accepts every algorithm of rl_zoo3.
 ``train`` understands three more flags, for ``-optimize`` with a database ``--storage``
 (``sqlite:///...``, ``postgresql://...``): ``--heartbeat-interval`` (seconds, default 10; 0
 turns heartbeat and retries off), ``--grace-period`` (seconds without heartbeat before a running
-trial is declared dead, default 60) and ``--max-retry`` (re-queues of a dead trial, default 3).
+trial is declared dead, default 60) and ``--max-retry`` (re-queues of a dead trial, default 3);
+and ``--search-vine``, which adds vine sampling (rollout-set size, branches, horizon, state
+selection, q) to the ``-optimize`` search space, for environments vine mode can branch.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def _heartbeat_parser() -> argparse.ArgumentParser:
     parser.add_argument("--heartbeat-interval", type=int, default=10)
     parser.add_argument("--grace-period", type=int, default=60)
     parser.add_argument("--max-retry", type=int, default=3)
+    parser.add_argument("--search-vine", action="store_true")
     return parser
 
 
@@ -51,6 +54,10 @@ def _train() -> None:
 
     own, rest = _heartbeat_parser().parse_known_args(sys.argv[1:])
     sys.argv[1:] = rest
+    if own.search_vine:
+        from sb3_trpo_plus.zoo import hyperparams_opt
+
+        hyperparams_opt.SEARCH_VINE = True
     if own.heartbeat_interval > 0:
         TRPOPlusExperimentManager.heartbeat = HeartbeatSettings(
             interval=own.heartbeat_interval,

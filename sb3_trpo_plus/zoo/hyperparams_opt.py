@@ -26,6 +26,11 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU}
 FISHER_MODES = ("analytic", "kl_hessian")
 FVP_SUBSAMPLES = (0.1, 0.25, 0.5, 1.0)
 LINE_SEARCH_SHRINKING_FACTORS = (0.5, 0.7, 0.8, 0.9)
+VINE_HORIZONS = (10, 25, 50, 100)
+VINE_QS = ("policy", "mixture")
+# Vine mode only works on environments whose state can be saved and restored, so it is searched
+# only on request (``trpo-plus-zoo train -optimize --search-vine``).
+SEARCH_VINE = False
 
 
 def convert_trpo_plus_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
@@ -44,6 +49,15 @@ def convert_trpo_plus_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
     hyperparams["batch_size"] = min(2 ** params.pop("batch_size_pow"), n_steps)
     hyperparams["gamma"] = 1.0 - params.pop("one_minus_gamma")
     hyperparams["gae_lambda"] = 1.0 - params.pop("one_minus_gae_lambda")
+    if params.pop("sampling", "single_path") == "vine":
+        hyperparams["sampling"] = "vine"
+        hyperparams["vine_kwargs"] = {
+            "n_states": 2 ** params.pop("vine_n_states_pow"),
+            "n_actions": params.pop("vine_n_actions"),
+            "horizon": params.pop("vine_horizon"),
+            "state_selection": params.pop("vine_state_selection"),
+        }
+        hyperparams["q"] = params.pop("q")
     hyperparams["policy_kwargs"] = {
         "net_arch": NET_ARCHS[params.pop("net_arch")],
         "activation_fn": ACTIVATIONS[params.pop("activation_fn")],
@@ -87,6 +101,18 @@ def sample_trpo_plus_params(
         "net_arch": trial.suggest_categorical("net_arch", list(NET_ARCHS)),
         "activation_fn": trial.suggest_categorical("activation_fn", list(ACTIVATIONS)),
     }
+    if SEARCH_VINE and trial.suggest_categorical("sampling", ["single_path", "vine"]) == "vine":
+        sampled.update(
+            {
+                "sampling": "vine",
+                # rollout sets of 16 to 128 states, 2 to 8 branches each
+                "vine_n_states_pow": trial.suggest_int("vine_n_states_pow", 4, 7),
+                "vine_n_actions": trial.suggest_int("vine_n_actions", 2, 8),
+                "vine_horizon": trial.suggest_categorical("vine_horizon", list(VINE_HORIZONS)),
+                "vine_state_selection": trial.suggest_categorical("vine_state_selection", ["uniform", "geometric"]),
+                "q": trial.suggest_categorical("q", list(VINE_QS)),
+            }
+        )
     hyperparams = convert_trpo_plus_params(sampled)
     # Shown next to the raw values in rl_zoo3's report and in the study's dashboard.
     for key in ("n_steps", "batch_size", "gamma", "gae_lambda"):
