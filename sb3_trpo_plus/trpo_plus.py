@@ -141,10 +141,14 @@ class TRPOPlus(OnPolicyAlgorithm):
     :param verbose: the verbosity level: 0 no output, 1 info, 2 debug
     :param seed: Seed for the pseudo random generators
     :param device: Device (cpu, cuda, ...) on which the code should be run.
-    :param sampling: "single_path" (the only scheme in this version)
-    :param vine_kwargs: settings of the vine scheme (must be empty with "single_path")
-    :param q: sampling distribution of the actions: "policy" (q = pi_old)
-    :param q_kwargs: settings of ``q`` (must be empty for "policy")
+    :param sampling: "single_path" (every (s, a) of pi_old's trajectories, q = pi_old) or "vine"
+        (Q-values from branch rollouts at a rollout set of saved states, see :mod:`sb3_trpo_plus.vine`;
+        the environment's state must be restorable, see :mod:`sb3_trpo_plus.env_state`)
+    :param vine_kwargs: settings of the vine scheme (see :data:`sb3_trpo_plus.vine.VINE_DEFAULTS`);
+        only with "vine"
+    :param q: sampling distribution of the branch actions: "policy" (q = pi_old), "uniform",
+        "scaled", "mixture" or a callable (see :mod:`sb3_trpo_plus.q`); anything but "policy" needs "vine"
+    :param q_kwargs: settings of ``q`` (``std_scale``, ``temperature``, ``eps``, ``max_weight``)
     :param fisher: how Fisher-vector products are computed: "analytic" (F = J^T M J with the
         distribution's closed-form Fisher M) or "kl_hessian" (double backprop through the mean KL)
     :param fvp_subsample: fraction of the batch, in (0, 1], on which Fisher-vector products
@@ -371,11 +375,10 @@ class TRPOPlus(OnPolicyAlgorithm):
         Run pi_old and store every (s, a) pair with its advantage (single path). In vine mode
         that run is the trunk; its rollout set is then branched to estimate Q-values.
         """
-        if self._vine is None:
-            if self.sampling == "vine":
-                self._setup_vine()
-            else:
-                return collect_single_path(self, env, callback, rollout_buffer, n_rollout_steps)
+        if self.sampling == "single_path":
+            return collect_single_path(self, env, callback, rollout_buffer, n_rollout_steps)
+        if self._vine is None:  # loaded without an environment, then given one
+            self._setup_vine()
         assert self._vine is not None
         self._vine.start_trunk(n_rollout_steps * env.num_envs)
         trunk_start = self.num_timesteps
