@@ -306,7 +306,8 @@ class EnvSnapshot:
     :param env_state: the unwrapped environment's state
     :param rng_state: the unwrapped environment's ``np_random`` bit-generator state (None if it had none yet)
     :param rng_seed: the unwrapped environment's ``_np_random_seed``
-    :param wrappers: (qualified class name, saved attributes) of every wrapper, outermost first
+    :param wrappers: (qualified names of the wrapper's class and of the wrapper classes it derives
+        from, saved attributes) of every wrapper, outermost first
     """
 
     env_class: str
@@ -314,7 +315,7 @@ class EnvSnapshot:
     env_state: Any
     rng_state: dict[str, Any] | None
     rng_seed: int | None
-    wrappers: list[tuple[str, dict[str, Any]]]
+    wrappers: list[tuple[tuple[str, ...], dict[str, Any]]]
 
 
 @dataclass
@@ -460,6 +461,16 @@ def _qualified(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
+def _lineage(wrapper: gym.Wrapper) -> tuple[str, ...]:
+    """Qualified names of a wrapper's class and of the wrapper classes it derives from, most specific first."""
+    generic = (gym.Wrapper, gym.ObservationWrapper, gym.ActionWrapper, gym.RewardWrapper, gym.Env)
+    return tuple(
+        f"{cls.__module__}.{cls.__qualname__}"
+        for cls in type(wrapper).__mro__
+        if issubclass(cls, gym.Wrapper) and cls not in generic
+    )
+
+
 def _is_configuration(value: Any) -> bool:
     """Values that are not state: environments, spaces, functions, classes, modules, files."""
     return isinstance(
@@ -553,7 +564,7 @@ def snapshot(env: gym.Env) -> EnvSnapshot:
         kind = "replay"
         env_state = copy.deepcopy(recorder.log)
     rng_state, rng_seed = _get_rng(unwrapped)
-    wrappers = [(_qualified(w), _wrapper_state(w)) for w in _chain(env) if not _is_internal(w)]
+    wrappers = [(_lineage(w), _wrapper_state(w)) for w in _chain(env) if not _is_internal(w)]
     return EnvSnapshot(_qualified(unwrapped), kind, env_state, rng_state, rng_seed, wrappers)
 
 
@@ -592,9 +603,11 @@ def restore(env: gym.Env, snap: EnvSnapshot) -> None:
     for wrapper in _chain(env):
         if _is_internal(wrapper):
             continue
-        name = _qualified(wrapper)
-        for position, (saved_name, state) in enumerate(saved):
-            if saved_name == name:
+        lineage = _lineage(wrapper)
+        for position, (saved_lineage, state) in enumerate(saved):
+            # the same class, or one derived from the other: rl_zoo3, once imported, makes
+            # gym.make build its PatchedTimeLimit where a subprocess without it builds TimeLimit
+            if saved_lineage[0] in lineage or lineage[0] in saved_lineage:
                 _set_attributes(wrapper, state)
                 del saved[: position + 1]
                 break

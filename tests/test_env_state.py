@@ -398,3 +398,21 @@ def test_registered_adapter_and_replay() -> None:
         register_state_adapter(AdaptedEnv, object())  # type: ignore[arg-type]
     _check_continuation(AdaptedEnv)
     _check_continuation(ReplayedEnv)
+
+
+class PatchedTimeLimitForTest(gym.wrappers.TimeLimit):
+    """Like rl_zoo3's PatchedTimeLimit, which gym.make builds once rl_zoo3 is imported."""
+
+
+def test_wrappers_match_their_subclasses() -> None:
+    # a trunk built with TimeLimit (say, in a subprocess), a branch copy built with a subclass of it
+    trunk = BranchableEnv(gym.wrappers.TimeLimit(gym.make("CartPole-v1").unwrapped, max_episode_steps=40))
+    trunk.reset(seed=0)
+    for _ in range(7):
+        trunk.step(0 if _ % 2 else 1)
+    branch = BranchableEnv(PatchedTimeLimitForTest(gym.make("CartPole-v1").unwrapped, max_episode_steps=40))
+    branch.set_state(trunk.get_state())
+    assert branch.env._elapsed_steps == 7  # type: ignore[attr-defined]
+    # and the other way round
+    trunk.set_state(branch.get_state())
+    assert trunk.env._elapsed_steps == 7  # type: ignore[attr-defined]
