@@ -605,9 +605,10 @@ def restore(env: gym.Env, snap: EnvSnapshot) -> None:
             continue
         lineage = _lineage(wrapper)
         for position, (saved_lineage, state) in enumerate(saved):
-            # the same class, or one derived from the other: rl_zoo3, once imported, makes
-            # gym.make build its PatchedTimeLimit where a subprocess without it builds TimeLimit
-            if saved_lineage[0] in lineage or lineage[0] in saved_lineage:
+            # the same wrapper class in both lineages (generic bases excluded): rl_zoo3, once
+            # imported, makes gym.make build its PatchedTimeLimit (a TimeLimit) where a
+            # subprocess without it builds TimeLimit, or another TimeLimit subclass
+            if set(saved_lineage) & set(lineage):
                 _set_attributes(wrapper, state)
                 del saved[: position + 1]
                 break

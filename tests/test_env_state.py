@@ -416,3 +416,9 @@ def test_wrappers_match_their_subclasses() -> None:
     # and the other way round
     trunk.set_state(branch.get_state())
     assert trunk.env._elapsed_steps == 7  # type: ignore[attr-defined]
+    # and between two different subclasses of TimeLimit (rl_zoo3's, once imported, and another)
+    from rl_zoo3.gym_patches import PatchedTimeLimit
+
+    zoo = BranchableEnv(PatchedTimeLimit(gym.make("CartPole-v1").unwrapped, max_episode_steps=40))
+    zoo.set_state(branch.get_state())
+    assert zoo.env._elapsed_steps == 7  # type: ignore[attr-defined]
