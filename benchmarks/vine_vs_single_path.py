@@ -124,6 +124,7 @@ def report(results: list[dict[str, Any]], out: Path, command: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     with open(out / "curves.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -162,6 +163,7 @@ def report(results: list[dict[str, Any]], out: Path, command: str) -> None:
             axis.plot(grid, mean, color=color, label=f"{scheme} ({len(runs)} seeds)")
             axis.fill_between(grid, mean - std, mean + std, color=color, alpha=0.2)
         axis.set_title(env_id)
+        axis.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter())
         axis.set_xlabel("total environment steps")
         axis.set_ylabel("training return (last 10 episodes)")
         axis.legend(fontsize=8)
@@ -187,9 +189,15 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every budget")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/vine")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the outputs from <out>/results.json")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        saved = json.loads((out / "results.json").read_text())
+        command = (out / "vine_vs_single_path.md").read_text().split("Command: `")[1].split("`")[0]
+        report(saved, out, command)
+        return
     jobs = [
         (env, scheme, seed, args.scale, str(out))
         for env in args.envs
