@@ -13,6 +13,7 @@ so a seed gives the same action stream. Every other policy goes through :class:`
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -197,11 +198,10 @@ class NumpyActor:
         return _forward(self.shared, x) if self.shared else x
 
     def act(self, obs: np.ndarray, obs_tensor: Any = None) -> tuple[np.ndarray, th.Tensor, th.Tensor]:
-        """Actions (numpy, in SB3's format), values and log-probabilities (tensors)."""
-        with single_blas_thread():
-            return self._act(obs)
-
-    def _act(self, obs: np.ndarray) -> tuple[np.ndarray, th.Tensor, th.Tensor]:
+        """
+        Actions (numpy, in SB3's format), values and log-probabilities (tensors). Call it inside
+        :func:`single_blas_thread` (the collector holds it for the whole rollout).
+        """
         features = self._features(obs)
         if self.split:
             weight, bias, activation = self.first
@@ -254,8 +254,7 @@ class NumpyActor:
 
     def values(self, obs: np.ndarray) -> th.Tensor:
         """State values for a batch of observations."""
-        with single_blas_thread():
-            return th.from_numpy(_forward(self.critic, self._features(obs)).astype(np.float32))
+        return th.from_numpy(_forward(self.critic, self._features(obs)).astype(np.float32))
 
 
 def make_actor(policy: ActorCriticPolicy) -> NumpyActor | TorchActor:
@@ -295,58 +294,65 @@ def collect_single_path(
     if isinstance(action_space, spaces.Box) and not algo.policy.squash_output:
         clip_low, clip_high = action_space.low, action_space.high
 
-    callback.on_rollout_start()
+    # the NumPy actor multiplies small matrices: one BLAS thread for the rollout (see single_blas_thread)
+    blas_limit = single_blas_thread() if isinstance(actor, NumpyActor) else contextlib.nullcontext()
+    with blas_limit:
+        callback.on_rollout_start()
 
-    while n_steps < n_rollout_steps:
-        if algo.use_sde and algo.sde_sample_freq > 0 and n_steps % algo.sde_sample_freq == 0:
-            algo.policy.reset_noise(env.num_envs)
+        while n_steps < n_rollout_steps:
+            if algo.use_sde and algo.sde_sample_freq > 0 and n_steps % algo.sde_sample_freq == 0:
+                algo.policy.reset_noise(env.num_envs)
 
-        if before_step is not None:
-            before_step(algo._last_obs, algo._last_episode_starts)  # type: ignore[arg-type]
-        obs_tensor = obs_as_tensor(algo._last_obs, algo.device)  # type: ignore[arg-type]
-        actions, values, log_probs = actor.act(algo._last_obs, obs_tensor)  # type: ignore[arg-type]
+            if before_step is not None:
+                before_step(algo._last_obs, algo._last_episode_starts)  # type: ignore[arg-type]
+            obs_tensor = obs_as_tensor(algo._last_obs, algo.device)  # type: ignore[arg-type]
+            actions, values, log_probs = actor.act(algo._last_obs, obs_tensor)  # type: ignore[arg-type]
 
-        clipped_actions = actions
-        if clip_low is not None and clip_high is not None:
-            clipped_actions = np.minimum(np.maximum(actions, clip_low), clip_high)
-        elif isinstance(action_space, spaces.Box):
-            clipped_actions = algo.policy.unscale_action(clipped_actions)
+            clipped_actions = actions
+            if clip_low is not None and clip_high is not None:
+                clipped_actions = np.minimum(np.maximum(actions, clip_low), clip_high)
+            elif isinstance(action_space, spaces.Box):
+                clipped_actions = algo.policy.unscale_action(clipped_actions)
 
-        new_obs, rewards, dones, infos = env.step(clipped_actions)
+            new_obs, rewards, dones, infos = env.step(clipped_actions)
 
-        algo.num_timesteps += env.num_envs
+            algo.num_timesteps += env.num_envs
 
-        # Give access to local variables
-        callback.update_locals(locals())
-        if not callback.on_step():
-            return False
+            # Give access to local variables
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
 
-        algo._update_info_buffer(infos, dones)
-        n_steps += 1
+            algo._update_info_buffer(infos, dones)
+            n_steps += 1
 
-        if isinstance(action_space, spaces.Discrete):
-            actions = actions.reshape(-1, 1)
+            if isinstance(action_space, spaces.Discrete):
+                actions = actions.reshape(-1, 1)
 
-        # Bootstrap truncated episodes with the value of their last observation
-        for idx, done in enumerate(dones):
-            if done and infos[idx].get("terminal_observation") is not None and infos[idx].get("TimeLimit.truncated", False):
-                terminal_obs = infos[idx]["terminal_observation"]
-                if isinstance(actor, NumpyActor):
-                    terminal_value = actor.values(terminal_obs[None])[0]
-                else:
-                    with th.no_grad():
-                        terminal_value = algo.policy.predict_values(algo.policy.obs_to_tensor(terminal_obs)[0])[0]  # type: ignore[arg-type]
-                rewards[idx] += algo.gamma * terminal_value.item()
+            # Bootstrap truncated episodes with the value of their last observation
+            for idx, done in enumerate(dones):
+                if (
+                    done
+                    and infos[idx].get("terminal_observation") is not None
+                    and infos[idx].get("TimeLimit.truncated", False)
+                ):
+                    terminal_obs = infos[idx]["terminal_observation"]
+                    if isinstance(actor, NumpyActor):
+                        terminal_value = actor.values(terminal_obs[None])[0]
+                    else:
+                        with th.no_grad():
+                            terminal_value = algo.policy.predict_values(algo.policy.obs_to_tensor(terminal_obs)[0])[0]  # type: ignore[arg-type]
+                    rewards[idx] += algo.gamma * terminal_value.item()
 
-        if fast_add:
-            _fast_add(rollout_buffer, algo._last_obs, actions, rewards, algo._last_episode_starts, values, log_probs)  # type: ignore[arg-type]
-        else:
-            rollout_buffer.add(algo._last_obs, actions, rewards, algo._last_episode_starts, values, log_probs)  # type: ignore[arg-type]
-        algo._last_obs = new_obs  # type: ignore[assignment]
-        algo._last_episode_starts = dones
+            if fast_add:
+                _fast_add(rollout_buffer, algo._last_obs, actions, rewards, algo._last_episode_starts, values, log_probs)  # type: ignore[arg-type]
+            else:
+                rollout_buffer.add(algo._last_obs, actions, rewards, algo._last_episode_starts, values, log_probs)  # type: ignore[arg-type]
+            algo._last_obs = new_obs  # type: ignore[assignment]
+            algo._last_episode_starts = dones
 
-    values = actor.values(new_obs)  # type: ignore[arg-type]
-    rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+        values = actor.values(new_obs)  # type: ignore[arg-type]
+        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
 
     callback.update_locals(locals())
     callback.on_rollout_end()
