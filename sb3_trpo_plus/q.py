@@ -26,10 +26,19 @@ small discrete action spaces (it explores better).
 
 ``q_kwargs`` may also hold ``max_weight`` (> 1): importance weights are truncated at that value
 (less variance, some bias), for every q.
+
+Pi_old must be one of SB3's unsquashed distributions (diagonal Gaussian, gSDE without
+``squash_output``, categorical, multi-categorical, Bernoulli). For a Box, SB3 policies act in the
+raw action space: a Gaussian's samples are clipped before the environment, but the log-densities
+(pi_old's and q's alike) are of the unclipped action, which is what the importance weights need.
+
+:func:`enumerate_actions` lists every action of a small finite space, for the vine's
+"branch every action" mode and its exact-sum estimator (no q at all).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -37,10 +46,15 @@ from typing import Any
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.distributions import Distribution
+from stable_baselines3.common.distributions import (
+    Distribution,
+    SquashedDiagGaussianDistribution,
+    StateDependentNoiseDistribution,
+)
 from torch.distributions import Bernoulli, Categorical, Normal
 
 Q_NAMES = ("policy", "uniform", "scaled", "mixture")
+MAX_ENUMERATED_ACTIONS = 64
 _ALLOWED_KWARGS = {
     "policy": {"max_weight"},
     "uniform": {"max_weight"},
@@ -59,6 +73,11 @@ def validate_q(
     Check the ``q`` and ``q_kwargs`` arguments of :class:`~sb3_trpo_plus.TRPOPlus` (against the
     action space when it is known).
 
+    :param q: "policy", "uniform", "scaled", "mixture" or a callable (see :func:`make_q`)
+    :param q_kwargs: ``std_scale`` and ``temperature`` (> 1, "scaled"), ``eps`` (in (0, 1],
+        "mixture"), ``max_weight`` (> 1, any q)
+    :param sampling: "single_path" (only q="policy" is allowed) or "vine"
+    :param action_space: the environment's action space; None skips the checks that need it
     :raises ValueError: naming the argument and what is allowed
     """
     kwargs = dict(q_kwargs or {})
@@ -69,20 +88,22 @@ def validate_q(
             f"q={q!r} needs sampling='vine': in single-path mode the states come from pi_old's own "
             "trajectories, so only q='policy' gives an unbiased surrogate"
         )
+    if callable(q):
+        _check_callable_signature(q)
     allowed = {"max_weight"} if callable(q) else _ALLOWED_KWARGS[q]  # type: ignore[index]
     unknown = set(kwargs) - allowed
     if unknown:
         raise ValueError(f"q_kwargs has keys {sorted(unknown)} that q={q!r} does not take; allowed: {sorted(allowed)}")
-    if "max_weight" in kwargs and not (isinstance(kwargs["max_weight"], (int, float)) and kwargs["max_weight"] > 1):
+    if "max_weight" in kwargs and not (_is_number(kwargs["max_weight"]) and kwargs["max_weight"] > 1):
         raise ValueError(f"q_kwargs['max_weight'] must be a number > 1, got {kwargs['max_weight']!r}")
     if q == "scaled":
         for key in ("std_scale", "temperature"):
             value = kwargs.get(key, 2.0)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 1):
+            if not (_is_number(value) and math.isfinite(value) and value > 1):
                 raise ValueError(f"q_kwargs['{key}'] must be a finite number > 1 for q='scaled', got {value!r}")
     if q == "mixture":
         eps = kwargs.get("eps", 0.2)
-        if not (isinstance(eps, (int, float)) and 0 < eps <= 1):
+        if not (_is_number(eps) and 0 < eps <= 1):
             raise ValueError(f"q_kwargs['eps'] must be in (0, 1] for q='mixture', got {eps!r}")
     if action_space is None:
         return
@@ -94,9 +115,36 @@ def validate_q(
 
 def make_q(q: str | Callable[..., Any], q_kwargs: dict[str, Any] | None, action_space: spaces.Space) -> SamplingDistribution:
     """
-    The sampling distribution named by ``q`` (validated against ``action_space``).
+    The sampling distribution named by ``q``, validated against ``action_space``.
 
-    :raises ValueError: for a bad ``q`` or ``q_kwargs``
+    A callable ``q`` must follow this protocol::
+
+        q(pi_old: stable_baselines3.common.distributions.Distribution,
+          observations: torch.Tensor | dict[str, torch.Tensor]) -> torch.distributions.Distribution
+
+    ``pi_old`` is SB3's action distribution on a batch of N states and ``observations`` the
+    observations of those states as the policy takes them. The returned distribution has batch
+    shape (N,) and
+
+    - ``sample((K,))`` gives K actions per state, shape (K, N, *a), in the format SB3's
+      ``Distribution.log_prob`` takes: a = () and integer indices for Discrete, a = (n,) integer
+      vectors for MultiDiscrete, a = (n,) 0/1 values for MultiBinary, a = (d,) floats in the raw
+      (unclipped) action space for Box;
+    - ``log_prob(actions)`` on such a (K, N, *a) tensor gives one log-density per action and
+      state, shape (K, N), summed over action dimensions (use
+      ``torch.distributions.Independent`` for a factorised vector density).
+
+    Its support must cover pi_old's, or the estimator is biased. The shapes are checked on every
+    call (a ValueError names the protocol).
+
+    :param q: "policy" (pi_old), "uniform", "scaled", "mixture" or a callable as above
+    :param q_kwargs: ``std_scale`` (> 1, Gaussian pi_old, default 2), ``temperature`` (> 1,
+        categorical and Bernoulli logits, default 2), ``eps`` (in (0, 1], "mixture", default 0.2),
+        ``max_weight`` (> 1, truncation of the importance weights, any q)
+    :param action_space: the environment's action space ("uniform" and "mixture" need a finite
+        space or a Box with finite bounds)
+    :return: the rule that builds q from pi_old on each batch of states
+    :raises ValueError: for a bad ``q`` or ``q_kwargs``, naming the argument and what is allowed
     """
     validate_q(q, q_kwargs, "vine", action_space)
     kwargs = dict(q_kwargs or {})
@@ -104,6 +152,69 @@ def make_q(q: str | Callable[..., Any], q_kwargs: dict[str, Any] | None, action_
     if callable(q):
         return SamplingDistribution(action_space, "callable", max_weight, user=q)
     return SamplingDistribution(action_space, q, max_weight, **kwargs)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_callable_signature(q: Callable[..., Any]) -> None:
+    try:
+        signature = inspect.signature(q)
+    except (TypeError, ValueError):  # some builtins and C extensions have no signature: checked when called
+        return
+    try:
+        signature.bind(None, None)
+    except TypeError as error:
+        raise ValueError(
+            f"a callable q must take two positional arguments (pi_old, observations) and return a "
+            f"torch.distributions.Distribution; {q!r} has signature {signature}"
+        ) from error
+
+
+def enumerate_actions(action_space: spaces.Space, max_actions: int = MAX_ENUMERATED_ACTIONS) -> th.Tensor:
+    """
+    Every action of a small finite action space, for branching every action with the exact-sum
+    surrogate (:func:`~sb3_trpo_plus.surrogate.exact_sum_surrogate`).
+
+    The actions are in the format SB3's ``Distribution.log_prob`` takes: shape (M,) long indices
+    for Discrete, (M, n) long vectors for MultiDiscrete, (M, n) float 0/1 vectors for
+    MultiBinary, with indices from 0 as SB3 policies act (a Discrete space's ``start`` is not
+    applied). Products are in row-major order (the last component varies fastest). The count is
+    checked before anything is allocated.
+
+    :param action_space: a Discrete, one-dimensional MultiDiscrete or MultiBinary space
+    :param max_actions: the largest number of actions accepted
+    :return: the M actions of the space
+    :raises ValueError: for another kind of space, or a space with more than ``max_actions`` actions
+    """
+    if isinstance(action_space, spaces.Discrete):
+        sizes = [int(action_space.n)]
+    elif isinstance(action_space, spaces.MultiDiscrete) and action_space.nvec.ndim == 1:
+        sizes = [int(n) for n in action_space.nvec]
+    elif isinstance(action_space, spaces.MultiBinary) and len(action_space.shape) == 1:
+        sizes = [2] * int(action_space.shape[0])
+    else:
+        raise ValueError(
+            f"enumerating actions needs a Discrete, one-dimensional MultiDiscrete or MultiBinary space, got {action_space}"
+        )
+    count = math.prod(sizes)
+    if count > max_actions:
+        raise ValueError(f"enumerating actions needs at most {max_actions} actions, the space {action_space} has {count}")
+    if isinstance(action_space, spaces.Discrete):
+        return th.arange(count, dtype=th.long)
+    grids = th.meshgrid(*[th.arange(size, dtype=th.long) for size in sizes], indexing="ij")
+    actions = th.stack([grid.reshape(-1) for grid in grids], dim=-1)
+    return actions.float() if isinstance(action_space, spaces.MultiBinary) else actions
+
+
+def _action_shape(action_space: spaces.Space) -> tuple[int, ...]:
+    """The shape of one action in the format SB3's ``Distribution.log_prob`` takes."""
+    if isinstance(action_space, spaces.Discrete):
+        return ()
+    if isinstance(action_space, spaces.MultiDiscrete):
+        return (len(action_space.nvec.ravel()),)
+    return (int(np.prod(action_space.shape or ())),)
 
 
 class SamplingDistribution:
@@ -138,12 +249,36 @@ class SamplingDistribution:
         self.user = user
 
     def build(self, pi_old: Distribution, observations: Any) -> ActionSampler:
-        """q on the states where ``pi_old`` (SB3's distribution, batch of N states) was evaluated."""
+        """
+        q on the states where ``pi_old`` was evaluated.
+
+        :param pi_old: SB3's action distribution of the old policy on a batch of N states
+        :param observations: the observations of those N states, as the policy takes them
+            (passed to a callable q; the built-in q ignore them)
+        :return: q on those states: ``sample(K)`` gives (N, K, *action shape) actions,
+            ``log_prob`` their (N, K) log-densities
+        :raises TypeError: for a squashed or otherwise unsupported pi_old
+        """
+        if isinstance(pi_old, SquashedDiagGaussianDistribution) or (
+            isinstance(pi_old, StateDependentNoiseDistribution) and pi_old.bijector is not None
+        ):
+            raise TypeError(
+                "q needs pi_old's density in the raw action space; squashed (tanh) Gaussian policies "
+                "(squash_output=True) are not supported"
+            )
+        parts = _torch_parts(pi_old)
+        if not all(isinstance(part, (Normal, Categorical, Bernoulli)) for part in parts):
+            raise TypeError(f"q supports Gaussian, categorical and Bernoulli policies, got {type(pi_old).__name__}")
+        n_states = parts[0].batch_shape[0]
         if self.kind == "callable":
             assert self.user is not None
-            return ActionSampler(self.user(pi_old, observations), self.action_space)
-        parts = _torch_parts(pi_old)
-        n_states = parts[0].batch_shape[0]
+            user_q = self.user(pi_old, observations)
+            if not (callable(getattr(user_q, "sample", None)) and callable(getattr(user_q, "log_prob", None))):
+                raise ValueError(
+                    f"a callable q must return a torch.distributions.Distribution (with sample and log_prob), "
+                    f"got {type(user_q).__name__}"
+                )
+            return ActionSampler(user_q, self.action_space, check_states=n_states)
         if self.kind == "policy":
             return ActionSampler(_Product(parts, self.action_space), self.action_space)
         if self.kind == "scaled":
@@ -260,19 +395,43 @@ class ActionSampler:
     format SB3's ``Distribution.log_prob`` takes, ``log_prob`` their log-densities, shape (N, K).
     """
 
-    def __init__(self, distribution: Any, action_space: spaces.Space) -> None:
+    def __init__(self, distribution: Any, action_space: spaces.Space, check_states: int | None = None) -> None:
         self.distribution = distribution
         self.action_space = action_space
+        self.check_states = check_states
+        self.action_shape = _action_shape(action_space)
 
     def sample(self, n_per_state: int) -> th.Tensor:
+        """
+        :param n_per_state: K, the number of actions per state
+        :return: K actions from q at each of the N states, shape (N, K, *action shape): long
+            indices for Discrete and MultiDiscrete, floats for MultiBinary and Box
+        """
         actions = self.distribution.sample((n_per_state,))
+        if self.check_states is not None:
+            self._check(actions.shape, (n_per_state, self.check_states, *self.action_shape), "sample((K,))")
         actions = actions.transpose(0, 1)
         if isinstance(self.action_space, (spaces.Discrete, spaces.MultiDiscrete)):
             return actions.long()
         return actions.float()
 
     def log_prob(self, actions: th.Tensor) -> th.Tensor:
+        """
+        :param actions: shape (N, K, *action shape), as :meth:`sample` gives them
+        :return: log q(a_{n,k} | s_n), shape (N, K), summed over action dimensions
+        """
         swapped = actions.transpose(0, 1)
         if isinstance(self.action_space, spaces.MultiDiscrete) and isinstance(self.distribution, _Product):
             swapped = swapped.long()
-        return self.distribution.log_prob(swapped).transpose(0, 1)
+        log_q = self.distribution.log_prob(swapped)
+        if self.check_states is not None:
+            self._check(log_q.shape, tuple(swapped.shape[:2]), "log_prob(actions)")
+        return log_q.transpose(0, 1)
+
+    def _check(self, shape: th.Size, expected: tuple[int, ...], call: str) -> None:
+        if tuple(shape) != expected:
+            raise ValueError(
+                f"the distribution returned by the callable q gave shape {tuple(shape)} from {call}, expected "
+                f"{expected} (K actions, N states, then the action shape {self.action_shape} in SB3's format; "
+                "log-densities summed over action dimensions); see sb3_trpo_plus.q.make_q for the protocol"
+            )
