@@ -56,7 +56,13 @@ from zoo_settings import algo_kwargs, make_env, settings
 
 from sb3_trpo_plus import TRPOPlus
 from sb3_trpo_plus.surrogate import detached, mean_kl
-from sb3_trpo_plus.trust_region import backtracking_line_search, conjugate_gradient, flat_grad, max_step_length
+from sb3_trpo_plus.trust_region import (
+    backtracking_line_search,
+    conjugate_gradient,
+    flat_grad,
+    max_step_length,
+    write_parameters,
+)
 
 PRETRAIN = {"Hopper-v5": 60_000, "Pendulum-v1": 40_000, "CartPole-v1": 20_000}
 
@@ -95,7 +101,7 @@ def line_search(
 
     def evaluate(fraction: float) -> tuple[float, float]:
         with th.no_grad():
-            th.nn.utils.vector_to_parameters(theta_old + fraction * step, params)
+            write_parameters(theta_old + fraction * step, params)
             new = model.policy.get_distribution(obs)
             return float(objective(new)), float(mean_kl(old, new))
 
@@ -103,7 +109,7 @@ def line_search(
         evaluate, baseline, model.target_kl, model.line_search_shrinking_factor, model.line_search_max_iter
     )
     with th.no_grad():
-        th.nn.utils.vector_to_parameters(theta_old, params)
+        write_parameters(theta_old, params)
     return {
         "accepted": float(result.success),
         "step_fraction": result.step_fraction,
@@ -118,7 +124,7 @@ def time_policy_step(model: TRPOPlus, surrogate: Any, theta_old: th.Tensor, frac
     model._policy_step(surrogate.observations, surrogate.objective)
     elapsed = time.perf_counter() - start
     with th.no_grad():
-        th.nn.utils.vector_to_parameters(theta_old, model._actor_params)
+        write_parameters(theta_old, model._actor_params)
     return 1000 * elapsed
 
 

@@ -33,6 +33,26 @@ class CGResult:
     iterations: int
 
 
+def write_parameters(vector: th.Tensor, params: Sequence[nn.Parameter]) -> None:
+    """
+    Copy a flat vector into ``params`` in place (the inverse of
+    :func:`torch.nn.utils.parameters_to_vector`).
+
+    Unlike :func:`torch.nn.utils.vector_to_parameters`, which rebinds every ``param.data`` to a
+    view of ``vector``, each parameter keeps its own storage: optimisers, NumPy views and
+    anything else holding the parameter see the new values, and the memory layout (hence the
+    floating-point result of every later matrix product) is the one the policy was built with.
+    """
+    offset = 0
+    with th.no_grad():
+        for param in params:
+            size = param.numel()
+            param.copy_(vector[offset : offset + size].view_as(param))
+            offset += size
+    if offset != vector.numel():
+        raise ValueError(f"vector has {vector.numel()} entries, the parameters {offset}")
+
+
 def conjugate_gradient(
     matvec: MatVec,
     b: th.Tensor,
@@ -302,8 +322,7 @@ def natural_gradient_step(
     baseline = float(objective.detach())
 
     def rejected(reason: str, line_search_steps: int = 0, cg: CGResult | None = None) -> StepResult:
-        with th.no_grad():
-            th.nn.utils.vector_to_parameters(theta_old, params)
+        write_parameters(theta_old, params)
         residual = math.nan if cg is None else cg.residual_norm
         iterations = 0 if cg is None else cg.iterations
         return StepResult(False, reason, 0.0, 0.0, 0.0, line_search_steps, residual, iterations, 0.0)
@@ -324,15 +343,14 @@ def natural_gradient_step(
     full_step = beta * direction
 
     def evaluate_fraction(fraction: float) -> tuple[float, float]:
+        write_parameters(theta_old + fraction * full_step, params)
         with th.no_grad():
-            th.nn.utils.vector_to_parameters(theta_old + fraction * full_step, params)
             return evaluate()
 
     search = backtracking_line_search(evaluate_fraction, baseline, max_kl, shrinking_factor, line_search_max_iter)
     if not search.success:
         return rejected(search.reason, search.n_evaluations, cg)
-    with th.no_grad():
-        th.nn.utils.vector_to_parameters(theta_old + search.step_fraction * full_step, params)
+    write_parameters(theta_old + search.step_fraction * full_step, params)
     expected = float(th.dot(gradient, full_step)) * search.step_fraction
     return StepResult(
         accepted=True,

@@ -26,6 +26,7 @@ from sb3_trpo_plus.trust_region import (
     kl_hessian_vector_product,
     max_step_length,
     natural_gradient_step,
+    write_parameters,
 )
 
 F64 = th.float64
@@ -299,6 +300,28 @@ def test_an_accepted_step_is_the_scaled_natural_gradient() -> None:
     assert math.isclose(result.kl, kl(), rel_tol=1e-12) and result.kl <= 0.01
     assert math.isclose(result.surrogate_gain, float(objective()) - float(surrogate), rel_tol=1e-9)
     assert result.cg_iterations <= n_params and result.line_search_steps >= 1
+
+
+def test_write_parameters_copies_in_place_and_checks_the_length() -> None:
+    params = [nn.Parameter(th.zeros(2, 3)), nn.Parameter(th.zeros(4))]
+    storages = [p.data_ptr() for p in params]
+    write_parameters(th.arange(10.0), params)
+    assert th.equal(params[0], th.arange(6.0).view(2, 3)) and th.equal(params[1], th.arange(6.0, 10.0))
+    assert [p.data_ptr() for p in params] == storages
+    with pytest.raises(ValueError, match="11 entries, the parameters 10"):
+        write_parameters(th.zeros(11), params)
+
+
+def test_an_accepted_step_keeps_each_parameter_in_its_own_storage() -> None:
+    # torch's vector_to_parameters rebinds .data to views of one flat vector, at unaligned
+    # offsets: later matrix products took other SIMD paths, and a saved-and-loaded model
+    # predicted one ulp away from the model it was saved from
+    _, params, objective, evaluate, fvp, _ = _categorical_problem(0)
+    storages, objects = [p.data_ptr() for p in params], [id(p) for p in params]
+    before = flat(params)
+    result = natural_gradient_step(params, objective(), lambda v: fvp(v) + 1e-3 * v, evaluate, 0.01, 10, 0.5, 10)
+    assert result.accepted and not th.equal(flat(params), before)
+    assert [p.data_ptr() for p in params] == storages and [id(p) for p in params] == objects
 
 
 def _assert_restored(params: list[nn.Parameter], before: list[th.Tensor], objects: list[int]) -> None:
