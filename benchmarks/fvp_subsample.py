@@ -29,7 +29,7 @@ is the Fisher matrix. Against the full-batch (f = 1) step it reports:
   afterwards), fractions alternated in a rotating order, medians.
 
 Learning. Run ``benchmarks/learning.py`` with ``--configs trpo_plus:fvp_subsample=0.1
-trpo_plus:fvp_subsample=1.0`` (the command is in the README) and pass its output directory
+trpo_plus:fvp_subsample=1.0`` (the command is in benchmarks/README.md) and pass its output directory
 with ``--learning-dir``: its final evaluations are tabulated here too.
 
 Output: ``<out>/fvp_subsample_raw.csv`` and ``<out>/fvp_subsample.md``.

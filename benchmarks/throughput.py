@@ -36,8 +36,8 @@ tensor allocations and slows Python down. Linux only.
 Threads: torch runs with one thread, and by default NumPy's BLAS too (``--blas-threads 1``,
 set through OPENBLAS_NUM_THREADS/OMP_NUM_THREADS/MKL_NUM_THREADS before NumPy is imported).
 TRPOPlus evaluates the policy and fits the critic with NumPy; with OpenBLAS's default thread
-count on a busy 2-core machine those matmuls slow down many times over (measured: see the
-README), so ``--blas-threads default`` is the setting that shows it.
+count on a busy 2-core machine those matmuls slow down many times over (measured: see
+benchmarks/README.md), so ``--blas-threads default`` is the setting that shows it.
 
 Outputs, in ``--out`` (default ``benchmarks/results``): ``throughput_raw.csv`` (one row per
 runner, env and repetition), ``throughput.csv`` (medians and ratios) and ``throughput.md``.

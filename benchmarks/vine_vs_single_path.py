@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 ENVS: dict[str, dict[str, Any]] = {
-    # rl_zoo3 hyperparams/trpo.yml entries; vine settings chosen here (see the README)
+    # rl_zoo3 hyperparams/trpo.yml entries; vine settings chosen here (see docs/vine.md and docs/benchmarks.md)
     "CartPole-v1": {
         "budget": 150_000,
         "normalize": False,
