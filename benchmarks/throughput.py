@@ -2,14 +2,20 @@
 Throughput: TRPOPlus against sb3-contrib's TRPO at identical hyperparameters, with the
 environment alone as the floor.
 
-    python benchmarks/throughput.py                      # Hopper-v5, Pendulum-v1, CartPole-v1, 5 reps
-    python benchmarks/throughput.py --envs Hopper-v5 --reps 3 --iters 2
+    python benchmarks/throughput.py                      # every row of ROWS, 5 reps
+    python benchmarks/throughput.py --rows Hopper-v5 Ant-v5 --reps 3 --iters 2
+    python benchmarks/throughput.py --rows Pong-cnn --profile   # also a cProfile of TRPOPlus per row
 
-For every environment and repetition, four runners are timed one after the other in one
+A *row* is one training configuration (:data:`ROWS`): the env, its VecEnv (DummyVecEnv or
+SubprocVecEnv, Monitor on every env, VecNormalize, Atari wrappers and frame stack as rl_zoo3
+builds them) and the algorithm's hyperparameters (the zoo's TRPO settings unless the row says
+otherwise). sb3-contrib's TRPO and TRPOPlus always get the same row.
+
+For every row and repetition, three runners are timed one after the other in one
 process, in an order rotated by one every repetition (so slow drifts of a shared machine hit
-every runner alike): the env floor, sb3-contrib's ``TRPO``, ``TRPOPlus`` with its defaults,
-and ``TRPOPlus(fvp_subsample=1.0)`` (identical work to sb3-contrib: Fisher-vector products on
-the whole batch). Each runner builds a fresh model with the repetition's seed and runs
+every runner alike): the env floor, sb3-contrib's ``TRPO`` and ``TRPOPlus`` with its defaults
+(``fvp_subsample=1.0``: identical work to sb3-contrib, Fisher-vector products on the whole
+batch). Each runner builds a fresh model with the repetition's seed and runs
 ``--warmup`` + ``--iters`` iterations; only the last ``--iters`` count.
 
 What is timed (``time.perf_counter``, one torch thread):
@@ -24,8 +30,8 @@ What is timed (``time.perf_counter``, one torch thread):
   boundary (the policy step before it calls ``get(batch_size=None)``). Both phases are
   therefore cut at the same point of the algorithm. ``_policy_step`` (TRPOPlus's trust-region
   step alone, without building the surrogate) is reported as well;
-- env floor: the same VecEnv (``make_vec_env``, Monitor on every env, DummyVecEnv) stepped
-  with actions from ``action_space.sample()``, the same number of steps as one iteration.
+- env floor: the row's VecEnv, built the same way, stepped with actions from
+  ``action_space.sample()``, the same number of steps as one iteration.
 
 Peak memory: measured separately (timings are not disturbed), each runner in a fresh
 subprocess: the peak resident set size (sampled every millisecond from /proc/self/statm by a
@@ -55,6 +61,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _threads import BLAS_THREADS  # noqa: I001  (first: sets the BLAS thread count before NumPy loads)
 
 import argparse
+import cProfile
+import pstats
 import shlex
 import concurrent.futures
 import multiprocessing
@@ -62,24 +70,105 @@ import platform
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+import ale_py
+import gymnasium as gym
 import numpy as np
 import pandas as pd
 import torch as th
 from sb3_contrib import TRPO
+from stable_baselines3.common.env_util import make_atari_env, make_vec_env
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecFrameStack, VecNormalize
 
-from zoo_settings import algo_kwargs, make_env, settings
+from zoo_settings import algo_kwargs, settings
 
 from sb3_trpo_plus import TRPOPlus
 
-ENVS = ("Hopper-v5", "Pendulum-v1", "CartPole-v1")
-# The zoo's MuJoCo TRPO settings as the issue states them; VecNormalize only with --normalize.
-RUNNERS: dict[str, tuple[type | None, dict[str, Any]]] = {
-    "env_floor": (None, {}),
-    "sb3_contrib_trpo": (TRPO, {}),
-    "trpo_plus_default": (TRPOPlus, {}),
-    "trpo_plus_fvp1.0": (TRPOPlus, {"fvp_subsample": 1.0}),
+
+
+@dataclass(frozen=True)
+class Row:
+    """
+    One training configuration of the throughput table.
+
+    :param name: the row's name (``--rows``)
+    :param env_id: gymnasium id
+    :param zoo_env: the entry of :data:`zoo_settings.ZOO_TRPO` whose settings the row starts from
+        (``None``: sb3-contrib's constructor defaults)
+    :param overrides: constructor arguments replacing the zoo's
+    :param n_envs: number of environments (``None``: the zoo's)
+    :param normalize: VecNormalize (``None``: the zoo's setting)
+    :param vec_env: ``"dummy"`` or ``"subproc"``
+    :param atari: rl_zoo3's Atari set-up: ``AtariWrapper`` on every env, then ``VecFrameStack(4)``
+    :param policy: policy name (``None``: the zoo's)
+    """
+
+    name: str
+    env_id: str
+    zoo_env: str | None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    n_envs: int | None = None
+    normalize: bool | None = None
+    vec_env: str = "dummy"
+    atari: bool = False
+    policy: str | None = None
+
+    def algo_kwargs(self) -> dict[str, Any]:
+        return {**(algo_kwargs(self.zoo_env) if self.zoo_env else {}), **self.overrides}
+
+    def policy_name(self) -> str:
+        return self.policy or (settings(self.zoo_env)["policy"] if self.zoo_env else "MlpPolicy")
+
+    def batch(self) -> int:
+        return self.num_envs() * self.algo_kwargs().get("n_steps", 2048)
+
+    def num_envs(self) -> int:
+        return self.n_envs or (settings(self.zoo_env)["n_envs"] if self.zoo_env else 1)
+
+    def make_env(self, seed: int) -> VecEnv:
+        """The row's training VecEnv, as rl_zoo3 builds it (Monitor on every env)."""
+        vec_env_cls = SubprocVecEnv if self.vec_env == "subproc" else DummyVecEnv
+        if self.atari:
+            env: VecEnv = make_atari_env(self.env_id, n_envs=self.num_envs(), seed=seed, vec_env_cls=vec_env_cls)
+            return VecFrameStack(env, n_stack=4)
+        env = make_vec_env(self.env_id, n_envs=self.num_envs(), seed=seed, vec_env_cls=vec_env_cls)
+        zoo_normalize = bool(settings(self.zoo_env).get("normalize", False)) if self.zoo_env else False
+        if zoo_normalize if self.normalize is None else self.normalize:
+            env = VecNormalize(env, gamma=self.algo_kwargs().get("gamma", 0.99))
+        return env
+
+
+_MUJOCO = "Hopper-v5"  # the zoo's MuJoCo defaults block (HalfCheetah adds target_kl)
+ROWS: dict[str, Row] = {
+    row.name: row
+    for row in (
+        Row("Pendulum-v1", "Pendulum-v1", "Pendulum-v1"),  # zoo: gSDE, 2 envs
+        Row("CartPole-v1", "CartPole-v1", "CartPole-v1"),
+        Row("Hopper-v5", "Hopper-v5", _MUJOCO),  # zoo MuJoCo settings: 2 envs, n_steps 1024, VecNormalize
+        Row("BipedalWalker-v3", "BipedalWalker-v3", _MUJOCO),  # the zoo's entry equals its MuJoCo block
+        Row("LunarLander-v3", "LunarLander-v3", "LunarLander-v3"),
+        Row(
+            "Hopper-v5-wide",
+            "Hopper-v5",
+            _MUJOCO,
+            overrides={"n_steps": 2048, "policy_kwargs": {"net_arch": [256, 256]}},
+            n_envs=8,
+            normalize=True,
+        ),
+        Row("Ant-v5", "Ant-v5", _MUJOCO),  # the zoo's Ant-v4 entry equals its MuJoCo block
+        # no zoo TRPO entry for Atari: sb3-contrib's defaults, rl_zoo3's Atari env set-up
+        # (8 envs, AtariWrapper, frame stack 4) with PPO's Atari rollout length
+        Row("Pong-cnn", "PongNoFrameskip-v4", None, overrides={"n_steps": 128}, n_envs=8, atari=True, policy="CnnPolicy"),
+        Row("Hopper-v5-subproc", "Hopper-v5", _MUJOCO, vec_env="subproc"),
+    )
+}
+gym.register_envs(ale_py)
+RUNNERS: dict[str, type | None] = {
+    "env_floor": None,
+    "sb3_contrib_trpo": TRPO,
+    "trpo_plus": TRPOPlus,
 }
 
 
@@ -99,11 +188,10 @@ def _wrap(obj: Any, name: str, before: Callable[[], None] | None = None, after: 
     setattr(obj, name, wrapped)
 
 
-def build_model(runner: str, env_id: str, seed: int, normalize: bool) -> Any:
-    cls, extra = RUNNERS[runner]
+def build_model(runner: str, row: Row, seed: int) -> Any:
+    cls = RUNNERS[runner]
     assert cls is not None
-    env = make_env(env_id, seed, normalize=normalize)
-    return cls(settings(env_id)["policy"], env, seed=seed, device="cpu", **algo_kwargs(env_id), **extra)
+    return cls(row.policy_name(), row.make_env(seed), seed=seed, device="cpu", **row.algo_kwargs())
 
 
 def time_model(model: Any, warmup: int, iters: int) -> dict[str, float]:
@@ -168,13 +256,12 @@ def time_model(model: Any, warmup: int, iters: int) -> dict[str, float]:
     return out
 
 
-def time_floor(env_id: str, seed: int, warmup: int, iters: int, normalize: bool) -> dict[str, float]:
+def time_floor(row: Row, seed: int, warmup: int, iters: int) -> dict[str, float]:
     """The env alone, stepped with random actions through the training VecEnv."""
-    conf = settings(env_id)
-    env = make_env(env_id, seed, normalize=normalize)
+    env = row.make_env(seed)
     env.reset()
     env.action_space.seed(seed)
-    n_steps = conf["n_steps"] if "n_steps" in conf else 2048
+    n_steps = row.algo_kwargs().get("n_steps", 2048)
     n_envs = env.num_envs
 
     def run(n: int) -> float:
@@ -191,10 +278,26 @@ def time_floor(env_id: str, seed: int, warmup: int, iters: int, normalize: bool)
             "critic_phase": nan, "policy_step": nan}
 
 
-def run_one(runner: str, env_id: str, seed: int, warmup: int, iters: int, normalize: bool) -> dict[str, float]:
+def run_one(runner: str, row: Row, seed: int, warmup: int, iters: int) -> dict[str, float]:
     if runner == "env_floor":
-        return time_floor(env_id, seed, warmup, iters, normalize)
-    return time_model(build_model(runner, env_id, seed, normalize), warmup, iters)
+        return time_floor(row, seed, warmup, iters)
+    return time_model(build_model(runner, row, seed), warmup, iters)
+
+
+def profile_row(row: Row, seed: int, warmup: int, iters: int, out: Path) -> Path:
+    """cProfile of TRPOPlus on ``row`` (warm-up + measured iterations); the top entries by own and cumulative time."""
+    model = build_model("trpo_plus", row, seed)
+    profiler = cProfile.Profile()
+    profiler.enable()
+    time_model(model, warmup, iters)
+    profiler.disable()
+    path = out / f"throughput_profile_{row.name}.txt"
+    with open(path, "w") as file:
+        file.write(f"# cProfile of TRPOPlus on {row.name}: {warmup} warm-up + {iters} iterations of {row.batch()} steps\n")
+        for key in ("tottime", "cumulative"):
+            file.write(f"\n## sorted by {key}\n")
+            pstats.Stats(profiler, stream=file).sort_stats(key).print_stats(30)
+    return path
 
 
 def _rss_mb() -> float:
@@ -224,29 +327,29 @@ class PeakRss:
         self.peak = max(self.peak, _rss_mb())
 
 
-def memory_child(runner: str, env_id: str, seed: int, warmup: int, normalize: bool) -> float:
+def memory_child(runner: str, row: Row, seed: int, warmup: int) -> float:
     """In a fresh process: peak RSS (MB) over building the model and warm-up + 1 iteration, minus the RSS before."""
     th.set_num_threads(1)
-    make_env(env_id, seed, normalize=normalize).close()  # load the simulator's libraries first
+    row.make_env(seed).close()  # load the simulator's libraries first
     layer = th.nn.Linear(4, 4)  # and torch's lazily initialised autograd and optimizer machinery
     th.optim.Adam(layer.parameters()).step(lambda: layer(th.ones(2, 4)).sum().backward())  # type: ignore[arg-type]
     before = _rss_mb()
     with PeakRss() as peak:
         if runner == "env_floor":
-            time_floor(env_id, seed, warmup, 1, normalize)
+            time_floor(row, seed, warmup, 1)
         else:
-            time_model(build_model(runner, env_id, seed, normalize), warmup, 1)
+            time_model(build_model(runner, row, seed), warmup, 1)
     return peak.peak - before
 
 
-def measure_memory(envs: list[str], seed: int, warmup: int, normalize: bool) -> dict[tuple[str, str], float]:
+def measure_memory(rows: list[Row], seed: int, warmup: int) -> dict[tuple[str, str], float]:
     out = {}
     context = multiprocessing.get_context("spawn")
-    for env_id in envs:
+    for row in rows:
         for runner in RUNNERS:
             with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-                out[(env_id, runner)] = pool.submit(memory_child, runner, env_id, seed, warmup, normalize).result()
-            print(f"  memory {env_id:12s} {runner:20s} peak RSS growth {out[(env_id, runner)]:7.1f} MB", flush=True)
+                out[(row.name, runner)] = pool.submit(memory_child, runner, row, seed, warmup).result()
+            print(f"  memory {row.name:18s} {runner:18s} peak RSS growth {out[(row.name, runner)]:7.1f} MB", flush=True)
     return out
 
 
@@ -292,13 +395,13 @@ def markdown(summary: pd.DataFrame, args: argparse.Namespace, loads: tuple[str, 
         f"1 torch thread, BLAS threads: {BLAS_THREADS}; load average before/after: {loads[0]} / {loads[1]}; "
         f"run took {elapsed / 60:.1f} min.  ",
         f"{args.reps} repetitions x ({args.warmup} warm-up + {args.iters} measured iterations) per runner, "
-        f"runners alternated; VecNormalize: {'on' if args.normalize else 'off'}. Medians over repetitions. "
+        "runners alternated. Medians over repetitions. "
         "Speed-up and wall/floor are medians of per-repetition paired ratios (min-max in brackets).",
         "",
         "The machine is shared: absolute figures move with the load of other processes; the paired ratios are",
         "the figures to read.",
         "",
-        "| env | runner | steps/s | speed-up vs sb3-contrib | wall / env floor | ms/iter | collect | policy phase "
+        "| row | runner | steps/s | speed-up vs sb3-contrib | wall / env floor | ms/iter | collect | policy phase "
         "| (_policy_step) | critic phase | peak RSS growth (MB) |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -326,12 +429,13 @@ def markdown(summary: pd.DataFrame, args: argparse.Namespace, loads: tuple[str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--envs", nargs="+", default=list(ENVS))
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS), metavar="ROW",
+                        help=f"rows to measure (default: all): {', '.join(ROWS)}")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1, help="iterations run before timing")
     parser.add_argument("--iters", type=int, default=3, help="measured iterations per repetition")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--normalize", action="store_true", help="wrap every env in VecNormalize (zoo MuJoCo setting)")
+    parser.add_argument("--profile", action="store_true", help="also write a cProfile of TRPOPlus per row")
     parser.add_argument(
         "--blas-threads",
         default="1",
@@ -348,20 +452,22 @@ def main() -> None:
 
     rows = []
     names = list(RUNNERS)
-    for env_id in args.envs:
-        batch = settings(env_id)["n_envs"] * settings(env_id).get("n_steps", 2048)
+    selected = [ROWS[name] for name in args.rows]
+    for row in selected:
         for rep in range(args.reps):
             order = names[rep % len(names):] + names[: rep % len(names)]
             for runner in order:
-                result = run_one(runner, env_id, args.seed + rep, args.warmup, args.iters, args.normalize)
-                result.update(env=env_id, runner=runner, rep=rep, batch=batch)
+                result = run_one(runner, row, args.seed + rep, args.warmup, args.iters)
+                result.update(env=row.name, runner=runner, rep=rep, batch=row.batch())
                 result["steps_per_s"] = result["steps"] / result["wall"]
                 result["wall_per_step"] = result["wall"] / result["steps"]
                 rows.append(result)
-                print(f"{env_id:12s} rep {rep} {runner:20s} {result['steps_per_s']:8.0f} steps/s", flush=True)
+                print(f"{row.name:18s} rep {rep} {runner:18s} {result['steps_per_s']:8.0f} steps/s", flush=True)
+        if args.profile:
+            print(f"  profile written to {profile_row(row, args.seed, args.warmup, args.iters, out)}", flush=True)
     raw = pd.DataFrame(rows)
     raw.to_csv(out / "throughput_raw.csv", index=False)
-    memory = {} if args.no_memory else measure_memory(args.envs, args.seed, args.warmup, args.normalize)
+    memory = {} if args.no_memory else measure_memory(selected, args.seed, args.warmup)
     summary = summarise(raw, memory)
     summary.to_csv(out / "throughput.csv", index=False)
     loads = (loads[0], " ".join(f"{x:.2f}" for x in os.getloadavg()))
