@@ -799,29 +799,41 @@ def _layer_name(layer: tuple[str, ...]) -> str:
     return layer[0] if layer else "gymnasium.Wrapper"
 
 
+#: wrappers that only record (statistics, files) and do not change the MDP: a branch copy built
+#: by the user may lack them
+_RECORDERS = frozenset({"stable_baselines3.common.monitor.Monitor", "gymnasium.wrappers.common.RecordEpisodeStatistics"})
+
+
+def _matches(ours: tuple[str, ...], theirs: tuple[str, ...]) -> bool:
+    return bool(set(ours) & set(theirs))
+
+
 def check_same_chain(trunk: list[tuple[str, ...]], branch: list[tuple[str, ...]], where: str = "branch copies") -> None:
     """
     Refuse branch copies that are not the trunk's environment, wrapper for wrapper.
 
     Two layers match when their lineages share a class (rl_zoo3's ``PatchedTimeLimit`` matches
-    gymnasium's ``TimeLimit``, as in :func:`restore`).
+    gymnasium's ``TimeLimit``, as in :func:`restore`). Wrappers that only record (SB3's
+    ``Monitor``, gymnasium's ``RecordEpisodeStatistics``) may be missing from a branch copy.
 
     :param trunk: :func:`wrapper_chain` of the trunk's environment
     :param branch: :func:`wrapper_chain` of a branch copy
     :param where: how the branch copies were made (for the message)
     :raises ChainMismatchError: naming the first wrapper that differs
     """
-    for position in range(max(len(trunk), len(branch))):
-        ours = trunk[position] if position < len(trunk) else None
-        theirs = branch[position] if position < len(branch) else None
-        if ours is not None and theirs is not None and set(ours) & set(theirs):
+    ours_layers = [layer for layer in trunk if not (set(layer) & _RECORDERS)]
+    theirs_layers = [layer for layer in branch if not (set(layer) & _RECORDERS)]
+    for position in range(max(len(ours_layers), len(theirs_layers))):
+        ours = ours_layers[position] if position < len(ours_layers) else None
+        theirs = theirs_layers[position] if position < len(theirs_layers) else None
+        if ours is not None and theirs is not None and _matches(ours, theirs):
             continue
+        if ours is not None and not any(_matches(ours, layer) for layer in theirs_layers[position:]):
+            problem = f"{where} lack the trunk's wrapper {_layer_name(ours)}"
+        else:
+            problem = f"{where} have the wrapper {_layer_name(theirs or ())} that the trunk's environment does not have"
         trunk_text = " -> ".join(_layer_name(layer) for layer in trunk)
         branch_text = " -> ".join(_layer_name(layer) for layer in branch)
-        if ours is None or (theirs is not None and theirs in trunk[position:]):
-            problem = f"{where} have the wrapper {_layer_name(theirs or ())} that the trunk's environment does not have"
-        else:
-            problem = f"{where} lack the trunk's wrapper {_layer_name(ours)}"
         raise ChainMismatchError(
             f"sampling='vine': {problem}, so the branches would simulate another MDP than the trunk. "
             f"Trunk: {trunk_text}. Branch copy: {branch_text}. Build the branch copies with every wrapper of the "

@@ -167,11 +167,12 @@ def _base_vec_env(env: VecEnv) -> tuple[VecEnv, list[VecEnvWrapper]]:
     return env, wrappers[::-1]
 
 
-def _copy_stack(stacked: Any) -> Any:
-    """The stack of one trunk environment (an array, or a dict of them for Dict observations)."""
-    if getattr(stacked, "sub_stacked_observations", None) is not None and isinstance(stacked.sub_stacked_observations, dict):
-        return {key: _copy_stack(sub) for key, sub in stacked.sub_stacked_observations.items()}
-    return stacked.stacked_obs
+def _copy_stack(stacked: Any, index: int) -> Any:
+    """The stack of trunk environment ``index`` (an array, or a dict of them for Dict observations)."""
+    subs = getattr(stacked, "sub_stacked_observations", None)
+    if isinstance(subs, dict):
+        return {key: _copy_stack(sub, index) for key, sub in subs.items()}
+    return stacked.stacked_obs[index].copy()
 
 
 def _fill_stack(stacked: Any, state: Any, size: int) -> None:
@@ -205,9 +206,7 @@ class VecWrappers:
 
     def snapshot(self, index: int) -> tuple[Any, ...]:
         """The state of the wrappers for trunk environment ``index`` (the frame stacks)."""
-        return tuple(
-            copy.deepcopy(_copy_stack(w.stacked_obs)) if isinstance(w, VecFrameStack) else None for w in self.wrappers
-        )
+        return tuple(_copy_stack(w.stacked_obs, index) if isinstance(w, VecFrameStack) else None for w in self.wrappers)
 
     def start(self, states: tuple[Any, ...], size: int) -> None:
         """Give each of ``size`` branches the wrapper state ``states`` (from :meth:`snapshot`)."""
