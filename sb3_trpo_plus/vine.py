@@ -18,6 +18,11 @@ Branches run side by side on K copies of the environment (a :class:`BranchPool`)
 or in subprocesses; they never touch the trunk's episodes, its Monitor statistics or
 VecNormalize's running statistics (branch observations and rewards are normalised with the
 frozen statistics). Every branch step is a real environment step and counts in the budget.
+
+Branches simulate the trunk's MDP: the copies are trunk environment 0 with every gymnasium
+wrapper (:func:`~sb3_trpo_plus.env_state.branch_copy`; taken inside the worker for a
+SubprocVecEnv trunk), their wrapper chain is compared with the trunk's at construction, and the
+trunk's VecEnv wrappers are replayed on branch observations and rewards (:class:`VecWrappers`).
 """
 
 from __future__ import annotations

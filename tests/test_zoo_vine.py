@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parent.parent
 VINE_CONFIG = REPO / "zoo_configs" / "trpo_plus_vine.yml"
 
 
-def _train(env_id: str, tmp_path: Path, atari: bool, params: list[str], budget: int) -> dict[str, float]:
+def _train(
+    env_id: str, tmp_path: Path, atari: bool, params: list[str], budget: int, flags: tuple[str, ...] = ()
+) -> dict[str, float]:
     report = tmp_path / "report.json"
     callback = f"[{{'zoo_vine_check.RecomputeBranchQ': {{'report': {str(report)!r}, 'atari': {atari}}}}}]"
     run_zoo(
@@ -40,6 +42,7 @@ def _train(env_id: str, tmp_path: Path, atari: bool, params: list[str], budget: 
             "-1",
             "--num-threads",
             "1",
+            *flags,
             "-params",
             *params,
             f"callback:{callback}",
@@ -68,6 +71,26 @@ def test_vine_through_the_zoo_on_cartpole(tmp_path: Path) -> None:
             "vine_kwargs:dict(n_states=4, horizon=25, all_actions=True)",
         ],
         budget=300,
+    )
+    assert report["states"] == 4 and report["checked"] == 4 * 2
+    assert report["max_difference"] <= 1e-4
+
+
+def test_vine_through_the_zoo_with_a_subprocess_trunk(tmp_path: Path) -> None:
+    """``--vec-env subproc``: the branch copy is taken inside a worker (its Monitor writes a file there)."""
+    report = _train(
+        "CartPole-v1",
+        tmp_path,
+        atari=False,
+        params=[
+            "n_steps:64",
+            "batch_size:64",
+            "n_critic_updates:2",
+            "env_wrapper:'sb3_trpo_plus.env_state.BranchableEnv'",
+            "vine_kwargs:dict(n_states=4, horizon=25, all_actions=True)",
+        ],
+        budget=300,
+        flags=("--vec-env", "subproc"),
     )
     assert report["states"] == 4 and report["checked"] == 4 * 2
     assert report["max_difference"] <= 1e-4
