@@ -457,6 +457,7 @@ class BranchPool:
         self.envs: list[gym.Env] = []
         self.remotes: list[Connection] = []
         self.processes: list[Any] = []
+        self.env_name = "the branch copy"
         if backend == "subproc":
             methods = mp.get_all_start_methods()
             context = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
@@ -477,16 +478,22 @@ class BranchPool:
         try:
             message = self.remotes[index].recv()
         except EOFError as error:
+            self.processes[index].join(timeout=5)
             code = self.processes[index].exitcode
-            raise BranchWorkerError(f"branch worker {index} died without a message (exit code {code})") from error
+            raise BranchWorkerError(
+                f"branch worker {index} ({self.env_name}) died without a message (exit code {code})"
+            ) from error
         return _raise_failure(message, f"branch worker {index}")
 
     def chain(self) -> list[tuple[str, ...]]:
         """:func:`~sb3_trpo_plus.env_state.wrapper_chain` of copy 0."""
         if self.remotes:
             self.remotes[0].send(("chain", None))
-            return self._receive(0)
-        return wrapper_chain(self.envs[0])
+            chain: list[tuple[str, ...]] = self._receive(0)
+        else:
+            chain = wrapper_chain(self.envs[0])
+        self.env_name = chain[-1][0]
+        return chain
 
     def restore(self, state: Any, seeds: np.ndarray | None) -> None:
         """Put every copy into ``state``; with ``seeds``, give copy k a fresh random generator (no common random numbers)."""

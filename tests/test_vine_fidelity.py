@@ -7,6 +7,7 @@ name the environment and the original exception.
 from __future__ import annotations
 
 import csv
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -351,3 +352,18 @@ def pool_state() -> Any:
     env.reset(seed=0)
     env.unwrapped.t = 3  # type: ignore[attr-defined]
     return env.get_state()
+
+
+class Dying(Countdown):
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        os._exit(3)
+
+
+def test_a_branch_worker_that_dies_is_named() -> None:
+    pool = BranchPool(lambda: Dying(None), 2, "subproc")
+    try:
+        assert pool.chain()[-1][0].endswith("Dying")
+        with pytest.raises(BranchWorkerError, match=r"branch worker 0 \(.*Dying\) died without a message \(exit code 3\)"):
+            pool.step(np.array([0, 1]), np.ones(2, dtype=bool))
+    finally:
+        pool.close()
