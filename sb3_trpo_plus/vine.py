@@ -18,19 +18,26 @@ Branches run side by side on K copies of the environment (a :class:`BranchPool`)
 or in subprocesses; they never touch the trunk's episodes, its Monitor statistics or
 VecNormalize's running statistics (branch observations and rewards are normalised with the
 frozen statistics). Every branch step is a real environment step and counts in the budget.
+
+Branches simulate the trunk's MDP: the copies are trunk environment 0 with every gymnasium
+wrapper (:func:`~sb3_trpo_plus.env_state.branch_copy`; taken inside the worker for a
+SubprocVecEnv trunk), their wrapper chain is compared with the trunk's at construction, and the
+trunk's VecEnv wrappers are replayed on branch observations and rewards (:class:`VecWrappers`).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import heapq
 import math
+import multiprocessing as mp
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any
 
+import cloudpickle
 import gymnasium as gym
 import numpy as np
 import torch as th
@@ -42,9 +49,27 @@ from stable_baselines3.common.distributions import (
 )
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import obs_as_tensor
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecEnvWrapper, VecMonitor, VecNormalize
+from stable_baselines3.common.vec_env import (
+    DummyVecEnv,
+    SubprocVecEnv,
+    VecEnv,
+    VecEnvWrapper,
+    VecFrameStack,
+    VecMonitor,
+    VecNormalize,
+    VecTransposeImage,
+)
 
-from sb3_trpo_plus.env_state import BranchableEnv, UnbranchableEnvError, check_branchable
+from sb3_trpo_plus.env_state import (
+    BranchableEnv,
+    BranchWorkerError,
+    UnbranchableEnvError,
+    WorkerFailure,
+    branch_copy,
+    check_branchable,
+    check_same_chain,
+    wrapper_chain,
+)
 from sb3_trpo_plus.surrogate import distribution_parameters
 
 VINE_DEFAULTS: dict[str, Any] = {
@@ -123,21 +148,113 @@ def enumerate_finite_actions(action_space: spaces.Space) -> np.ndarray:
     return actions
 
 
-def _base_vec_env(env: VecEnv) -> tuple[VecEnv, VecNormalize | None]:
-    """The innermost VecEnv and the VecNormalize wrapper, if any; other stateful wrappers are refused."""
-    normalizer = None
+_VEC_WRAPPERS = (VecNormalize, VecMonitor, VecFrameStack, VecTransposeImage)
+
+
+def _base_vec_env(env: VecEnv) -> tuple[VecEnv, list[VecEnvWrapper]]:
+    """
+    The innermost VecEnv and the VecEnv wrappers around it, innermost first. The wrappers that
+    vine can reproduce on its branches are VecNormalize (frozen), VecFrameStack (its stack is part
+    of the snapshot), VecTransposeImage and VecMonitor (it only records); any other is refused.
+    """
+    wrappers: list[VecEnvWrapper] = []
     while isinstance(env, VecEnvWrapper):
-        if isinstance(env, VecNormalize):
-            normalizer = env
-        elif not isinstance(env, VecMonitor):
-            raise ValueError(
-                f"sampling='vine' supports the VecEnv wrappers VecNormalize and VecMonitor, not {type(env).__name__}: "
-                "its state cannot be branched; apply the equivalent gymnasium wrapper inside each environment instead"
+        if not isinstance(env, _VEC_WRAPPERS):
+            raise UnbranchableEnvError(
+                f"sampling='vine' cannot reproduce the VecEnv wrapper {type(env).__module__}.{type(env).__qualname__} "
+                "on its branches (it supports VecNormalize, VecFrameStack, VecTransposeImage and VecMonitor): apply the "
+                "equivalent gymnasium wrapper inside each environment instead (e.g. make_vec_env(..., wrapper_class=...))"
             )
+        wrappers.append(env)
         env = env.venv
     if not isinstance(env, (DummyVecEnv, SubprocVecEnv)):
-        raise ValueError(f"sampling='vine' needs a DummyVecEnv or SubprocVecEnv trunk, got {type(env).__name__}")
-    return env, normalizer
+        raise UnbranchableEnvError(f"sampling='vine' needs a DummyVecEnv or SubprocVecEnv trunk, got {type(env).__name__}")
+    return env, wrappers[::-1]
+
+
+def _copy_stack(stacked: Any, index: int) -> Any:
+    """The stack of trunk environment ``index`` (an array, or a dict of them for Dict observations)."""
+    subs = getattr(stacked, "sub_stacked_observations", None)
+    if isinstance(subs, dict):
+        return {key: _copy_stack(sub, index) for key, sub in subs.items()}
+    return stacked.stacked_obs[index].copy()
+
+
+def _fill_stack(stacked: Any, state: Any, size: int) -> None:
+    if isinstance(state, dict):
+        for key, sub_state in state.items():
+            _fill_stack(stacked.sub_stacked_observations[key], sub_state, size)
+        return
+    stacked.stacked_obs = np.repeat(np.asarray(state)[None], size, axis=0)
+
+
+class VecWrappers:
+    """
+    The trunk's VecEnv wrappers, replayed on branch observations and rewards, so that the policy
+    and the value function see in a branch exactly what they would see on the trunk.
+
+    VecNormalize normalises with its statistics frozen (branches never update them); the stacks
+    of VecFrameStack are part of a trunk snapshot and every branch continues its own copy;
+    VecTransposeImage is stateless; VecMonitor only records.
+
+    :param wrappers: the trunk's VecEnv wrappers, innermost first (see :func:`_base_vec_env`)
+    """
+
+    def __init__(self, wrappers: list[VecEnvWrapper]) -> None:
+        self.wrappers = wrappers
+        self.stacks: list[Any] = [None] * len(wrappers)
+
+    @property
+    def normalizer(self) -> VecNormalize | None:
+        """The trunk's VecNormalize, if any."""
+        return next((w for w in self.wrappers if isinstance(w, VecNormalize)), None)
+
+    def snapshot(self, index: int) -> tuple[Any, ...]:
+        """The state of the wrappers for trunk environment ``index`` (the frame stacks)."""
+        return tuple(_copy_stack(w.stacked_obs, index) if isinstance(w, VecFrameStack) else None for w in self.wrappers)
+
+    def start(self, states: tuple[Any, ...], size: int) -> None:
+        """Give each of ``size`` branches the wrapper state ``states`` (from :meth:`snapshot`)."""
+        for position, (wrapper, state) in enumerate(zip(self.wrappers, states, strict=True)):
+            if isinstance(wrapper, VecFrameStack):
+                stack = copy.deepcopy(wrapper.stacked_obs)
+                _fill_stack(stack, state, size)
+                self.stacks[position] = stack
+
+    def process(self, observations: Any, rewards: np.ndarray) -> tuple[Any, np.ndarray]:
+        """
+        Observations and rewards of one step of every branch, as the trunk's VecEnv would return them.
+
+        :param observations: the environments' observations, stacked over branches (an array or a dict of arrays)
+        :param rewards: the environments' rewards
+        """
+        size = len(rewards)
+        for position, wrapper in enumerate(self.wrappers):
+            if isinstance(wrapper, VecNormalize):
+                observations = wrapper.normalize_obs(observations)
+                if wrapper.norm_reward:
+                    rewards = wrapper.normalize_reward(rewards)
+            elif isinstance(wrapper, VecFrameStack):
+                # episode ends are not passed: an ended branch stops, and its last observation is
+                # stacked on the previous frames, as VecFrameStack does for terminal observations
+                observations, _ = self.stacks[position].update(observations, np.zeros(size, dtype=bool), [{}] * size)
+                observations = copy.deepcopy(observations)
+            elif isinstance(wrapper, VecTransposeImage):
+                observations = wrapper.transpose_observations(observations)
+        return observations, np.asarray(rewards, dtype=np.float64)
+
+
+def _rows(batch: Any, size: int) -> list[Any]:
+    """Split a batch (array or dict of arrays) into its rows."""
+    if isinstance(batch, dict):
+        return [{key: value[index] for key, value in batch.items()} for index in range(size)]
+    return [batch[index] for index in range(size)]
+
+
+def _stack(observations: list[Any]) -> Any:
+    if isinstance(observations[0], dict):
+        return {key: np.stack([obs[key] for obs in observations]) for key in observations[0]}
+    return np.stack(observations)
 
 
 # ---------------------------------------------------------------------------------------- trunk
@@ -186,19 +303,49 @@ class TrunkStates:
         return [item[2] for item in items], [item[3] for item in items]
 
 
-def trunk_snapshotter(env: VecEnv) -> Callable[[int], Any]:
+@dataclass
+class BranchState:
+    """
+    A rollout-set state: the snapshot of one trunk environment (every gymnasium wrapper included)
+    and the state of the trunk's VecEnv wrappers for it (see :meth:`VecWrappers.snapshot`).
+    """
+
+    env: Any
+    vec: tuple[Any, ...]
+
+
+def _raise_failure(result: Any, where: str) -> Any:
+    if isinstance(result, WorkerFailure):
+        raise result.error(where) from result.exception
+    return result
+
+
+def trunk_snapshotter(env: VecEnv) -> Callable[[int], BranchState]:
     """A function ``i -> snapshot of trunk environment i`` for a DummyVecEnv or SubprocVecEnv trunk."""
-    base, _ = _base_vec_env(env)
+    base, wrappers = _base_vec_env(env)
+    vec = VecWrappers(wrappers)
     if isinstance(base, DummyVecEnv):
-        return lambda index: base.envs[index].get_state()  # type: ignore[attr-defined]
-    return lambda index: base.env_method("get_state", indices=[index])[0]
+        return lambda index: BranchState(base.envs[index].get_state(), vec.snapshot(index))  # type: ignore[attr-defined]
+
+    def take(index: int) -> BranchState:
+        state = base.env_method("guarded_call", "get_state", indices=[index])[0]
+        return BranchState(_raise_failure(state, f"snapshot of trunk environment {index}"), vec.snapshot(index))
+
+    return take
+
+
+def _trunk_chains(base: VecEnv) -> list[list[tuple[str, ...]]]:
+    if isinstance(base, DummyVecEnv):
+        return [wrapper_chain(sub_env) for sub_env in base.envs]
+    chains = base.env_method("guarded_call", "wrapper_chain")
+    return [_raise_failure(chain, f"trunk environment {index}") for index, chain in enumerate(chains)]
 
 
 def make_trunk_branchable(env: VecEnv) -> None:
     """
-    Check that every trunk environment can be snapshotted, and wrap each environment of a
-    DummyVecEnv in :class:`BranchableEnv` (SubprocVecEnv environments must be wrapped by the
-    user, e.g. ``make_vec_env(..., wrapper_class=BranchableEnv)``).
+    Check that every trunk environment can be snapshotted and that all are built alike, and wrap
+    each environment of a DummyVecEnv in :class:`BranchableEnv` (SubprocVecEnv environments must
+    be wrapped by the user, e.g. ``make_vec_env(..., wrapper_class=BranchableEnv)``).
 
     :raises UnbranchableEnvError: for an environment that cannot be branched
     """
@@ -208,49 +355,98 @@ def make_trunk_branchable(env: VecEnv) -> None:
             if not isinstance(sub_env, BranchableEnv):
                 check_branchable(sub_env)
                 base.envs[index] = BranchableEnv(sub_env)
-    elif not base.has_attr("get_state"):
+    elif not base.has_attr("guarded_call"):
         raise UnbranchableEnvError(
             "sampling='vine' with a SubprocVecEnv needs environments wrapped in sb3_trpo_plus.env_state.BranchableEnv, "
             "e.g. make_vec_env(env_id, n_envs, vec_env_cls=SubprocVecEnv, wrapper_class=BranchableEnv)"
         )
+    chains = _trunk_chains(base)
+    for index, chain in enumerate(chains[1:], start=1):
+        check_same_chain(chains[0], chain, where=f"trunk environment {index}'s wrappers (against environment 0's)")
 
 
 # ---------------------------------------------------------------------------------------- branches
 
 
 def _branch_env_factory(trunk: VecEnv, make_branch_env: Callable[[], gym.Env] | None) -> Callable[[], gym.Env]:
-    """How to build one dedicated copy of the trunk's environment for branching."""
+    """
+    How to build one dedicated copy of the trunk's environment for branching: by default a copy of
+    trunk environment 0, every wrapper included, without file side effects (see
+    :func:`~sb3_trpo_plus.env_state.branch_copy`), taken in its own process for a SubprocVecEnv.
+    The result is picklable with cloudpickle (subprocess branches get it).
+    """
     if make_branch_env is not None:
-        return lambda: _branchable(make_branch_env())
+        return functools.partial(_built_branch_env, make_branch_env)
     base, _ = _base_vec_env(trunk)
     if isinstance(base, DummyVecEnv):
-        template = base.envs[0]
-        try:
-            copy.deepcopy(template)
-            return lambda: _branchable(copy.deepcopy(template))
-        except Exception:  # any failure to copy means: rebuild from the spec
-            pass
-    spec = base.get_attr("spec", indices=[0])[0]
-    if spec is None:
-        raise UnbranchableEnvError(
-            "sampling='vine' cannot build copies of this environment (it cannot be deep-copied and has no "
-            "gymnasium spec): pass vine_kwargs={'make_branch_env': <callable returning a new env>}"
-        )
-    # the base environment as registered: wrappers added after gym.make (Monitor, ...) only record
-    base_spec = dataclasses.replace(spec, additional_wrappers=())
-    return lambda: _branchable(gym.make(base_spec))
+        template = branch_copy(base.envs[0])
+    else:
+        blob = _raise_failure(base.env_method("guarded_call", "branch_copy_blob", indices=[0])[0], "trunk environment 0")
+        template = cloudpickle.loads(blob)
+    return functools.partial(copy.deepcopy, template)
+
+
+def _built_branch_env(make_branch_env: Callable[[], gym.Env]) -> gym.Env:
+    return _branchable(make_branch_env())
 
 
 def _branchable(env: gym.Env) -> BranchableEnv:
     return env if isinstance(env, BranchableEnv) else BranchableEnv(env)
 
 
+def _branch_worker(remote: Connection, parent_remote: Connection, payload: bytes) -> None:
+    """
+    The loop of a subprocess branch copy: restore / step (no auto-reset) / replayed_steps / chain.
+    An exception is sent back as a :class:`WorkerFailure` and the worker carries on.
+    """
+    parent_remote.close()
+    env: gym.Env | None = None
+    try:
+        env = _branchable(cloudpickle.loads(payload)())
+    except Exception as error:
+        remote.send(WorkerFailure.capture("the branch copy", "building it", error))
+    while True:
+        try:
+            command, data = remote.recv()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if command == "close":
+            if env is not None:
+                env.close()
+            remote.close()
+            break
+        if env is None:
+            continue
+        try:
+            if command == "restore":
+                state, seed = data
+                env.set_state(state)  # type: ignore[attr-defined]
+                if seed is not None:
+                    env.unwrapped.np_random = np.random.default_rng(int(seed))
+                remote.send(None)
+            elif command == "step":
+                obs, reward, terminated, truncated, _ = env.step(data)
+                remote.send((obs, float(reward), bool(terminated), bool(truncated)))
+            elif command == "replayed_steps":
+                remote.send(int(getattr(env, "replayed_steps", 0)))
+            elif command == "chain":
+                remote.send(wrapper_chain(env))
+            else:
+                raise NotImplementedError(f"unknown branch worker command {command!r}")
+        except Exception as error:
+            remote.send(WorkerFailure.capture(env, command, error))
+
+
 class BranchPool:
     """
     K dedicated copies of the environment that run the K branches of one rollout-set state
-    side by side, in-process (``"dummy"``) or one subprocess each (``"subproc"``).
+    side by side, in-process (``"dummy"``) or one subprocess each (``"subproc"``). A copy never
+    auto-resets: a branch ends with its episode. An exception in a subprocess copy is raised in
+    the caller as :class:`~sb3_trpo_plus.env_state.BranchWorkerError`, naming the environment
+    and chained to the original exception.
 
-    :param make_env: builds one copy (wrapped in :class:`BranchableEnv`)
+    :param make_env: builds one copy (wrapped in :class:`BranchableEnv` if it is not); picklable
+        with cloudpickle for ``"subproc"``
     :param size: K, the number of copies
     :param backend: "dummy" or "subproc"
     """
@@ -258,20 +454,54 @@ class BranchPool:
     def __init__(self, make_env: Callable[[], gym.Env], size: int, backend: str) -> None:
         self.size = size
         self.backend = backend
+        self.envs: list[gym.Env] = []
+        self.remotes: list[Connection] = []
+        self.processes: list[Any] = []
+        self.env_name = "the branch copy"
         if backend == "subproc":
-            self.vec_env: SubprocVecEnv | None = SubprocVecEnv([make_env for _ in range(size)])
-            self.envs: list[gym.Env] = []
+            methods = mp.get_all_start_methods()
+            context = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+            payload = cloudpickle.dumps(make_env)
+            for _ in range(size):
+                remote, work_remote = context.Pipe()
+                process = context.Process(  # type: ignore[attr-defined]
+                    target=_branch_worker, args=(work_remote, remote, payload), daemon=True
+                )
+                process.start()
+                work_remote.close()
+                self.remotes.append(remote)
+                self.processes.append(process)
         else:
-            self.vec_env = None
-            self.envs = [make_env() for _ in range(size)]
+            self.envs = [_branchable(make_env()) for _ in range(size)]
+
+    def _receive(self, index: int) -> Any:
+        try:
+            message = self.remotes[index].recv()
+        except EOFError as error:
+            self.processes[index].join(timeout=5)
+            code = self.processes[index].exitcode
+            raise BranchWorkerError(
+                f"branch worker {index} ({self.env_name}) died without a message (exit code {code})"
+            ) from error
+        return _raise_failure(message, f"branch worker {index}")
+
+    def chain(self) -> list[tuple[str, ...]]:
+        """:func:`~sb3_trpo_plus.env_state.wrapper_chain` of copy 0."""
+        if self.remotes:
+            self.remotes[0].send(("chain", None))
+            chain: list[tuple[str, ...]] = self._receive(0)
+        else:
+            chain = wrapper_chain(self.envs[0])
+        self.env_name = chain[-1][0]
+        return chain
 
     def restore(self, state: Any, seeds: np.ndarray | None) -> None:
         """Put every copy into ``state``; with ``seeds``, give copy k a fresh random generator (no common random numbers)."""
-        if self.vec_env is not None:
-            self.vec_env.env_method("set_state", state)
-            if seeds is not None:
-                for index, seed in enumerate(seeds):
-                    self.vec_env.set_attr("np_random", np.random.default_rng(int(seed)), indices=[index])
+        if self.remotes:
+            for index, remote in enumerate(self.remotes):
+                remote.send(("restore", (state, None if seeds is None else int(seeds[index]))))
+            for index in range(self.size):
+                self._receive(index)
             return
         for index, env in enumerate(self.envs):
             env.set_state(state)  # type: ignore[attr-defined]
@@ -280,7 +510,7 @@ class BranchPool:
 
     def step(self, actions: np.ndarray, active: np.ndarray) -> tuple[list[Any], np.ndarray, np.ndarray, np.ndarray]:
         """
-        Step the active copies only.
+        Step the active copies only (both backends return the environments' own values).
 
         :return: next observations (None for inactive copies), rewards, terminated and truncated flags
         """
@@ -288,34 +518,39 @@ class BranchPool:
         rewards = np.zeros(self.size)
         terminated = np.zeros(self.size, dtype=bool)
         truncated = np.zeros(self.size, dtype=bool)
-        indices = np.flatnonzero(active)
-        if self.vec_env is not None:
-            remotes = self.vec_env.remotes
+        indices = [int(index) for index in np.flatnonzero(active)]
+        if self.remotes:
             for index in indices:
-                remotes[index].send(("step", actions[index]))
-            for index in indices:
-                obs, reward, done, info, _ = remotes[index].recv()
-                truncated[index] = bool(info.get("TimeLimit.truncated", False))
-                terminated[index] = bool(done) and not truncated[index]
-                observations[index] = info["terminal_observation"] if done else obs
-                rewards[index] = reward
-            return observations, rewards, terminated, truncated
-        for index in indices:
-            obs, reward, term, trunc, _ = self.envs[index].step(actions[index])
-            observations[index], rewards[index], terminated[index], truncated[index] = obs, reward, term, trunc
+                self.remotes[index].send(("step", actions[index]))
+            results = {index: self._receive(index) for index in indices}
+        else:
+            results = {index: self.envs[index].step(actions[index])[:4] for index in indices}
+        for position, (obs, reward, term, trunc) in results.items():
+            observations[position], rewards[position], terminated[position], truncated[position] = obs, reward, term, trunc
         return observations, rewards, terminated, truncated
 
     def replayed_steps(self) -> int:
         """Simulator steps spent replaying snapshots (replay-based environments), summed over copies."""
-        if self.vec_env is not None:
-            return int(sum(self.vec_env.get_attr("replayed_steps")))
+        if self.remotes:
+            for remote in self.remotes:
+                remote.send(("replayed_steps", None))
+            return int(sum(self._receive(index) for index in range(self.size)))
         return int(sum(getattr(env, "replayed_steps", 0) for env in self.envs))
 
     def close(self) -> None:
-        if self.vec_env is not None:
-            self.vec_env.close()
+        for remote in self.remotes:
+            try:
+                remote.send(("close", None))
+            except (BrokenPipeError, OSError):
+                pass
+        for process in self.processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.terminate()
+        self.remotes, self.processes = [], []
         for env in self.envs:
             env.close()
+        self.envs = []
 
 
 def sample_with_noise(distribution: Any, params: list[np.ndarray], noise_rng: np.random.Generator, common: bool) -> np.ndarray:
@@ -350,13 +585,29 @@ class BranchResult:
     lengths: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
+def bootstraps(terminated: np.ndarray, truncated: np.ndarray, cut: np.ndarray) -> np.ndarray:
+    """
+    The bootstrapping rule of a branch, the same for every backend (and the same as SB3's trunk):
+    a terminal state is worth nothing after it (never bootstrapped, even when the time limit falls
+    on the same step); a branch truncated by a time limit or cut at the horizon is completed with
+    gamma^L V(s_L), V of the state it stopped in.
+
+    :param terminated: the environment reported termination on the branch's last step
+    :param truncated: the environment reported truncation on the branch's last step
+    :param cut: the branch reached the horizon H
+    :return: which branches are bootstrapped
+    """
+    return ~np.asarray(terminated, dtype=bool) & (np.asarray(truncated, dtype=bool) | np.asarray(cut, dtype=bool))
+
+
 class BranchRunner:
     """
     Runs the K branches of a rollout-set state and returns their Q estimates.
 
     :param policy: pi_old (frozen during the rollout)
     :param pool: the environment copies
-    :param normalizer: the trunk's VecNormalize, used frozen on branch observations and rewards
+    :param vec_wrappers: the trunk's VecEnv wrappers, replayed on branch observations and rewards
+        (VecNormalize frozen, frame stacks continued from the snapshot, images transposed)
     :param action_space: the environment's action space (for clipping / unscaling)
     :param gamma: discount factor
     :param horizon: H, the maximum length of a branch
@@ -368,7 +619,7 @@ class BranchRunner:
         self,
         policy: ActorCriticPolicy,
         pool: BranchPool,
-        normalizer: VecNormalize | None,
+        vec_wrappers: VecWrappers,
         action_space: spaces.Space,
         gamma: float,
         horizon: int,
@@ -377,7 +628,7 @@ class BranchRunner:
     ) -> None:
         self.policy = policy
         self.pool = pool
-        self.normalizer = normalizer
+        self.vec_wrappers = vec_wrappers
         self.action_space = action_space
         self.gamma = gamma
         self.horizon = horizon
@@ -392,57 +643,80 @@ class BranchRunner:
         return actions
 
     def _normalize_obs(self, observations: list[Any]) -> Any:
-        if isinstance(observations[0], dict):
-            stacked: Any = {key: np.stack([obs[key] for obs in observations]) for key in observations[0]}
-        else:
-            stacked = np.stack(observations)
-        return self.normalizer.normalize_obs(stacked) if self.normalizer is not None else stacked
+        """Stack per-branch observations into a batch (they are already as the policy sees them, see :meth:`step`)."""
+        return _stack(observations)
 
     def _values(self, observations: list[Any]) -> np.ndarray:
         with th.no_grad():
             obs_tensor = obs_as_tensor(self._normalize_obs(observations), self.policy.device)
             return self.policy.predict_values(obs_tensor).cpu().numpy().reshape(-1)  # type: ignore[arg-type]
 
-    def run(self, state: Any, first_actions: np.ndarray) -> BranchResult:
-        """
-        Restore every copy to ``state``, take ``first_actions[k]`` in copy k, then follow pi_old.
+    def restore(self, state: BranchState, seeds: np.ndarray | None = None) -> None:
+        """Put every copy into the rollout-set state ``state`` (with ``seeds``: fresh environment noise per copy)."""
+        self.pool.restore(state.env, seeds)
+        self.vec_wrappers.start(state.vec, self.pool.size)
 
-        :param state: snapshot of the rollout-set state
+    def step(
+        self, env_actions: np.ndarray, active: np.ndarray, previous: list[Any] | None = None
+    ) -> tuple[list[Any], np.ndarray, np.ndarray, np.ndarray]:
+        """
+        One step of the active branches, observed through the trunk's VecEnv wrappers: what the
+        trunk's VecEnv would return for the same environment step.
+
+        :param env_actions: K actions in the environment's format
+        :param active: which branches step
+        :param previous: the branches' previous observations, filling the rows of inactive ones
+            (the first step must have every branch active)
+        :return: observations as the policy sees them (one per branch), rewards as the trunk's
+            VecEnv returns them (0 for inactive branches), terminated and truncated flags
+        """
+        raw, rewards, terminated, truncated = self.pool.step(env_actions, active)
+        if not active.all():
+            filler = next(obs for obs in raw if obs is not None)
+            raw = [obs if obs is not None else filler for obs in raw]
+        observations, rewards = self.vec_wrappers.process(_stack(raw), rewards)
+        rows = _rows(observations, self.pool.size)
+        if previous is not None:
+            rows = [rows[index] if active[index] else previous[index] for index in range(self.pool.size)]
+        return rows, np.where(active, rewards, 0.0), terminated, truncated
+
+    def run(self, state: BranchState, first_actions: np.ndarray) -> BranchResult:
+        """
+        Restore every copy to ``state``, take ``first_actions[k]`` in copy k, then follow pi_old;
+        Q is the discounted return, bootstrapped by :func:`bootstraps`.
+
+        :param state: the rollout-set state
         :param first_actions: K actions in the policy's action format
         """
         size = len(first_actions)
         seeds = None if self.crn else self.rng.integers(0, 2**31 - 1, size=size)
-        self.pool.restore(state, seeds)
+        self.restore(state, seeds)
         returns = np.zeros(size)
         discount = np.ones(size)
         active = np.ones(size, dtype=bool)
         lengths = np.zeros(size, dtype=np.int64)
         actions = first_actions
-        last_obs: list[Any] = [None] * size
+        last_obs: list[Any] | None = None
         bootstrap = np.zeros(size, dtype=bool)
         env_steps = 0
         for step in range(self.horizon):
-            observations, rewards, terminated, truncated = self.pool.step(self._to_env(actions), active)
+            last_obs, rewards, terminated, truncated = self.step(self._to_env(actions), active, last_obs)
             env_steps += int(active.sum())
-            if self.normalizer is not None and self.normalizer.norm_reward:
-                rewards = np.where(active, self.normalizer.normalize_reward(rewards), 0.0)
             returns += np.where(active, discount * rewards, 0.0)
             discount = np.where(active, discount * self.gamma, discount)
             lengths += active
-            for index in np.flatnonzero(active):
-                last_obs[index] = observations[index]
-            bootstrap |= active & truncated
-            active &= ~(terminated | truncated)
+            ended = active & (terminated | truncated)
+            cut = active & ~ended if step == self.horizon - 1 else np.zeros(size, dtype=bool)
+            bootstrap |= active & bootstraps(terminated, truncated, cut)
+            active &= ~(ended | cut)
             if not active.any():
                 break
-            if step == self.horizon - 1:
-                bootstrap |= active
-                break
-            actions = self._policy_actions([observations[i] if active[i] else last_obs[i] for i in range(size)])
+            actions = self._policy_actions(last_obs)
         if bootstrap.any():
-            cut = np.flatnonzero(bootstrap)
-            values = self._values([last_obs[i] for i in cut])
-            returns[cut] += discount[cut] * values
+            assert last_obs is not None
+            index = np.flatnonzero(bootstrap)
+            values = self._values([last_obs[i] for i in index])
+            returns[index] += discount[index] * values
         return BranchResult(returns, env_steps, lengths)
 
     def _policy_actions(self, observations: list[Any]) -> np.ndarray:
@@ -471,7 +745,7 @@ class VineSampler:
         self, settings: dict[str, Any], q: Any, env: VecEnv, policy: ActorCriticPolicy, gamma: float, seed: int | None
     ) -> None:
         make_trunk_branchable(env)
-        _, self.normalizer = _base_vec_env(env)
+        self.vec_wrappers = VecWrappers(_base_vec_env(env)[1])
         self.settings = settings
         self.q = q
         self.env = env
@@ -482,10 +756,15 @@ class VineSampler:
         n_branches = len(self.all_actions) if self.all_actions is not None else settings["n_actions"]
         factory = _branch_env_factory(env, settings["make_branch_env"])
         self.pool = BranchPool(factory, n_branches, settings["branch_vec_env"])
+        try:  # the branches must simulate the trunk's MDP: the same wrappers, in the same order
+            check_same_chain(_trunk_chains(_base_vec_env(env)[0])[0], self.pool.chain())
+        except Exception:
+            self.pool.close()
+            raise
         self.runner = BranchRunner(
             policy,
             self.pool,
-            self.normalizer,
+            self.vec_wrappers,
             policy.action_space,
             gamma,
             settings["horizon"],
