@@ -45,6 +45,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecEnvWrapper, VecMonitor, VecNormalize
 
 from sb3_trpo_plus.env_state import BranchableEnv, UnbranchableEnvError, check_branchable
+from sb3_trpo_plus.q import enumerate_actions
 from sb3_trpo_plus.surrogate import distribution_parameters
 
 VINE_DEFAULTS: dict[str, Any] = {
@@ -57,7 +58,6 @@ VINE_DEFAULTS: dict[str, Any] = {
     "branch_vec_env": "dummy",
     "make_branch_env": None,
 }
-MAX_ENUMERATED_ACTIONS = 64
 
 
 def validate_vine_kwargs(vine_kwargs: dict[str, Any] | None, action_space: spaces.Space | None) -> dict[str, Any]:
@@ -92,35 +92,24 @@ def validate_vine_kwargs(vine_kwargs: dict[str, Any] | None, action_space: space
     if settings["make_branch_env"] is not None and not callable(settings["make_branch_env"]):
         raise ValueError("vine_kwargs['make_branch_env'] must be None or a callable returning a gymnasium.Env")
     if settings["all_actions"] and action_space is not None:
-        enumerate_finite_actions(action_space)
+        enumerate_all_actions(action_space)
     return settings
 
 
-def enumerate_finite_actions(action_space: spaces.Space) -> np.ndarray:
+def enumerate_all_actions(action_space: spaces.Space) -> th.Tensor:
     """
-    Every action of a small finite action space, in the format the environment takes.
+    Every action of a small finite action space, for ``vine_kwargs['all_actions']`` (see
+    :func:`sb3_trpo_plus.q.enumerate_actions`: the count is computed from the space and checked
+    before anything is allocated; the actions are in the format SB3's ``Distribution.log_prob``
+    takes, floats for MultiBinary).
 
-    :raises ValueError: when the space is not finite or has more than
-        :data:`MAX_ENUMERATED_ACTIONS` actions
+    :raises ValueError: naming ``vine_kwargs['all_actions']``, when the space is not finite or has
+        more than :data:`sb3_trpo_plus.q.MAX_ENUMERATED_ACTIONS` actions
     """
-    # SB3 policies act with indices from 0 (a space's ``start`` is not applied), and so do these
-    if isinstance(action_space, spaces.Discrete):
-        actions = np.arange(int(action_space.n))
-    elif isinstance(action_space, spaces.MultiDiscrete) and action_space.nvec.ndim == 1:
-        grids = np.meshgrid(*[np.arange(n) for n in action_space.nvec], indexing="ij")
-        actions = np.stack([g.ravel() for g in grids], axis=1)
-    elif isinstance(action_space, spaces.MultiBinary) and isinstance(action_space.n, (int, np.integer)):
-        actions = (np.arange(2**action_space.n)[:, None] >> np.arange(action_space.n)[None]) & 1
-    else:
-        raise ValueError(
-            f"vine_kwargs['all_actions'] needs a Discrete, MultiDiscrete or MultiBinary space, got {action_space}"
-        )
-    if len(actions) > MAX_ENUMERATED_ACTIONS:
-        raise ValueError(
-            f"vine_kwargs['all_actions'] needs at most {MAX_ENUMERATED_ACTIONS} actions, "
-            f"the space {action_space} has {len(actions)}"
-        )
-    return actions
+    try:
+        return enumerate_actions(action_space)
+    except ValueError as error:
+        raise ValueError(f"vine_kwargs['all_actions']=True: {error}") from None
 
 
 def _base_vec_env(env: VecEnv) -> tuple[VecEnv, VecNormalize | None]:
@@ -478,7 +467,7 @@ class VineSampler:
         self.policy = policy
         self.gamma = gamma
         self.rng = np.random.default_rng(seed)
-        self.all_actions = enumerate_finite_actions(policy.action_space) if settings["all_actions"] else None
+        self.all_actions = enumerate_all_actions(policy.action_space).to(policy.device) if settings["all_actions"] else None
         n_branches = len(self.all_actions) if self.all_actions is not None else settings["n_actions"]
         factory = _branch_env_factory(env, settings["make_branch_env"])
         self.pool = BranchPool(factory, n_branches, settings["branch_vec_env"])
@@ -535,8 +524,7 @@ class VineSampler:
         with th.no_grad():
             pi_old = self.policy.get_distribution(obs_tensor)  # type: ignore[arg-type]
             if self.all_actions is not None:
-                actions = th.as_tensor(self.all_actions, device=self.policy.device).unsqueeze(0)
-                actions = actions.expand(n_states, *actions.shape[1:])
+                actions = self.all_actions.unsqueeze(0).expand(n_states, *self.all_actions.shape)
                 log_q = th.zeros(actions.shape[:2], device=self.policy.device)
             else:
                 sampler = self.q.build(pi_old, obs_tensor)
