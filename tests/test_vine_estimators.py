@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_trpo_plus import TRPOPlus
@@ -98,3 +99,72 @@ def test_all_actions_on_a_huge_space_is_refused_at_construction_before_allocatin
     # one enumeration: the vine's is the tested one of sb3_trpo_plus.q
     for space in (spaces.Discrete(4), spaces.MultiDiscrete([3, 2]), spaces.MultiBinary(4)):
         assert th.equal(enumerate_all_actions(space), enumerate_actions(space))
+
+
+# ------------------------------------------------------------------ max_weight
+
+
+def _heavy_weight_models(max_weight: float) -> tuple[TRPOPlus, TRPOPlus]:
+    """Two models on the same data, without and with truncation, where one branch's weight is ~100x."""
+    models = []
+    for q_kwargs in ({}, {"max_weight": max_weight}):
+        vine = {"n_states": 4, "n_actions": 4, "horizon": 3}
+        model = TRPOPlus(
+            "MlpPolicy",
+            _env(spaces.Discrete(3)),
+            seed=1,
+            sampling="vine",
+            vine_kwargs=vine,
+            q="uniform",
+            q_kwargs=q_kwargs,
+            **SMALL,
+        )
+        _collect(model)
+        batch = model._vine.batch  # type: ignore[union-attr]
+        batch.log_q[0] = np.log(1e-2)  # q proposed this action with probability 0.01: weight ~ 100 pi
+        models.append(model)
+    return models[0], models[1]
+
+
+def test_max_weight_truncates_the_vine_importance_weights() -> None:
+    plain, truncated = _heavy_weight_models(max_weight=2.0)
+    assert th.equal(plain._vine.batch.q_values, truncated._vine.batch.q_values)  # type: ignore[union-attr]
+    batch = truncated._vine.batch  # type: ignore[union-attr]
+    with th.no_grad():
+        dist = truncated.policy.get_distribution(batch.observations)
+        plain_surrogate, truncated_surrogate = plain._vine_surrogate(batch), truncated._vine_surrogate(batch)
+        # the objective is the self-normalised estimator with min(w, c) weights
+        weights = th.exp(dist.log_prob(batch.actions) - batch.log_q).view(4, 4)
+        assert float(weights.max()) > 10.0
+        clipped = th.clamp(weights, max=2.0)
+        q_values = batch.q_values.view(4, 4)
+        expected = float(((clipped * q_values).sum(1) / clipped.sum(1)).mean())
+        untruncated = float(((weights * q_values).sum(1) / weights.sum(1)).mean())
+        assert float(truncated_surrogate.objective(dist)) == pytest.approx(expected, rel=1e-5)
+        assert float(plain_surrogate.objective(dist)) == pytest.approx(untruncated, rel=1e-5)
+        assert abs(expected - untruncated) > 1e-3
+        # truncation raises the effective sample size
+        assert truncated_surrogate.ess(dist) > plain_surrogate.ess(dist) + 0.05
+    # the logged train/is_ess is that of the truncated weights
+    truncated.train()
+    with th.no_grad():
+        dist = truncated.policy.get_distribution(batch.observations)
+        logged = truncated.logger.name_to_value["train/is_ess"]
+        assert logged == pytest.approx(truncated_surrogate.ess(dist))
+        assert logged > plain_surrogate.ess(dist) + 0.05
+
+
+def test_max_weight_truncates_single_path_weights_and_leaves_parity_without_it() -> None:
+    env = make_vec_env("CartPole-v1", n_envs=1, seed=0)
+    model = TRPOPlus("MlpPolicy", env, seed=0, q_kwargs={"max_weight": 1.5}, **SMALL)
+    _collect(model)
+    batch = model._policy_batch()
+    with th.no_grad():
+        dist = model.policy.get_distribution(batch.observations)
+        log_q = batch.log_q - 3.0 * (th.arange(len(batch.log_q)) % 2)  # half the weights e^3 ~ 20
+        batch = batch._replace(log_q=log_q)
+        surrogate = model._surrogate(batch)
+        model.q_kwargs = {}
+        plain = model._surrogate(batch)
+        assert float(surrogate.objective(dist)) != pytest.approx(float(plain.objective(dist)))
+        assert surrogate.ess(dist) > plain.ess(dist) + 0.05
