@@ -2,10 +2,12 @@
 Vine sampling (Schulman et al. 2015, section 5.2).
 
 1. Run pi_old on the training environment (the *trunk*, collected like single path).
-2. Pick a *rollout set* of N trunk states, uniformly or with weight gamma^t (t the time since
-   the start of the episode), which samples the discounted state distribution rho_pi exactly.
-   The choice is made online by weighted reservoir sampling, so only the chosen states are
-   snapshotted (:mod:`sb3_trpo_plus.env_state`).
+2. Pick a *rollout set* of N trunk states: "uniform", N distinct states uniformly at random;
+   or "geometric", N independent draws with replacement with weight gamma^t (t the time since
+   the start of the episode), an exact sample of the trunk's discounted state distribution
+   (a state drawn twice is branched twice). The choice is made online by reservoir sampling,
+   so only the chosen states are snapshotted (:mod:`sb3_trpo_plus.env_state`); see
+   :class:`TrunkStates`.
 3. At each rollout-set state s_n draw K actions from q (or take every action of a small finite
    space); for each one, restore a dedicated copy of the environment to s_n, take the action,
    then follow pi_old for at most H steps. The discounted return, bootstrapped with the value
@@ -134,35 +136,64 @@ def _base_vec_env(env: VecEnv) -> tuple[VecEnv, VecNormalize | None]:
 
 class TrunkStates:
     """
-    Weighted reservoir (Efraimidis-Spirakis) over the trunk's states: every state gets the key
-    u^(1/w), u uniform, w = 1 ("uniform") or gamma^t ("geometric", t the time since the start of
-    its episode); the N largest keys are kept, with their observation and environment snapshot.
+    The rollout set, chosen online from the trunk's states so that only the chosen states are
+    snapshotted.
+
+    - ``geometric=False`` ("uniform"): N *distinct* trunk states, a uniformly random subset
+      (reservoir sampling with uniform keys): every trunk state is in the set with probability
+      N / T, T the number of trunk states.
+    - ``geometric=True`` ("geometric"): N independent draws *with replacement*, each of which picks
+      the trunk state with time t since the start of its episode with probability
+      gamma^t / sum over the trunk's states of gamma^t': the discounted state distribution of the
+      trunk's episodes, sampled exactly. Each draw is a single-item weighted reservoir (keep the
+      new state with probability w / W, W the total weight offered so far), which is exact.
+      Drawing without replacement would not be: it flattens the weights (early states are
+      under-represented, late ones over-represented). A state drawn more than once appears once
+      per draw in the rollout set (one snapshot, shared), and each occurrence gets its own K
+      branches: the set is a sample of the distribution, duplicates included.
     """
 
     def __init__(self, size: int, gamma: float, geometric: bool, n_envs: int, rng: np.random.Generator) -> None:
         self.size = size
-        self.log_gamma = math.log(gamma) if (geometric and gamma > 0) else 0.0
+        self.gamma = gamma
         self.geometric = geometric
         self.rng = rng
         self.episode_time = np.zeros(n_envs, dtype=np.int64)
         self.heap: list[tuple[float, int, Any, Any]] = []
+        self.slots: list[tuple[int, Any, Any] | None] = []
+        self.total_weight = 0.0
         self.counter = 0
+        self.reset()
 
     def reset(self) -> None:
         """Start a new rollout set (episode times carry over: the trunk continues its episodes)."""
         self.heap = []
+        self.slots = [None] * self.size
+        self.total_weight = 0.0
 
     def offer(self, env_index: int, obs: Any, take_snapshot: Callable[[], Any]) -> None:
         """Consider the state of trunk environment ``env_index``; snapshot it only if it is kept."""
-        log_weight = self.log_gamma * float(self.episode_time[env_index]) if self.geometric else 0.0
-        if log_weight < -700.0:
-            return
-        key = math.log(max(self.rng.random(), 1e-300)) / math.exp(log_weight)
         self.counter += 1
+        if self.geometric:
+            self._offer_weighted(float(self.gamma ** float(self.episode_time[env_index])), obs, take_snapshot)
+            return
+        key = self.rng.random()
         if len(self.heap) < self.size:
             heapq.heappush(self.heap, (key, self.counter, copy.deepcopy(obs), take_snapshot()))
         elif key > self.heap[0][0]:
             heapq.heapreplace(self.heap, (key, self.counter, copy.deepcopy(obs), take_snapshot()))
+
+    def _offer_weighted(self, weight: float, obs: Any, take_snapshot: Callable[[], Any]) -> None:
+        if len(self.slots) != self.size:  # the size was changed without a reset
+            self.slots = [None] * self.size
+        if weight <= 0.0:
+            return
+        self.total_weight += weight
+        keep = np.flatnonzero(self.rng.random(self.size) * self.total_weight < weight)
+        if len(keep):
+            item = (self.counter, copy.deepcopy(obs), take_snapshot())
+            for slot in keep:
+                self.slots[slot] = item
 
     def advance(self, dones: np.ndarray) -> None:
         """Move every trunk environment one step on; episodes that ended restart at t = 0."""
@@ -170,7 +201,10 @@ class TrunkStates:
         self.episode_time[np.asarray(dones, dtype=bool)] = 0
 
     def states(self) -> tuple[list[Any], list[Any]]:
-        """Observations and snapshots of the rollout set."""
+        """Observations and snapshots of the rollout set, in trunk order (geometric: with repeats)."""
+        if self.geometric:
+            chosen = sorted((item for item in self.slots if item is not None), key=lambda item: item[0])
+            return [item[1] for item in chosen], [item[2] for item in chosen]
         items = sorted(self.heap, key=lambda item: item[1])
         return [item[2] for item in items], [item[3] for item in items]
 

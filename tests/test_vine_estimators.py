@@ -6,6 +6,7 @@ rollout-set selection that samples its stated distribution.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import gymnasium as gym
@@ -13,12 +14,13 @@ import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from scipy import stats as scipy_stats
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_trpo_plus import TRPOPlus
 from sb3_trpo_plus.q import enumerate_actions
-from sb3_trpo_plus.vine import enumerate_all_actions
+from sb3_trpo_plus.vine import TrunkStates, enumerate_all_actions
 
 SMALL = {"n_steps": 32, "batch_size": 32, "n_critic_updates": 1}
 
@@ -168,3 +170,81 @@ def test_max_weight_truncates_single_path_weights_and_leaves_parity_without_it()
         plain = model._surrogate(batch)
         assert float(surrogate.objective(dist)) != pytest.approx(float(plain.objective(dist)))
         assert surrogate.ess(dist) > plain.ess(dist) + 0.05
+
+
+# ------------------------------------------------------------------ rollout-set selection
+
+
+def _selection_counts(geometric: bool, size: int, horizon: int, gamma: float, trials: int, seed: int) -> np.ndarray:
+    """How often each time step of a one-episode trunk was put in the rollout set, over ``trials`` sets."""
+    rng = np.random.default_rng(seed)
+    counts = np.zeros(horizon)
+    for _ in range(trials):
+        trunk = TrunkStates(size, gamma=gamma, geometric=geometric, n_envs=1, rng=rng)
+        for t in range(horizon):
+            trunk.offer(0, t, lambda t=t: t)
+            trunk.advance(np.zeros(1, dtype=bool))
+        observations, snapshots = trunk.states()
+        assert len(snapshots) == size and observations == snapshots
+        np.add.at(counts, np.asarray(snapshots), 1)
+    return counts
+
+
+def _pooled_chi_square(counts: np.ndarray, expected: np.ndarray, min_expected: float = 20.0) -> tuple[float, int]:
+    """Pearson's statistic on bins pooled (in time order) until each expects at least ``min_expected``."""
+    statistic, bins, observed_bin, expected_bin = 0.0, 0, 0.0, 0.0
+    for observed, wanted in zip(counts, expected, strict=True):
+        observed_bin += observed
+        expected_bin += wanted
+        if expected_bin >= min_expected:
+            statistic += (observed_bin - expected_bin) ** 2 / expected_bin
+            bins, observed_bin, expected_bin = bins + 1, 0.0, 0.0
+    if expected_bin > 0:
+        statistic += (observed_bin - expected_bin) ** 2 / expected_bin
+        bins += 1
+    return statistic, bins - 1
+
+
+@pytest.mark.parametrize("geometric", [True, False], ids=["geometric", "uniform"])
+def test_rollout_set_selection_frequencies_match_the_stated_distribution(geometric: bool) -> None:
+    # the issue's case: 64 of 200 states, gamma 0.97 (without replacement, t = 0 got 0.51x its weight)
+    size, horizon, gamma, trials = 64, 200, 0.97, 300
+    counts = _selection_counts(geometric, size, horizon, gamma, trials, seed=7)
+    draws = size * trials
+    if geometric:  # N independent draws with replacement: multinomial with p_t = gamma^t / sum
+        weights = gamma ** np.arange(horizon)
+        p = weights / weights.sum()
+        std = np.sqrt(draws * p * (1 - p))
+    else:  # N distinct states: each is in the set with probability N / T
+        p = np.full(horizon, 1.0 / horizon)
+        std = np.full(horizon, np.sqrt(trials * (size / horizon) * (1 - size / horizon)))
+    expected = draws * p
+    assert np.all(np.abs(counts - expected) < 5 * std + 1)
+    for t in (0, 10, 50, 100):
+        assert abs(counts[t] / expected[t] - 1) < 6 * std[t] / expected[t], (t, counts[t] / expected[t])
+    statistic, dof = _pooled_chi_square(counts, expected)
+    assert statistic < scipy_stats.chi2.ppf(0.9999, dof), (statistic, dof)
+
+
+def test_geometric_selection_restarts_time_with_each_episode_and_snapshots_only_chosen_states() -> None:
+    rng = np.random.default_rng(8)
+    gamma, counts, snapshots_taken = 0.8, np.zeros(10), 0
+    for _ in range(400):
+        trunk = TrunkStates(8, gamma=gamma, geometric=True, n_envs=2, rng=rng)
+        taken: list[int] = []
+
+        def snapshot(step: int, taken: list[int] = taken) -> int:
+            taken.append(step)
+            return step % 10
+
+        for step in range(30):  # episodes of 10 steps in both environments
+            for index in range(2):
+                trunk.offer(index, step % 10, functools.partial(snapshot, step))
+            trunk.advance(np.full(2, step % 10 == 9))
+        _, snapshots = trunk.states()
+        assert len(snapshots) == 8
+        np.add.at(counts, np.asarray(snapshots), 1)
+        snapshots_taken += len(taken)
+    p = gamma ** np.arange(10) / np.sum(gamma ** np.arange(10))
+    assert np.all(np.abs(counts - 3200 * p) < 5 * np.sqrt(3200 * p * (1 - p)))
+    assert snapshots_taken / 400 < 30  # out of 60 trunk states, and 8 draws with repeats sharing a snapshot
