@@ -365,7 +365,7 @@ class TRPOPlus(OnPolicyAlgorithm):
         if self.sampling == "vine" and self.env is not None:
             settings = validate_vine_kwargs(self.vine_kwargs, self.action_space)
             q = make_q(self.q, self.q_kwargs, self.action_space)
-            self._vine = VineSampler(settings, q, self.env, self.policy, self.gamma, self.seed)
+            self._vine = VineSampler(settings, q, self.env, self.policy, self.gamma, self.seed, self.sde_sample_freq)
 
     def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
         super().set_env(env, force_reset)

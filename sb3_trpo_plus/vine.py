@@ -41,6 +41,7 @@ from stable_baselines3.common.distributions import (
     BernoulliDistribution,
     CategoricalDistribution,
     MultiCategoricalDistribution,
+    StateDependentNoiseDistribution,
 )
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import obs_as_tensor
@@ -365,6 +366,20 @@ def sample_with_noise(distribution: Any, params: list[np.ndarray], noise_rng: np
 
 
 @dataclass
+class GsdeNoise:
+    """
+    The state of the trunk's gSDE noise process at a rollout-set state: the exploration matrix
+    in force there (SB3's ``exploration_mat`` with one trunk environment, row i of
+    ``exploration_matrices`` for trunk environment i of several) and the trunk step (since the
+    start of the rollout) at which it was in force, which fixes when the trunk would draw the next
+    matrix (every ``sde_sample_freq`` steps).
+    """
+
+    matrix: np.ndarray
+    step: int
+
+
+@dataclass
 class BranchResult:
     """Q estimates of one rollout-set state and the environment steps they cost."""
 
@@ -385,6 +400,14 @@ class BranchRunner:
     :param horizon: H, the maximum length of a branch
     :param common_random_numbers: share environment and policy noise across the K branches
     :param rng: generator for the policy noise and, without common random numbers, the branch seeds
+    :param sde_sample_freq: with a gSDE policy, the trunk's ``sde_sample_freq`` (a new exploration
+        matrix every that many steps; -1 or 0: one matrix for the whole rollout)
+
+    With a gSDE policy the branches follow the trunk's noise process (see :meth:`run`): the
+    policy's action is mean + latent_sde @ E with the exploration matrix E the trunk had in force
+    at the rollout-set state, and a new E ~ N(0, std) is drawn when the trunk would draw one;
+    with common random numbers the K branches share every E, without they draw their new ones
+    independently. Other policies draw fresh noise at every step, as the trunk does.
     """
 
     def __init__(
@@ -397,6 +420,7 @@ class BranchRunner:
         horizon: int,
         common_random_numbers: bool,
         rng: np.random.Generator,
+        sde_sample_freq: int = -1,
     ) -> None:
         self.policy = policy
         self.pool = pool
@@ -406,6 +430,10 @@ class BranchRunner:
         self.horizon = horizon
         self.crn = common_random_numbers
         self.rng = rng
+        self.sde_sample_freq = sde_sample_freq
+        self.gsde = isinstance(policy.action_dist, StateDependentNoiseDistribution)
+        self._exploration: np.ndarray | None = None  # gSDE: the K branches' exploration matrices
+        self._time = 0  # gSDE: the trunk step at which the policy acts next
 
     def _to_env(self, actions: np.ndarray) -> np.ndarray:
         if isinstance(self.action_space, spaces.Box):
@@ -426,14 +454,17 @@ class BranchRunner:
             obs_tensor = obs_as_tensor(self._normalize_obs(observations), self.policy.device)
             return self.policy.predict_values(obs_tensor).cpu().numpy().reshape(-1)  # type: ignore[arg-type]
 
-    def run(self, state: Any, first_actions: np.ndarray) -> BranchResult:
+    def run(self, state: Any, first_actions: np.ndarray, noise: GsdeNoise | None = None) -> BranchResult:
         """
         Restore every copy to ``state``, take ``first_actions[k]`` in copy k, then follow pi_old.
 
         :param state: snapshot of the rollout-set state
         :param first_actions: K actions in the policy's action format
+        :param noise: with a gSDE policy, the trunk's noise process at the rollout-set state
+            (without it, a gSDE branch starts from a new exploration matrix)
         """
         size = len(first_actions)
+        self._start_noise(noise, size)
         seeds = None if self.crn else self.rng.integers(0, 2**31 - 1, size=size)
         self.pool.restore(state, seeds)
         returns = np.zeros(size)
@@ -468,12 +499,51 @@ class BranchRunner:
             returns[cut] += discount[cut] * values
         return BranchResult(returns, env_steps, lengths)
 
+    def _start_noise(self, noise: GsdeNoise | None, size: int) -> None:
+        """Put the K branches' gSDE noise process where the trunk's was at the rollout-set state."""
+        if not self.gsde:
+            return
+        if noise is None:
+            self._exploration, self._time = self._draw_exploration(size), 0
+        else:
+            self._exploration = np.repeat(noise.matrix[None], size, axis=0)
+            self._time = noise.step
+        self._time += 1  # the first action (from q) is taken at the rollout-set state; the policy acts from the next
+
+    def _draw_exploration(self, size: int) -> np.ndarray:
+        """
+        New exploration matrices E ~ N(0, std), as SB3's ``sample_weights`` draws them (from the
+        sampler's NumPy generator, so torch's random stream is untouched): one shared by the K
+        branches with common random numbers, one each without.
+        """
+        dist: Any = self.policy.action_dist
+        with th.no_grad():
+            std = dist.get_std(self.policy.log_std).cpu().numpy().astype(np.float64)
+        draws = 1 if self.crn else size
+        matrices = std * self.rng.standard_normal((draws, *std.shape))
+        return np.repeat(matrices, size, axis=0) if self.crn else matrices
+
     def _policy_actions(self, observations: list[Any]) -> np.ndarray:
         with th.no_grad():
             obs_tensor = obs_as_tensor(self._normalize_obs(observations), self.policy.device)
             distribution = self.policy.get_distribution(obs_tensor)  # type: ignore[arg-type]
+            if self.gsde:
+                return self._gsde_actions(distribution)
             params = [p.cpu().numpy() for p in distribution_parameters(distribution)]
         return sample_with_noise(distribution, params, self.rng, self.crn)
+
+    def _gsde_actions(self, distribution: Any) -> np.ndarray:
+        """mean + latent_sde @ E_k for branch k, E_k renewed when the trunk would renew its matrix."""
+        if self._exploration is None or (self.sde_sample_freq > 0 and self._time % self.sde_sample_freq == 0):
+            self._exploration = self._draw_exploration(len(distribution.distribution.mean))
+        self._time += 1
+        mean = distribution.distribution.mean.cpu().numpy()
+        latent = distribution._latent_sde.cpu().numpy()
+        noise = np.einsum("ki,kij->kj", latent.astype(np.float64), self._exploration)
+        actions = mean + noise
+        if distribution.bijector is not None:
+            actions = np.tanh(actions)
+        return actions.astype(np.float32)
 
 
 class VineSampler:
@@ -488,10 +558,19 @@ class VineSampler:
     :param policy: the policy (pi_old during collection)
     :param gamma: discount factor
     :param seed: seed of the sampler's own generator (rollout-set keys, branch noise)
+    :param sde_sample_freq: the algorithm's ``sde_sample_freq`` (gSDE policies: the branches follow
+        the trunk's noise process, see :class:`BranchRunner`)
     """
 
     def __init__(
-        self, settings: dict[str, Any], q: Any, env: VecEnv, policy: ActorCriticPolicy, gamma: float, seed: int | None
+        self,
+        settings: dict[str, Any],
+        q: Any,
+        env: VecEnv,
+        policy: ActorCriticPolicy,
+        gamma: float,
+        seed: int | None,
+        sde_sample_freq: int = -1,
     ) -> None:
         make_trunk_branchable(env)
         _, self.normalizer = _base_vec_env(env)
@@ -514,9 +593,11 @@ class VineSampler:
             settings["horizon"],
             settings["common_random_numbers"],
             self.rng,
+            sde_sample_freq,
         )
         self.trunk = TrunkStates(1, gamma, settings["state_selection"] == "geometric", env.num_envs, self.rng)
         self.snapshot = trunk_snapshotter(env)
+        self.trunk_step = 0
         self.batch: Any = None
         self.stats: dict[str, float] = {}
 
@@ -532,13 +613,27 @@ class VineSampler:
         self.trunk.episode_time[np.asarray(episode_starts, dtype=bool)] = 0
         for index in range(self.env.num_envs):
             obs = {key: value[index] for key, value in last_obs.items()} if isinstance(last_obs, dict) else last_obs[index]
-            self.trunk.offer(index, obs, functools.partial(self.snapshot, index))
+            self.trunk.offer(index, obs, functools.partial(self._take_state, index))
         self.trunk.episode_time += 1
+        self.trunk_step += 1
+
+    def _take_state(self, index: int) -> tuple[Any, GsdeNoise | None]:
+        """The snapshot of trunk environment ``index`` and, for gSDE, its noise process now."""
+        return self.snapshot(index), self._trunk_noise(index)
+
+    def _trunk_noise(self, index: int) -> GsdeNoise | None:
+        """The exploration matrix trunk environment ``index`` acts with now (SB3's rule in ``get_noise``)."""
+        if not self.runner.gsde:
+            return None
+        dist: Any = self.policy.action_dist
+        matrix = dist.exploration_mat if self.env.num_envs == 1 else dist.exploration_matrices[index]
+        return GsdeNoise(matrix.detach().cpu().numpy().astype(np.float64), self.trunk_step)
 
     def start_trunk(self, trunk_size: int) -> None:
         """Begin a new rollout set for a trunk of ``trunk_size`` states."""
         self.trunk.size = self.n_states(trunk_size)
         self.trunk.reset()
+        self.trunk_step = 0
 
     def branch(self) -> int:
         """
@@ -548,7 +643,9 @@ class VineSampler:
         """
         from sb3_trpo_plus.buffers import VineBatch
 
-        observations, states = self.trunk.states()
+        observations, taken = self.trunk.states()
+        states = [state for state, _ in taken]
+        noises = [noise for _, noise in taken]
         if isinstance(observations[0], dict):
             stacked: Any = {key: np.stack([obs[key] for obs in observations]) for key in observations[0]}
         else:
@@ -569,7 +666,7 @@ class VineSampler:
         q_values = np.zeros(actions.shape[:2])
         env_steps, lengths = 0, []
         for index, state in enumerate(states):
-            result = self.runner.run(state, actions_np[index])
+            result = self.runner.run(state, actions_np[index], noises[index])
             q_values[index] = result.q_values
             env_steps += result.env_steps
             lengths.append(result.lengths)

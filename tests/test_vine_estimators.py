@@ -248,3 +248,120 @@ def test_geometric_selection_restarts_time_with_each_episode_and_snapshots_only_
     p = gamma ** np.arange(10) / np.sum(gamma ** np.arange(10))
     assert np.all(np.abs(counts - 3200 * p) < 5 * np.sqrt(3200 * p * (1 - p)))
     assert snapshots_taken / 400 < 30  # out of 60 trunk states, and 8 draws with repeats sharing a snapshot
+
+
+# ------------------------------------------------------------------ gSDE branches
+
+
+def _gsde_model(n_envs: int, sde_sample_freq: int, crn: bool = True) -> TRPOPlus:
+    vine = {"n_states": 4, "n_actions": 3, "horizon": 9, "common_random_numbers": crn}
+    return TRPOPlus(
+        "MlpPolicy",
+        make_vec_env("Pendulum-v1", n_envs=n_envs, seed=0),
+        seed=0,
+        use_sde=True,
+        sde_sample_freq=sde_sample_freq,
+        sampling="vine",
+        vine_kwargs=vine,
+        **SMALL,
+    )
+
+
+def _record_branch_policy_actions(model: TRPOPlus) -> list[dict[str, Any]]:
+    """Every call of the branches' policy: observations, actions, the matrices used, the trunk time."""
+    runner = model._vine.runner  # type: ignore[union-attr]
+    calls: list[dict[str, Any]] = []
+    original_start, original_actions = runner._start_noise, runner._policy_actions
+
+    def start(noise: Any, size: int) -> None:
+        original_start(noise, size)
+        calls.append({"start": noise})
+
+    def policy_actions(observations: list[Any]) -> np.ndarray:
+        time = runner._time
+        actions = original_actions(observations)
+        calls.append({"obs": np.stack(observations), "actions": actions, "matrices": runner._exploration.copy(), "time": time})
+        return actions
+
+    runner._start_noise = start  # type: ignore[method-assign]
+    runner._policy_actions = policy_actions  # type: ignore[method-assign]
+    return calls
+
+
+def _mean_and_latent(model: TRPOPlus, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    with th.no_grad():
+        dist: Any = model.policy.get_distribution(th.as_tensor(obs))
+        return dist.distribution.mean.numpy().astype(np.float64), dist._latent_sde.numpy().astype(np.float64)
+
+
+def test_gsde_branches_act_with_the_trunks_exploration_matrix() -> None:
+    model = _gsde_model(n_envs=2, sde_sample_freq=-1)
+    calls = _record_branch_policy_actions(model)
+    _collect(model)
+    trunk = model.policy.action_dist.exploration_matrices.detach().numpy().astype(np.float64)  # type: ignore[attr-defined]
+    steps = [call for call in calls if "actions" in call]
+    assert len(steps) >= 4 * 3
+    used = set()
+    for call in steps:
+        mean, latent = _mean_and_latent(model, call["obs"])
+        # action = mean + latent @ E with E one of the trunk's matrices, the same for the K branches (CRN)
+        matches = [np.allclose(call["actions"], mean + latent @ trunk[i], atol=1e-4) for i in range(2)]
+        assert sum(matches) == 1, "branch actions are not mean + latent_sde @ (a trunk exploration matrix)"
+        used.add(matches.index(True))
+    # the matrix of a rollout-set state is the one of the trunk environment the state came from
+    observations, taken = model._vine.trunk.states()  # type: ignore[union-attr]
+    for obs, (_, noise) in zip(observations, taken, strict=True):
+        env_index = next(i for i in range(2) if np.array_equal(noise.matrix, trunk[i]))
+        assert np.array_equal(model.rollout_buffer.observations[noise.step, env_index], obs)
+
+
+@pytest.mark.parametrize("crn", [True, False], ids=["crn", "independent"])
+def test_gsde_branches_renew_their_matrix_when_the_trunk_would(crn: bool) -> None:
+    model = _gsde_model(n_envs=1, sde_sample_freq=4, crn=crn)
+    calls = _record_branch_policy_actions(model)
+    _collect(model)
+    renewed = kept = 0
+    previous: np.ndarray | None = None
+    start: Any = None
+    own_matrices = False  # whether the branches of the current state have drawn their own matrices yet
+    for call in calls:
+        if "start" in call:
+            start, previous, own_matrices = call["start"], None, False
+            continue
+        matrices, time = call["matrices"], call["time"]
+        mean, latent = _mean_and_latent(model, call["obs"])
+        assert np.allclose(call["actions"], mean + np.einsum("ki,kij->kj", latent, matrices), atol=1e-4)
+        reference = start.matrix[None] if previous is None else previous
+        if time % 4 == 0:  # the trunk draws a new matrix at steps 0, 4, 8, ... of its rollout
+            assert not np.allclose(matrices, reference)
+            renewed, own_matrices = renewed + 1, True
+        else:
+            assert np.array_equal(matrices, np.broadcast_to(reference, matrices.shape))
+            kept += 1
+        # the K branches start with the trunk's matrix; new ones are shared with CRN, independent without
+        assert np.array_equal(matrices, np.broadcast_to(matrices[0], matrices.shape)) == (crn or not own_matrices)
+        previous = matrices
+    assert renewed > 0 and kept > 0
+
+
+def test_gsde_first_actions_from_q_policy_have_the_trunks_action_law_and_torch_rng_is_untouched() -> None:
+    model = _gsde_model(n_envs=1, sde_sample_freq=-1)
+    _collect(model)
+    obs = model.rollout_buffer.observations[:3, 0]
+    mean, latent = _mean_and_latent(model, obs)
+    with th.no_grad():
+        std = model.policy.action_dist.get_std(model.policy.log_std).numpy().astype(np.float64)  # type: ignore[attr-defined]
+    rng = np.random.default_rng(0)
+    matrices = std * rng.standard_normal((20000, *std.shape))
+    trunk_law = mean[None] + np.einsum("si,nij->nsj", latent, matrices)  # the trunk's action over its matrix's law
+    with th.no_grad():
+        pi_old = model.policy.get_distribution(th.as_tensor(obs))
+        q_actions = model._vine.q.build(pi_old, th.as_tensor(obs)).sample(20000).numpy()  # type: ignore[union-attr]
+    assert np.allclose(q_actions.mean(axis=1), trunk_law.mean(axis=0), atol=0.05 * trunk_law.std(axis=0).max())
+    assert np.allclose(q_actions.std(axis=1), trunk_law.std(axis=0), rtol=0.05)
+    # the branches draw their matrices from the sampler's NumPy generator: torch's stream is untouched
+    _, taken = model._vine.trunk.states()  # type: ignore[union-attr]
+    state, noise = taken[0]
+    before = th.random.get_rng_state()
+    result = model._vine.runner.run(state, np.zeros((3, 1), dtype=np.float32), noise)  # type: ignore[union-attr]
+    assert th.equal(before, th.random.get_rng_state()) and result.env_steps == 3 * 9
