@@ -27,7 +27,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ProgressBarCallback
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
@@ -120,6 +120,21 @@ def _n_obs(obs: PyTorchObs) -> int:
     if isinstance(obs, dict):
         return len(next(iter(obs.values())))
     return len(obs)
+
+
+def _advance_progress_bars(callback: BaseCallback, steps: int) -> None:
+    """
+    Move SB3's progress bars (``progress_bar=True``, or a ``ProgressBarCallback`` among the
+    callbacks) on by ``steps`` environment steps taken outside ``callback.on_step`` (vine branches),
+    so that the bar counts the whole budget, as ``num_timesteps`` does.
+    """
+    pending = [callback]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, CallbackList):
+            pending.extend(current.callbacks)
+        elif isinstance(current, ProgressBarCallback) and getattr(current, "pbar", None) is not None:
+            current.pbar.update(steps)
 
 
 class TRPOPlus(OnPolicyAlgorithm):
@@ -409,6 +424,7 @@ class TRPOPlus(OnPolicyAlgorithm):
             return False
         branch_steps = self._vine.branch()
         self.num_timesteps += branch_steps
+        _advance_progress_bars(callback, branch_steps)
         trunk_steps = self.num_timesteps - branch_steps - trunk_start
         self.logger.record("rollout/branch_steps", branch_steps)
         self.logger.record("rollout/branch_fraction", branch_steps / max(1, branch_steps + trunk_steps))

@@ -15,6 +15,7 @@ import pytest
 import torch as th
 from gymnasium import spaces
 from scipy import stats as scipy_stats
+from stable_baselines3.common.callbacks import CallbackList, ProgressBarCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -365,3 +366,32 @@ def test_gsde_first_actions_from_q_policy_have_the_trunks_action_law_and_torch_r
     before = th.random.get_rng_state()
     result = model._vine.runner.run(state, np.zeros((3, 1), dtype=np.float32), noise)  # type: ignore[union-attr]
     assert th.equal(before, th.random.get_rng_state()) and result.env_steps == 3 * 9
+
+
+# ------------------------------------------------------------------ progress bar
+
+
+@pytest.mark.parametrize("how", ["progress_bar=True", "callback"])
+def test_progress_bar_counts_branch_steps(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import stable_baselines3.common.base_class as base_class
+
+    bars: list[ProgressBarCallback] = []
+
+    class RecordedBar(ProgressBarCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            bars.append(self)
+
+    monkeypatch.setattr(base_class, "ProgressBarCallback", RecordedBar)
+    model = TRPOPlus(
+        "MlpPolicy", _env(spaces.Discrete(3)), seed=0, sampling="vine", vine_kwargs={"n_states": 4, "horizon": 5}, **SMALL
+    )
+    if how == "callback":
+        model.learn(200, callback=CallbackList([RecordedBar()]))
+    else:
+        model.learn(200, progress_bar=True)
+    assert len(bars) == 1
+    branch_steps = model.num_timesteps - SMALL["n_steps"] * model._n_updates
+    assert branch_steps > 0
+    # the bar ends where num_timesteps ends: at or past 100% of the budget, branch steps included
+    assert bars[0].pbar.n == model.num_timesteps >= 200
