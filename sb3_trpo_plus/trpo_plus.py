@@ -6,7 +6,9 @@ The algorithm box of the paper, as :meth:`TRPOPlus.learn` runs it:
 1. Collect state-action pairs with pi_old (:meth:`collect_rollouts`) and estimate their
    advantages (GAE on a learned value function).
 2. Build the importance-sampled surrogate L(theta) = mean[pi_theta(a|s) / q(a|s) * A] and the
-   constraint mean KL(pi_old || pi_theta) <= delta from those samples (:meth:`_surrogate`).
+   constraint mean KL(pi_theta || pi_old) <= delta from those samples (:meth:`_surrogate`); the
+   KL is measured in that direction as sb3-contrib measures it (the paper writes
+   KL(pi_old || pi_theta): the same Hessian at theta_old, the Fisher matrix, so the same step).
 3. Approximately solve the constrained problem: natural-gradient direction by conjugate
    gradient on Fisher-vector products, maximal step, backtracking line search
    (:meth:`_policy_step`, built on :mod:`sb3_trpo_plus.trust_region`).
@@ -167,8 +169,9 @@ class TRPOPlus(OnPolicyAlgorithm):
         keeps log q(a|s) is selected for the observation space.
     :param rollout_buffer_kwargs: Keyword arguments to pass to the rollout buffer on creation
     :param normalize_advantage: Whether to normalize the advantage
-    :param target_kl: The trust-region radius delta: bound on the mean KL divergence between
-        the old and the new policy
+    :param target_kl: The trust-region radius delta: bound on the mean KL(pi_theta || pi_old)
+        between the new and the old policy (sb3-contrib's measure, see
+        :func:`sb3_trpo_plus.surrogate.mean_kl`)
     :param sub_sampling_factor: Use every k-th sample of the batch for the policy step
         (see p40-42 of John Schulman's thesis)
     :param stats_window_size: Window size for the rollout logging (episodes averaged)

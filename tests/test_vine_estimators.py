@@ -395,3 +395,37 @@ def test_progress_bar_counts_branch_steps(how: str, monkeypatch: pytest.MonkeyPa
     assert branch_steps > 0
     # the bar ends where num_timesteps ends: at or past 100% of the budget, branch steps included
     assert bars[0].pbar.n == model.num_timesteps >= 200
+
+
+# ------------------------------------------------------------------ KL direction
+
+
+def test_the_kl_is_stated_in_the_direction_it_is_measured() -> None:
+    import inspect
+
+    import sb3_trpo_plus.surrogate as surrogate_module
+    import sb3_trpo_plus.trpo_plus as trpo_plus_module
+    from sb3_trpo_plus.surrogate import mean_kl
+    from sb3_trpo_plus.trust_region import kl_hessian_vector_product
+
+    assert list(inspect.signature(mean_kl).parameters) == ["new", "old"]
+    for doc in (surrogate_module.__doc__, trpo_plus_module.__doc__, mean_kl.__doc__, kl_hessian_vector_product.__doc__):
+        text = " ".join((doc or "").split())
+        assert "KL(pi_theta || pi_old)" in text
+        # the other direction is never stated as the one measured (only as the paper's, with the same Hessian)
+        assert "mean KL(pi_old" not in text.replace("Mean", "mean")
+    # what the line search measures and logs: KL(pi_theta || pi_old)
+    model = TRPOPlus("MlpPolicy", make_vec_env("CartPole-v1", n_envs=1, seed=0), seed=0, **SMALL)
+    _collect(model)
+    obs = model._policy_batch().observations
+    with th.no_grad():
+        old = model.policy.get_distribution(obs)
+        old_probs = old.distribution.probs.clone()
+    model.train()
+    assert model.logger.name_to_value["train/line_search_success"] == 1.0
+    with th.no_grad():
+        new_probs = model.policy.get_distribution(obs).distribution.probs
+    forward = float((new_probs * (new_probs.log() - old_probs.log())).sum(-1).mean())
+    backward = float((old_probs * (old_probs.log() - new_probs.log())).sum(-1).mean())
+    logged = model.logger.name_to_value["train/kl"]
+    assert logged == pytest.approx(forward, rel=1e-4) and logged != pytest.approx(backward, rel=1e-3)
