@@ -14,7 +14,9 @@ Vine sampling (Schulman et al. 2015, section 5.2).
    function when the branch is cut or truncated, estimates Q(s_n, a_{n,k}).
 4. With common random numbers the K branches of one state start from the same environment
    random state and share the policy's noise at every step, so the Q differences that drive
-   the gradient have low variance.
+   the gradient have low variance. A gSDE policy's branches follow the trunk's noise process
+   (its exploration matrix at the rollout-set state, renewed when the trunk would renew it;
+   see :class:`BranchRunner`).
 
 Branches run side by side on K copies of the environment (a :class:`BranchPool`), in-process
 or in subprocesses; they never touch the trunk's episodes, its Monitor statistics or
