@@ -18,7 +18,6 @@ The algorithm box of the paper, as :meth:`TRPOPlus.learn` runs it:
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from collections.abc import Callable
@@ -96,26 +95,6 @@ def _index_obs(obs: PyTorchObs, index: th.Tensor | slice) -> PyTorchObs:
     if isinstance(obs, dict):
         return {key: value[index] for key, value in obs.items()}
     return obs[index]
-
-
-def probe_observation(space: spaces.Space) -> Any:
-    """
-    A valid observation of ``space`` built from its structure alone (zero, or the nearest bound,
-    for a Box; the first value of a discrete space), touching no random generator: neither the
-    space's own (``space.sample()`` would advance it) nor a global one.
-    """
-    if isinstance(space, spaces.Box):
-        return np.clip(np.zeros(space.shape), space.low, space.high).astype(space.dtype)
-    if isinstance(space, spaces.Discrete):
-        return space.dtype.type(space.start)
-    if isinstance(space, spaces.MultiDiscrete):
-        return np.array(space.start, dtype=space.dtype)
-    if isinstance(space, spaces.MultiBinary):
-        return np.zeros(space.shape, dtype=space.dtype)
-    if isinstance(space, spaces.Dict):
-        return {key: probe_observation(subspace) for key, subspace in space.spaces.items()}
-    # another kind of space: sample a private copy, whose generator is not the user's
-    return copy.deepcopy(space).sample()
 
 
 def _n_obs(obs: PyTorchObs) -> int:
@@ -396,12 +375,10 @@ class TRPOPlus(OnPolicyAlgorithm):
     def _find_actor_parameters(self) -> list[nn.Parameter]:
         """
         The parameters the action distribution depends on, found by following the autograd
-        graph from the distribution's parameters on a probe observation (not by names, so
-        custom policies and shared feature extractors are handled). The probe is built from the
-        space's structure: sampling the user's space would advance its random generator, which
-        SB3's identity environments also draw their states from.
+        graph from the distribution's parameters on a sample observation (not by names, so
+        custom policies and shared feature extractors are handled).
         """
-        obs, _ = self.policy.obs_to_tensor(probe_observation(self.observation_space))
+        obs, _ = self.policy.obs_to_tensor(self.observation_space.sample())
         params = [p for p in self.policy.parameters() if p.requires_grad]
         outputs = distribution_parameters(self.policy.get_distribution(obs))
         grads = th.autograd.grad([out.sum() for out in outputs], params, allow_unused=True)
@@ -437,6 +414,12 @@ class TRPOPlus(OnPolicyAlgorithm):
 
     # ------------------------------------------------------------------ step 2: surrogate
 
+    @property
+    def max_weight(self) -> float | None:
+        """``q_kwargs['max_weight']``: the truncation of every importance weight, min(w, c) (None: none)."""
+        value = self.q_kwargs.get("max_weight")
+        return None if value is None else float(value)
+
     def _policy_batch(self) -> Any:
         """All samples of the rollout, every ``sub_sampling_factor``-th one."""
         batch: Any = next(iter(self.rollout_buffer.get(batch_size=None)))
@@ -459,7 +442,8 @@ class TRPOPlus(OnPolicyAlgorithm):
     def _surrogate(self, batch: Any) -> Surrogate:
         """
         The single-path importance-sampled surrogate mean[pi_theta / q * A] as a function of the
-        policy's action distribution on the batch's states.
+        policy's action distribution on the batch's states (weights truncated at
+        ``q_kwargs['max_weight']`` when given; without it, sb3-contrib's objective).
         """
         actions = self._actions_for_log_prob(batch.actions)
         log_q = batch.log_q if hasattr(batch, "log_q") else batch.old_log_prob
@@ -467,11 +451,13 @@ class TRPOPlus(OnPolicyAlgorithm):
         if self.normalize_advantage:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
+        max_weight = self.max_weight
+
         def objective(distribution: Distribution) -> th.Tensor:
-            return importance_sampled_surrogate(distribution.log_prob(actions), log_q, advantages)
+            return importance_sampled_surrogate(distribution.log_prob(actions), log_q, advantages, max_weight)
 
         def ess(distribution: Distribution) -> float:
-            return effective_sample_size(importance_weights(distribution.log_prob(actions), log_q))
+            return effective_sample_size(importance_weights(distribution.log_prob(actions), log_q, max_weight))
 
         finite = bool(th.isfinite(advantages).all())
         return Surrogate(batch.observations, objective, ess, "" if finite else "non-finite advantages")
@@ -479,18 +465,21 @@ class TRPOPlus(OnPolicyAlgorithm):
     def _vine_surrogate(self, batch: VineBatch) -> Surrogate:
         """
         The vine surrogate on the rollout set: the exact sum over actions when every action of a
-        finite space was branched, the self-normalised importance-sampled estimator otherwise.
+        finite space was branched, the self-normalised importance-sampled estimator otherwise
+        (its weights, and those of the logged effective sample size, truncated at
+        ``q_kwargs['max_weight']`` when given).
         """
         actions = self._actions_for_log_prob(batch.actions)
+        max_weight = None if batch.all_actions else self.max_weight
 
         def objective(distribution: Distribution) -> th.Tensor:
             log_prob = distribution.log_prob(actions)
             if batch.all_actions:
                 return exact_sum_surrogate(log_prob, batch.q_values, batch.group, batch.n_states)
-            return self_normalized_surrogate(log_prob, batch.log_q, batch.q_values, batch.group, batch.n_states)
+            return self_normalized_surrogate(log_prob, batch.log_q, batch.q_values, batch.group, batch.n_states, max_weight)
 
         def ess(distribution: Distribution) -> float:
-            weights = importance_weights(distribution.log_prob(actions), batch.log_q).view(batch.n_states, -1)
+            weights = importance_weights(distribution.log_prob(actions), batch.log_q, max_weight).view(batch.n_states, -1)
             return float(np.mean([effective_sample_size(row) for row in weights]))
 
         finite = bool(th.isfinite(batch.q_values).all())
