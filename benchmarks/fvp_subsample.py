@@ -103,7 +103,7 @@ def line_search(
         with th.no_grad():
             write_parameters(theta_old + fraction * step, params)
             new = model.policy.get_distribution(obs)
-            return float(objective(new)), float(mean_kl(old, new))
+            return float(objective(new)), float(mean_kl(new, old))  # KL(pi_theta || pi_old), as TRPOPlus measures it
 
     result = backtracking_line_search(
         evaluate, baseline, model.target_kl, model.line_search_shrinking_factor, model.line_search_max_iter

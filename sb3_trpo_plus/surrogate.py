@@ -6,8 +6,11 @@ distribution q, the surrogate is
 
     L(theta) = E[ pi_theta(a|s) / q(a|s) * A(s, a) ]
 
-and the constraint is the mean KL(pi_old(.|s) || pi_theta(.|s)). The functions here are pure
-tensor maps; the algorithm decides which estimator goes with which sampling scheme.
+and the constraint is the mean over states of KL(pi_theta || pi_old) <= delta, measured as
+sb3-contrib's TRPO measures it (the paper writes KL(pi_old || pi_theta): the two directions have
+the same Hessian at theta_old, the Fisher matrix, so the natural-gradient step is the same; see
+:func:`mean_kl`). The functions here are pure tensor maps; the algorithm decides which estimator
+goes with which sampling scheme.
 """
 
 from __future__ import annotations
@@ -96,15 +99,25 @@ def effective_sample_size(weights: th.Tensor) -> float:
     return float(total * total / squares) / weights.numel()
 
 
-def mean_kl(old: Distribution, new: Distribution) -> th.Tensor:
+def mean_kl(new: Distribution, old: Distribution) -> th.Tensor:
     """
-    Mean KL(pi_old(.|s) || pi_theta(.|s)) over states, measured as sb3-contrib's TRPO measures
-    it, so that a ``target_kl`` tuned for it means the same here: SB3's ``kl_divergence`` gives
-    Gaussian and Bernoulli KLs per action dimension and sums those of a multi-categorical's
-    components, and the mean is taken over all entries. For a Gaussian or Bernoulli policy over d
-    action dimensions this is the KL of the joint distribution divided by d.
+    Mean KL(new(.|s) || old(.|s)) over states: called as ``mean_kl(pi_theta, pi_old)``, the
+    trust region's KL(pi_theta || pi_old), the direction sb3-contrib's TRPO measures
+    (``kl_divergence(distribution, old_distribution)``), so that a ``target_kl`` tuned for it
+    means the same here. The paper writes KL(pi_old || pi_theta); both directions vanish with
+    their gradient at theta_old and have the same Hessian there, the Fisher matrix (so the
+    Fisher-vector products and the natural-gradient step are the same), and differ at third
+    order, which can change a line-search decision near ``target_kl``.
+
+    SB3's ``kl_divergence`` gives Gaussian and Bernoulli KLs per action dimension and sums those
+    of a multi-categorical's components, and the mean is taken over all entries: for a Gaussian
+    or Bernoulli policy over d action dimensions this is the KL of the joint distribution
+    divided by d.
+
+    :param new: pi_theta's distribution on the states (the first argument of the KL)
+    :param old: pi_old's distribution on the same states (the second argument)
     """
-    return kl_divergence(old, new).mean()
+    return kl_divergence(new, old).mean()
 
 
 def detached(distribution: Distribution) -> Distribution:

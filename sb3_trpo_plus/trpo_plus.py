@@ -6,7 +6,9 @@ The algorithm box of the paper, as :meth:`TRPOPlus.learn` runs it:
 1. Collect state-action pairs with pi_old (:meth:`collect_rollouts`) and estimate their
    advantages (GAE on a learned value function).
 2. Build the importance-sampled surrogate L(theta) = mean[pi_theta(a|s) / q(a|s) * A] and the
-   constraint mean KL(pi_old || pi_theta) <= delta from those samples (:meth:`_surrogate`).
+   constraint mean KL(pi_theta || pi_old) <= delta from those samples (:meth:`_surrogate`); the
+   KL is measured in that direction as sb3-contrib measures it (the paper writes
+   KL(pi_old || pi_theta): the same Hessian at theta_old, the Fisher matrix, so the same step).
 3. Approximately solve the constrained problem: natural-gradient direction by conjugate
    gradient on Fisher-vector products, maximal step, backtracking line search
    (:meth:`_policy_step`, built on :mod:`sb3_trpo_plus.trust_region`).
@@ -26,7 +28,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ProgressBarCallback
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
@@ -101,6 +103,21 @@ def _n_obs(obs: PyTorchObs) -> int:
     return len(obs)
 
 
+def _advance_progress_bars(callback: BaseCallback, steps: int) -> None:
+    """
+    Move SB3's progress bars (``progress_bar=True``, or a ``ProgressBarCallback`` among the
+    callbacks) on by ``steps`` environment steps taken outside ``callback.on_step`` (vine branches),
+    so that the bar counts the whole budget, as ``num_timesteps`` does.
+    """
+    pending = [callback]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, CallbackList):
+            pending.extend(current.callbacks)
+        elif isinstance(current, ProgressBarCallback) and getattr(current, "pbar", None) is not None:
+            current.pbar.update(steps)
+
+
 class TRPOPlus(OnPolicyAlgorithm):
     """
     Trust Region Policy Optimization with a general importance-sampled surrogate and an exact,
@@ -131,8 +148,9 @@ class TRPOPlus(OnPolicyAlgorithm):
         keeps log q(a|s) is selected for the observation space.
     :param rollout_buffer_kwargs: Keyword arguments to pass to the rollout buffer on creation
     :param normalize_advantage: Whether to normalize the advantage
-    :param target_kl: The trust-region radius delta: bound on the mean KL divergence between
-        the old and the new policy
+    :param target_kl: The trust-region radius delta: bound on the mean KL(pi_theta || pi_old)
+        between the new and the old policy (sb3-contrib's measure, see
+        :func:`sb3_trpo_plus.surrogate.mean_kl`)
     :param sub_sampling_factor: Use every k-th sample of the batch for the policy step
         (see p40-42 of John Schulman's thesis)
     :param stats_window_size: Window size for the rollout logging (episodes averaged)
@@ -344,7 +362,7 @@ class TRPOPlus(OnPolicyAlgorithm):
         if self.sampling == "vine" and self.env is not None:
             settings = validate_vine_kwargs(self.vine_kwargs, self.action_space)
             q = make_q(self.q, self.q_kwargs, self.action_space)
-            self._vine = VineSampler(settings, q, self.env, self.policy, self.gamma, self.seed)
+            self._vine = VineSampler(settings, q, self.env, self.policy, self.gamma, self.seed, self.sde_sample_freq)
 
     def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
         super().set_env(env, force_reset)
@@ -386,6 +404,7 @@ class TRPOPlus(OnPolicyAlgorithm):
             return False
         branch_steps = self._vine.branch()
         self.num_timesteps += branch_steps
+        _advance_progress_bars(callback, branch_steps)
         trunk_steps = self.num_timesteps - branch_steps - trunk_start
         self.logger.record("rollout/branch_steps", branch_steps)
         self.logger.record("rollout/branch_fraction", branch_steps / max(1, branch_steps + trunk_steps))
@@ -394,6 +413,12 @@ class TRPOPlus(OnPolicyAlgorithm):
         return True
 
     # ------------------------------------------------------------------ step 2: surrogate
+
+    @property
+    def max_weight(self) -> float | None:
+        """``q_kwargs['max_weight']``: the truncation of every importance weight, min(w, c) (None: none)."""
+        value = self.q_kwargs.get("max_weight")
+        return None if value is None else float(value)
 
     def _policy_batch(self) -> Any:
         """All samples of the rollout, every ``sub_sampling_factor``-th one."""
@@ -417,7 +442,8 @@ class TRPOPlus(OnPolicyAlgorithm):
     def _surrogate(self, batch: Any) -> Surrogate:
         """
         The single-path importance-sampled surrogate mean[pi_theta / q * A] as a function of the
-        policy's action distribution on the batch's states.
+        policy's action distribution on the batch's states (weights truncated at
+        ``q_kwargs['max_weight']`` when given; without it, sb3-contrib's objective).
         """
         actions = self._actions_for_log_prob(batch.actions)
         log_q = batch.log_q if hasattr(batch, "log_q") else batch.old_log_prob
@@ -425,11 +451,13 @@ class TRPOPlus(OnPolicyAlgorithm):
         if self.normalize_advantage:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
+        max_weight = self.max_weight
+
         def objective(distribution: Distribution) -> th.Tensor:
-            return importance_sampled_surrogate(distribution.log_prob(actions), log_q, advantages)
+            return importance_sampled_surrogate(distribution.log_prob(actions), log_q, advantages, max_weight)
 
         def ess(distribution: Distribution) -> float:
-            return effective_sample_size(importance_weights(distribution.log_prob(actions), log_q))
+            return effective_sample_size(importance_weights(distribution.log_prob(actions), log_q, max_weight))
 
         finite = bool(th.isfinite(advantages).all())
         return Surrogate(batch.observations, objective, ess, "" if finite else "non-finite advantages")
@@ -437,18 +465,21 @@ class TRPOPlus(OnPolicyAlgorithm):
     def _vine_surrogate(self, batch: VineBatch) -> Surrogate:
         """
         The vine surrogate on the rollout set: the exact sum over actions when every action of a
-        finite space was branched, the self-normalised importance-sampled estimator otherwise.
+        finite space was branched, the self-normalised importance-sampled estimator otherwise
+        (its weights, and those of the logged effective sample size, truncated at
+        ``q_kwargs['max_weight']`` when given).
         """
         actions = self._actions_for_log_prob(batch.actions)
+        max_weight = None if batch.all_actions else self.max_weight
 
         def objective(distribution: Distribution) -> th.Tensor:
             log_prob = distribution.log_prob(actions)
             if batch.all_actions:
                 return exact_sum_surrogate(log_prob, batch.q_values, batch.group, batch.n_states)
-            return self_normalized_surrogate(log_prob, batch.log_q, batch.q_values, batch.group, batch.n_states)
+            return self_normalized_surrogate(log_prob, batch.log_q, batch.q_values, batch.group, batch.n_states, max_weight)
 
         def ess(distribution: Distribution) -> float:
-            weights = importance_weights(distribution.log_prob(actions), batch.log_q).view(batch.n_states, -1)
+            weights = importance_weights(distribution.log_prob(actions), batch.log_q, max_weight).view(batch.n_states, -1)
             return float(np.mean([effective_sample_size(row) for row in weights]))
 
         finite = bool(th.isfinite(batch.q_values).all())

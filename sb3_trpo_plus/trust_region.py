@@ -127,7 +127,9 @@ def kl_hessian_vector_product(mean_kl: th.Tensor, params: Sequence[nn.Parameter]
     F v = d/dtheta ( (d KL / d theta) . v ), evaluated at theta_old where the Hessian of the
     KL equals the Fisher information. This is the approach of sb3-contrib's TRPO.
 
-    :param mean_kl: mean KL(pi_old || pi_theta) over the batch, still attached to the graph
+    :param mean_kl: mean KL(pi_theta || pi_old) over the batch (as
+        :func:`~sb3_trpo_plus.surrogate.mean_kl` measures it; KL(pi_old || pi_theta) has the same
+        Hessian at theta_old), still attached to the graph
     :param params: actor parameters theta
     :param damping: c in (F + c I) v
     :return: function v -> (F + c I) v

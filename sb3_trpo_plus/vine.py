@@ -2,17 +2,21 @@
 Vine sampling (Schulman et al. 2015, section 5.2).
 
 1. Run pi_old on the training environment (the *trunk*, collected like single path).
-2. Pick a *rollout set* of N trunk states, uniformly or with weight gamma^t (t the time since
-   the start of the episode), which samples the discounted state distribution rho_pi exactly.
-   The choice is made online by weighted reservoir sampling, so only the chosen states are
-   snapshotted (:mod:`sb3_trpo_plus.env_state`).
+2. Pick a *rollout set* of N trunk states: "uniform", N distinct states uniformly at random;
+   or "geometric", N independent draws with replacement with weight gamma^t (t the time since
+   the start of the episode), an exact sample of the trunk's discounted state distribution
+   (a state drawn twice is branched twice). The choice is made online by reservoir sampling,
+   so only the chosen states are snapshotted (:mod:`sb3_trpo_plus.env_state`); see
+   :class:`TrunkStates`.
 3. At each rollout-set state s_n draw K actions from q (or take every action of a small finite
    space); for each one, restore a dedicated copy of the environment to s_n, take the action,
    then follow pi_old for at most H steps. The discounted return, bootstrapped with the value
    function when the branch is cut or truncated, estimates Q(s_n, a_{n,k}).
 4. With common random numbers the K branches of one state start from the same environment
    random state and share the policy's noise at every step, so the Q differences that drive
-   the gradient have low variance.
+   the gradient have low variance. A gSDE policy's branches follow the trunk's noise process
+   (its exploration matrix at the rollout-set state, renewed when the trunk would renew it;
+   see :class:`BranchRunner`).
 
 Branches run side by side on K copies of the environment (a :class:`BranchPool`), in-process
 or in subprocesses; they never touch the trunk's episodes, its Monitor statistics or
@@ -46,6 +50,7 @@ from stable_baselines3.common.distributions import (
     BernoulliDistribution,
     CategoricalDistribution,
     MultiCategoricalDistribution,
+    StateDependentNoiseDistribution,
 )
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import obs_as_tensor
@@ -70,6 +75,7 @@ from sb3_trpo_plus.env_state import (
     check_same_chain,
     wrapper_chain,
 )
+from sb3_trpo_plus.q import enumerate_actions
 from sb3_trpo_plus.surrogate import distribution_parameters
 
 VINE_DEFAULTS: dict[str, Any] = {
@@ -82,7 +88,6 @@ VINE_DEFAULTS: dict[str, Any] = {
     "branch_vec_env": "dummy",
     "make_branch_env": None,
 }
-MAX_ENUMERATED_ACTIONS = 64
 
 
 def validate_vine_kwargs(vine_kwargs: dict[str, Any] | None, action_space: spaces.Space | None) -> dict[str, Any]:
@@ -117,35 +122,24 @@ def validate_vine_kwargs(vine_kwargs: dict[str, Any] | None, action_space: space
     if settings["make_branch_env"] is not None and not callable(settings["make_branch_env"]):
         raise ValueError("vine_kwargs['make_branch_env'] must be None or a callable returning a gymnasium.Env")
     if settings["all_actions"] and action_space is not None:
-        enumerate_finite_actions(action_space)
+        enumerate_all_actions(action_space)
     return settings
 
 
-def enumerate_finite_actions(action_space: spaces.Space) -> np.ndarray:
+def enumerate_all_actions(action_space: spaces.Space) -> th.Tensor:
     """
-    Every action of a small finite action space, in the format the environment takes.
+    Every action of a small finite action space, for ``vine_kwargs['all_actions']`` (see
+    :func:`sb3_trpo_plus.q.enumerate_actions`: the count is computed from the space and checked
+    before anything is allocated; the actions are in the format SB3's ``Distribution.log_prob``
+    takes, floats for MultiBinary).
 
-    :raises ValueError: when the space is not finite or has more than
-        :data:`MAX_ENUMERATED_ACTIONS` actions
+    :raises ValueError: naming ``vine_kwargs['all_actions']``, when the space is not finite or has
+        more than :data:`sb3_trpo_plus.q.MAX_ENUMERATED_ACTIONS` actions
     """
-    # SB3 policies act with indices from 0 (a space's ``start`` is not applied), and so do these
-    if isinstance(action_space, spaces.Discrete):
-        actions = np.arange(int(action_space.n))
-    elif isinstance(action_space, spaces.MultiDiscrete) and action_space.nvec.ndim == 1:
-        grids = np.meshgrid(*[np.arange(n) for n in action_space.nvec], indexing="ij")
-        actions = np.stack([g.ravel() for g in grids], axis=1)
-    elif isinstance(action_space, spaces.MultiBinary) and isinstance(action_space.n, (int, np.integer)):
-        actions = (np.arange(2**action_space.n)[:, None] >> np.arange(action_space.n)[None]) & 1
-    else:
-        raise ValueError(
-            f"vine_kwargs['all_actions'] needs a Discrete, MultiDiscrete or MultiBinary space, got {action_space}"
-        )
-    if len(actions) > MAX_ENUMERATED_ACTIONS:
-        raise ValueError(
-            f"vine_kwargs['all_actions'] needs at most {MAX_ENUMERATED_ACTIONS} actions, "
-            f"the space {action_space} has {len(actions)}"
-        )
-    return actions
+    try:
+        return enumerate_actions(action_space)
+    except ValueError as error:
+        raise ValueError(f"vine_kwargs['all_actions']=True: {error}") from None
 
 
 _VEC_WRAPPERS = (VecNormalize, VecMonitor, VecFrameStack, VecTransposeImage)
@@ -262,35 +256,64 @@ def _stack(observations: list[Any]) -> Any:
 
 class TrunkStates:
     """
-    Weighted reservoir (Efraimidis-Spirakis) over the trunk's states: every state gets the key
-    u^(1/w), u uniform, w = 1 ("uniform") or gamma^t ("geometric", t the time since the start of
-    its episode); the N largest keys are kept, with their observation and environment snapshot.
+    The rollout set, chosen online from the trunk's states so that only the chosen states are
+    snapshotted.
+
+    - ``geometric=False`` ("uniform"): N *distinct* trunk states, a uniformly random subset
+      (reservoir sampling with uniform keys): every trunk state is in the set with probability
+      N / T, T the number of trunk states.
+    - ``geometric=True`` ("geometric"): N independent draws *with replacement*, each of which picks
+      the trunk state with time t since the start of its episode with probability
+      gamma^t / sum over the trunk's states of gamma^t': the discounted state distribution of the
+      trunk's episodes, sampled exactly. Each draw is a single-item weighted reservoir (keep the
+      new state with probability w / W, W the total weight offered so far), which is exact.
+      Drawing without replacement would not be: it flattens the weights (early states are
+      under-represented, late ones over-represented). A state drawn more than once appears once
+      per draw in the rollout set (one snapshot, shared), and each occurrence gets its own K
+      branches: the set is a sample of the distribution, duplicates included.
     """
 
     def __init__(self, size: int, gamma: float, geometric: bool, n_envs: int, rng: np.random.Generator) -> None:
         self.size = size
-        self.log_gamma = math.log(gamma) if (geometric and gamma > 0) else 0.0
+        self.gamma = gamma
         self.geometric = geometric
         self.rng = rng
         self.episode_time = np.zeros(n_envs, dtype=np.int64)
         self.heap: list[tuple[float, int, Any, Any]] = []
+        self.slots: list[tuple[int, Any, Any] | None] = []
+        self.total_weight = 0.0
         self.counter = 0
+        self.reset()
 
     def reset(self) -> None:
         """Start a new rollout set (episode times carry over: the trunk continues its episodes)."""
         self.heap = []
+        self.slots = [None] * self.size
+        self.total_weight = 0.0
 
     def offer(self, env_index: int, obs: Any, take_snapshot: Callable[[], Any]) -> None:
         """Consider the state of trunk environment ``env_index``; snapshot it only if it is kept."""
-        log_weight = self.log_gamma * float(self.episode_time[env_index]) if self.geometric else 0.0
-        if log_weight < -700.0:
-            return
-        key = math.log(max(self.rng.random(), 1e-300)) / math.exp(log_weight)
         self.counter += 1
+        if self.geometric:
+            self._offer_weighted(float(self.gamma ** float(self.episode_time[env_index])), obs, take_snapshot)
+            return
+        key = self.rng.random()
         if len(self.heap) < self.size:
             heapq.heappush(self.heap, (key, self.counter, copy.deepcopy(obs), take_snapshot()))
         elif key > self.heap[0][0]:
             heapq.heapreplace(self.heap, (key, self.counter, copy.deepcopy(obs), take_snapshot()))
+
+    def _offer_weighted(self, weight: float, obs: Any, take_snapshot: Callable[[], Any]) -> None:
+        if len(self.slots) != self.size:  # the size was changed without a reset
+            self.slots = [None] * self.size
+        if weight <= 0.0:
+            return
+        self.total_weight += weight
+        keep = np.flatnonzero(self.rng.random(self.size) * self.total_weight < weight)
+        if len(keep):
+            item = (self.counter, copy.deepcopy(obs), take_snapshot())
+            for slot in keep:
+                self.slots[slot] = item
 
     def advance(self, dones: np.ndarray) -> None:
         """Move every trunk environment one step on; episodes that ended restart at t = 0."""
@@ -298,7 +321,10 @@ class TrunkStates:
         self.episode_time[np.asarray(dones, dtype=bool)] = 0
 
     def states(self) -> tuple[list[Any], list[Any]]:
-        """Observations and snapshots of the rollout set."""
+        """Observations and snapshots of the rollout set, in trunk order (geometric: with repeats)."""
+        if self.geometric:
+            chosen = sorted((item for item in self.slots if item is not None), key=lambda item: item[0])
+            return [item[1] for item in chosen], [item[2] for item in chosen]
         items = sorted(self.heap, key=lambda item: item[1])
         return [item[2] for item in items], [item[3] for item in items]
 
@@ -577,6 +603,20 @@ def sample_with_noise(distribution: Any, params: list[np.ndarray], noise_rng: np
 
 
 @dataclass
+class GsdeNoise:
+    """
+    The state of the trunk's gSDE noise process at a rollout-set state: the exploration matrix
+    in force there (SB3's ``exploration_mat`` with one trunk environment, row i of
+    ``exploration_matrices`` for trunk environment i of several) and the trunk step (since the
+    start of the rollout) at which it was in force, which fixes when the trunk would draw the next
+    matrix (every ``sde_sample_freq`` steps).
+    """
+
+    matrix: np.ndarray
+    step: int
+
+
+@dataclass
 class BranchResult:
     """Q estimates of one rollout-set state and the environment steps they cost."""
 
@@ -613,6 +653,14 @@ class BranchRunner:
     :param horizon: H, the maximum length of a branch
     :param common_random_numbers: share environment and policy noise across the K branches
     :param rng: generator for the policy noise and, without common random numbers, the branch seeds
+    :param sde_sample_freq: with a gSDE policy, the trunk's ``sde_sample_freq`` (a new exploration
+        matrix every that many steps; -1 or 0: one matrix for the whole rollout)
+
+    With a gSDE policy the branches follow the trunk's noise process (see :meth:`run`): the
+    policy's action is mean + latent_sde @ E with the exploration matrix E the trunk had in force
+    at the rollout-set state, and a new E ~ N(0, std) is drawn when the trunk would draw one;
+    with common random numbers the K branches share every E, without they draw their new ones
+    independently. Other policies draw fresh noise at every step, as the trunk does.
     """
 
     def __init__(
@@ -625,6 +673,7 @@ class BranchRunner:
         horizon: int,
         common_random_numbers: bool,
         rng: np.random.Generator,
+        sde_sample_freq: int = -1,
     ) -> None:
         self.policy = policy
         self.pool = pool
@@ -634,6 +683,10 @@ class BranchRunner:
         self.horizon = horizon
         self.crn = common_random_numbers
         self.rng = rng
+        self.sde_sample_freq = sde_sample_freq
+        self.gsde = isinstance(policy.action_dist, StateDependentNoiseDistribution)
+        self._exploration: np.ndarray | None = None  # gSDE: the K branches' exploration matrices
+        self._time = 0  # gSDE: the trunk step at which the policy acts next
 
     def _to_env(self, actions: np.ndarray) -> np.ndarray:
         if isinstance(self.action_space, spaces.Box):
@@ -680,15 +733,18 @@ class BranchRunner:
             rows = [rows[index] if active[index] else previous[index] for index in range(self.pool.size)]
         return rows, np.where(active, rewards, 0.0), terminated, truncated
 
-    def run(self, state: BranchState, first_actions: np.ndarray) -> BranchResult:
+    def run(self, state: BranchState, first_actions: np.ndarray, noise: GsdeNoise | None = None) -> BranchResult:
         """
         Restore every copy to ``state``, take ``first_actions[k]`` in copy k, then follow pi_old;
         Q is the discounted return, bootstrapped by :func:`bootstraps`.
 
         :param state: the rollout-set state
         :param first_actions: K actions in the policy's action format
+        :param noise: with a gSDE policy, the trunk's noise process at the rollout-set state
+            (without it, a gSDE branch starts from a new exploration matrix)
         """
         size = len(first_actions)
+        self._start_noise(noise, size)
         seeds = None if self.crn else self.rng.integers(0, 2**31 - 1, size=size)
         self.restore(state, seeds)
         returns = np.zeros(size)
@@ -719,12 +775,51 @@ class BranchRunner:
             returns[index] += discount[index] * values
         return BranchResult(returns, env_steps, lengths)
 
+    def _start_noise(self, noise: GsdeNoise | None, size: int) -> None:
+        """Put the K branches' gSDE noise process where the trunk's was at the rollout-set state."""
+        if not self.gsde:
+            return
+        if noise is None:
+            self._exploration, self._time = self._draw_exploration(size), 0
+        else:
+            self._exploration = np.repeat(noise.matrix[None], size, axis=0)
+            self._time = noise.step
+        self._time += 1  # the first action (from q) is taken at the rollout-set state; the policy acts from the next
+
+    def _draw_exploration(self, size: int) -> np.ndarray:
+        """
+        New exploration matrices E ~ N(0, std), as SB3's ``sample_weights`` draws them (from the
+        sampler's NumPy generator, so torch's random stream is untouched): one shared by the K
+        branches with common random numbers, one each without.
+        """
+        dist: Any = self.policy.action_dist
+        with th.no_grad():
+            std = dist.get_std(self.policy.log_std).cpu().numpy().astype(np.float64)
+        draws = 1 if self.crn else size
+        matrices = std * self.rng.standard_normal((draws, *std.shape))
+        return np.repeat(matrices, size, axis=0) if self.crn else matrices
+
     def _policy_actions(self, observations: list[Any]) -> np.ndarray:
         with th.no_grad():
             obs_tensor = obs_as_tensor(self._normalize_obs(observations), self.policy.device)
             distribution = self.policy.get_distribution(obs_tensor)  # type: ignore[arg-type]
+            if self.gsde:
+                return self._gsde_actions(distribution)
             params = [p.cpu().numpy() for p in distribution_parameters(distribution)]
         return sample_with_noise(distribution, params, self.rng, self.crn)
+
+    def _gsde_actions(self, distribution: Any) -> np.ndarray:
+        """mean + latent_sde @ E_k for branch k, E_k renewed when the trunk would renew its matrix."""
+        if self._exploration is None or (self.sde_sample_freq > 0 and self._time % self.sde_sample_freq == 0):
+            self._exploration = self._draw_exploration(len(distribution.distribution.mean))
+        self._time += 1
+        mean = distribution.distribution.mean.cpu().numpy()
+        latent = distribution._latent_sde.cpu().numpy()
+        noise = np.einsum("ki,kij->kj", latent.astype(np.float64), self._exploration)
+        actions = mean + noise
+        if distribution.bijector is not None:
+            actions = np.tanh(actions)
+        return actions.astype(np.float32)
 
 
 class VineSampler:
@@ -739,10 +834,19 @@ class VineSampler:
     :param policy: the policy (pi_old during collection)
     :param gamma: discount factor
     :param seed: seed of the sampler's own generator (rollout-set keys, branch noise)
+    :param sde_sample_freq: the algorithm's ``sde_sample_freq`` (gSDE policies: the branches follow
+        the trunk's noise process, see :class:`BranchRunner`)
     """
 
     def __init__(
-        self, settings: dict[str, Any], q: Any, env: VecEnv, policy: ActorCriticPolicy, gamma: float, seed: int | None
+        self,
+        settings: dict[str, Any],
+        q: Any,
+        env: VecEnv,
+        policy: ActorCriticPolicy,
+        gamma: float,
+        seed: int | None,
+        sde_sample_freq: int = -1,
     ) -> None:
         make_trunk_branchable(env)
         self.vec_wrappers = VecWrappers(_base_vec_env(env)[1])
@@ -752,7 +856,7 @@ class VineSampler:
         self.policy = policy
         self.gamma = gamma
         self.rng = np.random.default_rng(seed)
-        self.all_actions = enumerate_finite_actions(policy.action_space) if settings["all_actions"] else None
+        self.all_actions = enumerate_all_actions(policy.action_space).to(policy.device) if settings["all_actions"] else None
         n_branches = len(self.all_actions) if self.all_actions is not None else settings["n_actions"]
         factory = _branch_env_factory(env, settings["make_branch_env"])
         self.pool = BranchPool(factory, n_branches, settings["branch_vec_env"])
@@ -770,9 +874,11 @@ class VineSampler:
             settings["horizon"],
             settings["common_random_numbers"],
             self.rng,
+            sde_sample_freq,
         )
         self.trunk = TrunkStates(1, gamma, settings["state_selection"] == "geometric", env.num_envs, self.rng)
         self.snapshot = trunk_snapshotter(env)
+        self.trunk_step = 0
         self.batch: Any = None
         self.stats: dict[str, float] = {}
 
@@ -788,13 +894,27 @@ class VineSampler:
         self.trunk.episode_time[np.asarray(episode_starts, dtype=bool)] = 0
         for index in range(self.env.num_envs):
             obs = {key: value[index] for key, value in last_obs.items()} if isinstance(last_obs, dict) else last_obs[index]
-            self.trunk.offer(index, obs, functools.partial(self.snapshot, index))
+            self.trunk.offer(index, obs, functools.partial(self._take_state, index))
         self.trunk.episode_time += 1
+        self.trunk_step += 1
+
+    def _take_state(self, index: int) -> tuple[Any, GsdeNoise | None]:
+        """The snapshot of trunk environment ``index`` and, for gSDE, its noise process now."""
+        return self.snapshot(index), self._trunk_noise(index)
+
+    def _trunk_noise(self, index: int) -> GsdeNoise | None:
+        """The exploration matrix trunk environment ``index`` acts with now (SB3's rule in ``get_noise``)."""
+        if not self.runner.gsde:
+            return None
+        dist: Any = self.policy.action_dist
+        matrix = dist.exploration_mat if self.env.num_envs == 1 else dist.exploration_matrices[index]
+        return GsdeNoise(matrix.detach().cpu().numpy().astype(np.float64), self.trunk_step)
 
     def start_trunk(self, trunk_size: int) -> None:
         """Begin a new rollout set for a trunk of ``trunk_size`` states."""
         self.trunk.size = self.n_states(trunk_size)
         self.trunk.reset()
+        self.trunk_step = 0
 
     def branch(self) -> int:
         """
@@ -804,7 +924,9 @@ class VineSampler:
         """
         from sb3_trpo_plus.buffers import VineBatch
 
-        observations, states = self.trunk.states()
+        observations, taken = self.trunk.states()
+        states = [state for state, _ in taken]
+        noises = [noise for _, noise in taken]
         if isinstance(observations[0], dict):
             stacked: Any = {key: np.stack([obs[key] for obs in observations]) for key in observations[0]}
         else:
@@ -814,8 +936,7 @@ class VineSampler:
         with th.no_grad():
             pi_old = self.policy.get_distribution(obs_tensor)  # type: ignore[arg-type]
             if self.all_actions is not None:
-                actions = th.as_tensor(self.all_actions, device=self.policy.device).unsqueeze(0)
-                actions = actions.expand(n_states, *actions.shape[1:])
+                actions = self.all_actions.unsqueeze(0).expand(n_states, *self.all_actions.shape)
                 log_q = th.zeros(actions.shape[:2], device=self.policy.device)
             else:
                 sampler = self.q.build(pi_old, obs_tensor)
@@ -826,7 +947,7 @@ class VineSampler:
         q_values = np.zeros(actions.shape[:2])
         env_steps, lengths = 0, []
         for index, state in enumerate(states):
-            result = self.runner.run(state, actions_np[index])
+            result = self.runner.run(state, actions_np[index], noises[index])
             q_values[index] = result.q_values
             env_steps += result.env_steps
             lengths.append(result.lengths)

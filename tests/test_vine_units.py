@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.distributions import (
     BernoulliDistribution,
@@ -12,7 +13,7 @@ from stable_baselines3.common.distributions import (
     MultiCategoricalDistribution,
 )
 
-from sb3_trpo_plus.vine import TrunkStates, enumerate_finite_actions, sample_with_noise, validate_vine_kwargs
+from sb3_trpo_plus.vine import TrunkStates, enumerate_all_actions, sample_with_noise, validate_vine_kwargs
 
 
 def _fill(trunk: TrunkStates, n_steps: int, n_envs: int, done_every: int = 0) -> None:
@@ -110,16 +111,17 @@ def test_sample_with_noise_multicategorical_and_bernoulli() -> None:
     assert bern.shape == (10000, 3) and abs(bern.mean() - 0.5) < 0.02
 
 
-def test_enumerate_finite_actions() -> None:
-    assert enumerate_finite_actions(spaces.Discrete(3)).tolist() == [0, 1, 2]
-    multi = enumerate_finite_actions(spaces.MultiDiscrete([2, 3]))
-    assert multi.shape == (6, 2) and len({tuple(row) for row in multi}) == 6
-    binary = enumerate_finite_actions(spaces.MultiBinary(3))
-    assert binary.shape == (8, 3) and len({tuple(row) for row in binary}) == 8
+def test_enumerate_all_actions() -> None:
+    assert enumerate_all_actions(spaces.Discrete(3)).tolist() == [0, 1, 2]
+    multi = enumerate_all_actions(spaces.MultiDiscrete([2, 3]))
+    assert multi.shape == (6, 2) and len({tuple(row.tolist()) for row in multi}) == 6
+    binary = enumerate_all_actions(spaces.MultiBinary(3))
+    assert binary.shape == (8, 3) and len({tuple(row.tolist()) for row in binary}) == 8
+    assert binary.dtype == th.float32  # what SB3's Bernoulli log_prob takes
     with pytest.raises(ValueError, match="all_actions"):
-        enumerate_finite_actions(spaces.Box(-1, 1, (2,)))
+        enumerate_all_actions(spaces.Box(-1, 1, (2,)))
     with pytest.raises(ValueError, match="at most"):
-        enumerate_finite_actions(spaces.Discrete(1000))
+        enumerate_all_actions(spaces.Discrete(1000))
 
 
 @pytest.mark.parametrize(
