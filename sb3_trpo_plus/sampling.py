@@ -82,6 +82,35 @@ def _numpy_layers(module: nn.Module) -> list[tuple[np.ndarray, np.ndarray, Calla
     return layers
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Normalised log-probabilities of categorical logits (rows), as torch's Categorical keeps them."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def softplus(x: np.ndarray) -> np.ndarray:
+    """log(1 + exp(x)) without overflow or loss of precision for any x."""
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+
+
+def bernoulli_log_prob(logits: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """
+    log-probability of 0/1 ``actions`` under independent Bernoulli with these logits, summed over
+    the last axis: log p = -softplus(-logit), log(1 - p) = -softplus(logit). Computing it from the
+    probabilities instead rounds p to 1 in float32 for a logit above about 16.6, giving NaN.
+    """
+    return -np.sum(softplus(np.where(actions > 0.5, -logits, logits)), axis=-1)
+
+
+def gaussian_log_prob(actions: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """
+    Diagonal Gaussian log-density of ``actions``, summed over the last axis, with torch's Normal's
+    formula (from the action itself, so the ratio pi_theta / pi_old is 1 at theta_old to rounding).
+    """
+    var = std * std
+    return np.sum(-((actions - mean) ** 2) / (2 * var) - np.log(std) - _LOG_SQRT_2PI, axis=-1)
+
+
 def _standard_methods(policy: ActorCriticPolicy, names: tuple[str, ...]) -> bool:
     """Whether ``policy`` computes these methods as SB3's ActorCriticPolicy does (a subclass may override them)."""
     return all(getattr(type(policy), name) is getattr(ActorCriticPolicy, name) for name in names)
@@ -157,9 +186,8 @@ class NumpyActor:
             with th.no_grad():
                 self.gsde_std = self.dist.get_std(policy.log_std).cpu().numpy().astype(np.float32)
         elif isinstance(self.dist, DiagGaussianDistribution):
-            log_std = policy.log_std.detach().cpu().numpy().astype(np.float32)
-            self.std = np.exp(log_std)
-            self.log_norm = float(np.sum(log_std)) + _LOG_SQRT_2PI * log_std.size
+            with th.no_grad():  # exp in torch: the scale torch's Normal would hold, to the bit
+                self.std = policy.log_std.exp().cpu().numpy().astype(np.float32)
 
     @classmethod
     def from_policy(cls, policy: ActorCriticPolicy) -> NumpyActor | None:
@@ -217,17 +245,16 @@ class NumpyActor:
         elif self.std is not None:
             noise = th.randn(params.shape).numpy()
             actions = params + noise * self.std
-            log_prob = -0.5 * np.einsum("ij,ij->i", noise, noise) - self.log_norm
+            log_prob = gaussian_log_prob(actions, params, self.std)
         elif isinstance(self.dist, BernoulliDistribution):
-            probs = 1.0 / (1.0 + np.exp(-params))
-            actions = th.bernoulli(th.from_numpy(probs)).numpy()
-            log_prob = np.sum(actions * np.log(probs + 1e-30) + (1 - actions) * np.log1p(-probs + 1e-30), axis=1)
+            # probabilities by torch's sigmoid, so that th.bernoulli draws exactly what SB3's would
+            actions = th.bernoulli(th.sigmoid(th.from_numpy(params))).numpy()
+            log_prob = bernoulli_log_prob(params, actions)
         else:
             dims = [params.shape[1]] if isinstance(self.dist, CategoricalDistribution) else list(self.dist.action_dims)  # type: ignore[attr-defined]
             columns, log_prob = [], np.zeros(len(params), dtype=np.float32)
             for logits in np.split(params, np.cumsum(dims)[:-1], axis=1):
-                shifted = logits - logits.max(axis=1, keepdims=True)
-                log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+                log_p = log_softmax(logits)
                 choice = th.multinomial(th.from_numpy(np.exp(log_p)), 1, True).numpy()[:, 0]
                 columns.append(choice)
                 log_prob += log_p[np.arange(len(choice)), choice]
@@ -248,9 +275,8 @@ class NumpyActor:
             noise = np.einsum("bi,bij->bj", latent, batched)
         assert self.gsde_std is not None
         std = np.sqrt((latent * latent) @ (self.gsde_std * self.gsde_std) + dist.epsilon)
-        scaled = noise / std
-        log_prob = -0.5 * np.einsum("ij,ij->i", scaled, scaled) - np.log(std).sum(axis=1) - _LOG_SQRT_2PI * mean.shape[1]
-        return mean + noise, log_prob
+        actions = mean + noise
+        return actions, gaussian_log_prob(actions, mean, std)
 
     def values(self, obs: np.ndarray) -> th.Tensor:
         """State values for a batch of observations."""
