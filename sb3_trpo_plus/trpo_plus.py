@@ -85,9 +85,17 @@ FISHER_MODES = ("analytic", "kl_hessian")
 SAMPLING_SCHEMES = ("single_path", "vine")
 
 
+class InvalidArgumentError(ValueError, AssertionError):
+    """
+    A bad constructor argument. A ``ValueError``, and an ``AssertionError`` too: sb3-contrib's TRPO
+    rejects some of the same arguments with ``assert``, so code (and tests) written for TRPO that
+    catch ``AssertionError`` keep working with TRPOPlus.
+    """
+
+
 def _check(condition: Any, message: str) -> None:
     if not condition:
-        raise ValueError(message)
+        raise InvalidArgumentError(message)
 
 
 def _index_obs(obs: PyTorchObs, index: th.Tensor | slice) -> PyTorchObs:
