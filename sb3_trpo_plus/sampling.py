@@ -17,7 +17,7 @@ again (or replaced by the torch one) when it no longer computes what torch would
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FunctionType, MethodType
 from typing import TYPE_CHECKING, Any
 
@@ -119,26 +119,28 @@ def plain_modules(objects: list[Any], backward: bool = False) -> bool:
 
 class Watch:
     """
-    A cheap fingerprint of what a fast path copied or trusts: the number of hooks and instance
-    attributes of every object (a new hook or an instance patch adds one), and the identity
-    (storage) and version counter of every parameter (an in-place edit under ``no_grad``, an
-    optimizer step or ``load_state_dict`` bumps the version; ``param.data = ...`` changes the
-    storage). Compare :meth:`signature` before and after user code ran.
+    A cheap fingerprint of what a forward-only fast path copied or trusts: the number of forward
+    hooks and instance attributes of every object (a new hook or an instance patch adds one), and
+    the storage and (with ``versions``) version counter of every parameter (an in-place edit
+    under ``no_grad``, an optimizer step or ``load_state_dict`` bumps the version;
+    ``param.data = ...`` changes the storage). Compare :meth:`signature` before and after user
+    code ran.
     """
 
-    def __init__(self, objects: list[Any], params: list[th.Tensor]) -> None:
-        self.dicts: list[dict] = [*global_module_hooks()]
+    def __init__(self, objects: list[Any], params: Sequence[th.Tensor], versions: bool = True) -> None:
+        self.dicts: list[dict] = [*global_module_hooks()[:2]]
         for obj in objects:
             self.dicts.append(vars(obj))
             if isinstance(obj, nn.Module):
-                self.dicts += [obj._forward_hooks, obj._forward_pre_hooks, obj._backward_hooks, obj._backward_pre_hooks]
+                self.dicts += [obj._forward_hooks, obj._forward_pre_hooks]
         self.params = params
+        self.versions = versions  # not needed by a reader of NumPy views, which sees in-place edits
         self.initial = self.signature()
 
     def signature(self) -> tuple:
         return (
             sum(map(len, self.dicts)),
-            [p._version for p in self.params],
+            [p._version for p in self.params] if self.versions else None,
             [p.data_ptr() for p in self.params],
         )
 
@@ -263,7 +265,8 @@ class NumpyActor:
         self.std: np.ndarray | None = None
         self.gsde_std: np.ndarray | None = None
         self.gsde_matrices: tuple[Any, np.ndarray, np.ndarray] | None = None
-        self.watch = Watch([*policy.modules(), self.dist], list(policy.parameters()))
+        params = list(policy.parameters())
+        self.watch = Watch([*policy.modules(), self.dist], params, versions=any(p.device.type != "cpu" for p in params))
         # Parameters read through views are always current; those the copy computes from (the
         # fused first layer, the standard deviations) are kept as bytes to compare with (cheaper
         # than np.array_equal on small arrays).
