@@ -91,7 +91,7 @@ class SpacesEnv(gym.Env):
 
 def one_iteration(cls: Any, obs_name: str, action_name: str, setting: str, seed: int = 0, **extra: Any) -> tuple:
     """Parameters before and after one iteration of ``cls`` from ``seed``."""
-    settings = dict(SETTINGS[setting])
+    settings = {**SETTINGS[setting], **extra.pop("overrides", {})}
     n_envs = settings.pop("n_envs")
     obs_space, action_space = OBSERVATIONS[obs_name], ACTIONS[action_name]
     env = make_vec_env(lambda: SpacesEnv(obs_space, action_space), n_envs=n_envs, seed=seed)
@@ -102,10 +102,10 @@ def one_iteration(cls: Any, obs_name: str, action_name: str, setting: str, seed:
     return initial, flat(model.policy.parameters())
 
 
-def difference(obs_name: str, action_name: str, setting: str) -> tuple[float, float]:
+def difference(obs_name: str, action_name: str, setting: str, **overrides: Any) -> tuple[float, float]:
     """(max abs parameter difference TRPOPlus - TRPO, max abs change made by TRPO's iteration)."""
-    initial, reference = one_iteration(TRPO, obs_name, action_name, setting)
-    ours_initial, ours = one_iteration(TRPOPlus, obs_name, action_name, setting, fisher="kl_hessian")
+    initial, reference = one_iteration(TRPO, obs_name, action_name, setting, overrides=overrides)
+    ours_initial, ours = one_iteration(TRPOPlus, obs_name, action_name, setting, overrides=overrides, fisher="kl_hessian")
     assert th.equal(initial, ours_initial)
     return float((ours - reference).abs().max()), float((reference - initial).abs().max())
 
@@ -134,7 +134,10 @@ CELLS = [(o, a, "test_parity") for o in OBSERVATIONS for a in ACTIONS] + [
 
 @pytest.mark.parametrize(("obs_name", "action_name", "setting"), CELLS, ids=[f"{o}-obs-{a}-act-{s}" for o, a, s in CELLS])
 def test_one_iteration_matches_sb3_contrib_on_every_space(obs_name: str, action_name: str, setting: str) -> None:
-    diff, moved = difference(obs_name, action_name, setting)
+    # the CNN's critic fit is most of an image cell's time: fewer critic epochs there (the
+    # script's table has them at the default 10 too)
+    overrides = {"n_critic_updates": 2} if obs_name == "image" else {}
+    diff, moved = difference(obs_name, action_name, setting, **overrides)
     print(f"parity obs={obs_name} action={action_name} {setting}: max abs difference {diff:.1e} (moved {moved:.1e})")
     assert diff <= 1e-5, diff
     assert moved > 1e-4, "the iteration should move the policy"
