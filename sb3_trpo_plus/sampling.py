@@ -135,13 +135,14 @@ class Watch:
                 self.dicts += [obj._forward_hooks, obj._forward_pre_hooks]
         self.params = params
         self.versions = versions  # not needed by a reader of NumPy views, which sees in-place edits
+        self.pointers = [p.data_ptr for p in params]  # bound once: this runs every step
         self.initial = self.signature()
 
     def signature(self) -> tuple:
         return (
             sum(map(len, self.dicts)),
             [p._version for p in self.params] if self.versions else None,
-            [p.data_ptr() for p in self.params],
+            [pointer() for pointer in self.pointers],
         )
 
     def changed(self) -> bool:
@@ -273,7 +274,8 @@ class NumpyActor:
         sources = [actor[0][0], critic[0][0], actor[0][1], critic[0][1]] if self.split else []
         if hasattr(policy, "log_std") and isinstance(self.dist, (DiagGaussianDistribution, StateDependentNoiseDistribution)):
             sources.append(_array(policy.log_std))
-        self.derived: list[tuple[np.ndarray, bytes]] = [(source, source.tobytes()) for source in sources]
+        self.derived_sources = [source.tobytes for source in sources]
+        self.derived = [tobytes() for tobytes in self.derived_sources]
         if isinstance(self.dist, StateDependentNoiseDistribution):
             with th.no_grad():
                 self.gsde_std = self.dist.get_std(policy.log_std).cpu().numpy().astype(np.float32)
@@ -320,7 +322,7 @@ class NumpyActor:
         (a hook, an instance patch, a replaced or edited parameter, an edited weight that was
         copied): then build the rollout's actor again with :func:`make_actor`.
         """
-        return self.watch.changed() or any(live.tobytes() != initial for live, initial in self.derived)
+        return self.watch.changed() or [tobytes() for tobytes in self.derived_sources] != self.derived
 
     def _features(self, obs: np.ndarray) -> np.ndarray:
         x = np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
