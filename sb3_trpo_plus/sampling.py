@@ -6,15 +6,19 @@ The collection loop keeps every semantic of SB3's ``OnPolicyAlgorithm.collect_ro
 (callbacks called once per step with the same local variables, timeouts bootstrapped with the
 value function, episode statistics, gSDE noise resampling, action clipping or unscaling); it is
 faster because the policy is frozen during a rollout: for the standard MLP policies it is
-evaluated by :class:`NumpyActor`, a NumPy copy of its weights taken at the start of the
-rollout, which draws its noise from torch's random generator exactly as SB3's distributions do,
-so a seed gives the same action stream. Every other policy goes through :class:`TorchActor`.
+evaluated by :class:`NumpyActor`, which reads the weights through NumPy views of their memory and
+draws its noise from torch's random generator exactly as SB3's distributions do, so a seed gives
+the same action stream. Every other policy, and any policy with a module hook or a method
+replaced on an instance, goes through :class:`TorchActor`. User code that runs during a rollout
+(callbacks) may still change the policy: the NumPy actor is checked before every use and built
+again (or replaced by the torch one) when it no longer computes what torch would.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from types import FunctionType, MethodType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,6 +40,7 @@ from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from threadpoolctl import ThreadpoolController
 from torch import nn
+from torch.nn.modules import module as module_globals
 
 from sb3_trpo_plus.buffers import QRolloutBuffer
 
@@ -64,6 +69,86 @@ def single_blas_thread() -> Any:
     return _BLAS.limit(limits=1, user_api="blas")
 
 
+def _array(tensor: th.Tensor) -> np.ndarray:
+    """
+    A NumPy view of a CPU tensor's memory (so the fast paths see any later in-place edit of it, by
+    ``param.data`` included), a copy for a tensor on another device.
+    """
+    tensor = tensor.detach()
+    return tensor.numpy() if tensor.device.type == "cpu" else tensor.cpu().numpy()
+
+
+def _shadowed_methods(obj: Any) -> list[str]:
+    """Names of methods of ``obj``'s class replaced on the instance itself (``obj.forward = ...``)."""
+    cls = type(obj)
+    return [name for name in vars(obj) if isinstance(getattr(cls, name, None), (FunctionType, MethodType))]
+
+
+_GLOBAL_MODULE_HOOKS = (
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+)
+
+
+def global_module_hooks() -> list[dict]:
+    """torch's global module hooks (``nn.modules.module.register_module_forward_hook`` and the like)."""
+    return [getattr(module_globals, name) for name in _GLOBAL_MODULE_HOOKS if hasattr(module_globals, name)]
+
+
+def plain_modules(objects: list[Any], backward: bool = False) -> bool:
+    """
+    Whether ``objects`` (modules and other objects a fast path reads) behave as their classes
+    say: no forward hook or pre-hook (backward ones too with ``backward=True``), module-level or
+    global, and no method replaced on an instance. A fast path that reimplements the classes'
+    arithmetic must not serve objects that are not plain: the generic torch path honours all this.
+    """
+    if any(global_module_hooks()[: 4 if backward else 2]):
+        return False
+    for obj in objects:
+        if _shadowed_methods(obj):
+            return False
+        if isinstance(obj, nn.Module):
+            if obj._forward_hooks or obj._forward_pre_hooks:
+                return False
+            if backward and (obj._backward_hooks or obj._backward_pre_hooks):
+                return False
+    return True
+
+
+class Watch:
+    """
+    A cheap fingerprint of what a forward-only fast path copied or trusts: the number of forward
+    hooks and instance attributes of every object (a new hook or an instance patch adds one), and
+    the storage and (with ``versions``) version counter of every parameter (an in-place edit
+    under ``no_grad``, an optimizer step or ``load_state_dict`` bumps the version;
+    ``param.data = ...`` changes the storage). Compare :meth:`signature` before and after user
+    code ran.
+    """
+
+    def __init__(self, objects: list[Any], params: Sequence[th.Tensor], versions: bool = True) -> None:
+        self.dicts: list[dict] = [*global_module_hooks()[:2]]
+        for obj in objects:
+            self.dicts.append(vars(obj))
+            if isinstance(obj, nn.Module):
+                self.dicts += [obj._forward_hooks, obj._forward_pre_hooks]
+        self.params = params
+        self.versions = versions  # not needed by a reader of NumPy views, which sees in-place edits
+        self.pointers = [p.data_ptr for p in params]  # bound once: this runs every step
+        self.initial = self.signature()
+
+    def signature(self) -> tuple:
+        return (
+            sum(map(len, self.dicts)),
+            [p._version for p in self.params] if self.versions else None,
+            [pointer() for pointer in self.pointers],
+        )
+
+    def changed(self) -> bool:
+        return self.signature() != self.initial
+
+
 def _numpy_layers(module: nn.Module) -> list[tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]] | None:
     """(weight^T, bias, activation) of a Sequential of Linear layers and known activations, or None."""
     modules = list(module) if isinstance(module, nn.Sequential) else [module]
@@ -72,14 +157,42 @@ def _numpy_layers(module: nn.Module) -> list[tuple[np.ndarray, np.ndarray, Calla
         if type(layer) is nn.Linear:
             if layer.bias is None:
                 return None
-            weight = layer.weight.detach().cpu().numpy().T.copy()
-            layers.append((weight, layer.bias.detach().cpu().numpy().copy(), _ACTIVATIONS[nn.Identity]))
+            layers.append((_array(layer.weight).T, _array(layer.bias), _ACTIVATIONS[nn.Identity]))
         elif type(layer) in _ACTIVATIONS and layers:
             weight, bias, _ = layers[-1]
             layers[-1] = (weight, bias, _ACTIVATIONS[type(layer)])
         else:
             return None
     return layers
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Normalised log-probabilities of categorical logits (rows), as torch's Categorical keeps them."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def softplus(x: np.ndarray) -> np.ndarray:
+    """log(1 + exp(x)) without overflow or loss of precision for any x."""
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+
+
+def bernoulli_log_prob(logits: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """
+    log-probability of 0/1 ``actions`` under independent Bernoulli with these logits, summed over
+    the last axis: log p = -softplus(-logit), log(1 - p) = -softplus(logit). Computing it from the
+    probabilities instead rounds p to 1 in float32 for a logit above about 16.6, giving NaN.
+    """
+    return -np.sum(softplus(np.where(actions > 0.5, -logits, logits)), axis=-1)
+
+
+def gaussian_log_prob(actions: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """
+    Diagonal Gaussian log-density of ``actions``, summed over the last axis, with torch's Normal's
+    formula (from the action itself, so the ratio pi_theta / pi_old is 1 at theta_old to rounding).
+    """
+    var = std * std
+    return np.sum(-((actions - mean) ** 2) / (2 * var) - np.log(std) - _LOG_SQRT_2PI, axis=-1)
 
 
 def _standard_methods(policy: ActorCriticPolicy, names: tuple[str, ...]) -> bool:
@@ -153,13 +266,22 @@ class NumpyActor:
         self.std: np.ndarray | None = None
         self.gsde_std: np.ndarray | None = None
         self.gsde_matrices: tuple[Any, np.ndarray, np.ndarray] | None = None
+        params = list(policy.parameters())
+        self.watch = Watch([*policy.modules(), self.dist], params, versions=any(p.device.type != "cpu" for p in params))
+        # Parameters read through views are always current; those the copy computes from (the
+        # fused first layer, the standard deviations) are kept as bytes to compare with (cheaper
+        # than np.array_equal on small arrays).
+        sources = [actor[0][0], critic[0][0], actor[0][1], critic[0][1]] if self.split else []
+        if hasattr(policy, "log_std") and isinstance(self.dist, (DiagGaussianDistribution, StateDependentNoiseDistribution)):
+            sources.append(_array(policy.log_std))
+        self.derived_sources = [source.tobytes for source in sources]
+        self.derived = [tobytes() for tobytes in self.derived_sources]
         if isinstance(self.dist, StateDependentNoiseDistribution):
             with th.no_grad():
                 self.gsde_std = self.dist.get_std(policy.log_std).cpu().numpy().astype(np.float32)
         elif isinstance(self.dist, DiagGaussianDistribution):
-            log_std = policy.log_std.detach().cpu().numpy().astype(np.float32)
-            self.std = np.exp(log_std)
-            self.log_norm = float(np.sum(log_std)) + _LOG_SQRT_2PI * log_std.size
+            with th.no_grad():  # exp in torch: the scale torch's Normal would hold, to the bit
+                self.std = policy.log_std.exp().cpu().numpy().astype(np.float32)
 
     @classmethod
     def from_policy(cls, policy: ActorCriticPolicy) -> NumpyActor | None:
@@ -182,6 +304,7 @@ class NumpyActor:
             or type(policy.vf_features_extractor) is not FlattenExtractor
             or type(policy.mlp_extractor) is not MlpExtractor
             or policy.squash_output
+            or not plain_modules([*policy.modules(), dist])
         ):
             return None
         extractor: Any = policy.mlp_extractor
@@ -192,6 +315,14 @@ class NumpyActor:
         if shared is None or actor is None or head is None or critic is None:
             return None
         return cls(policy, shared, actor, head, critic)
+
+    def stale(self) -> bool:
+        """
+        Whether the policy changed since this copy was made in a way its NumPy views do not follow
+        (a hook, an instance patch, a replaced or edited parameter, an edited weight that was
+        copied): then build the rollout's actor again with :func:`make_actor`.
+        """
+        return self.watch.changed() or [tobytes() for tobytes in self.derived_sources] != self.derived
 
     def _features(self, obs: np.ndarray) -> np.ndarray:
         x = np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
@@ -217,17 +348,16 @@ class NumpyActor:
         elif self.std is not None:
             noise = th.randn(params.shape).numpy()
             actions = params + noise * self.std
-            log_prob = -0.5 * np.einsum("ij,ij->i", noise, noise) - self.log_norm
+            log_prob = gaussian_log_prob(actions, params, self.std)
         elif isinstance(self.dist, BernoulliDistribution):
-            probs = 1.0 / (1.0 + np.exp(-params))
-            actions = th.bernoulli(th.from_numpy(probs)).numpy()
-            log_prob = np.sum(actions * np.log(probs + 1e-30) + (1 - actions) * np.log1p(-probs + 1e-30), axis=1)
+            # probabilities by torch's sigmoid, so that th.bernoulli draws exactly what SB3's would
+            actions = th.bernoulli(th.sigmoid(th.from_numpy(params))).numpy()
+            log_prob = bernoulli_log_prob(params, actions)
         else:
             dims = [params.shape[1]] if isinstance(self.dist, CategoricalDistribution) else list(self.dist.action_dims)  # type: ignore[attr-defined]
             columns, log_prob = [], np.zeros(len(params), dtype=np.float32)
             for logits in np.split(params, np.cumsum(dims)[:-1], axis=1):
-                shifted = logits - logits.max(axis=1, keepdims=True)
-                log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+                log_p = log_softmax(logits)
                 choice = th.multinomial(th.from_numpy(np.exp(log_p)), 1, True).numpy()[:, 0]
                 columns.append(choice)
                 log_prob += log_p[np.arange(len(choice)), choice]
@@ -248,9 +378,8 @@ class NumpyActor:
             noise = np.einsum("bi,bij->bj", latent, batched)
         assert self.gsde_std is not None
         std = np.sqrt((latent * latent) @ (self.gsde_std * self.gsde_std) + dist.epsilon)
-        scaled = noise / std
-        log_prob = -0.5 * np.einsum("ij,ij->i", scaled, scaled) - np.log(std).sum(axis=1) - _LOG_SQRT_2PI * mean.shape[1]
-        return mean + noise, log_prob
+        actions = mean + noise
+        return actions, gaussian_log_prob(actions, mean, std)
 
     def values(self, obs: np.ndarray) -> th.Tensor:
         """State values for a batch of observations."""
@@ -260,6 +389,13 @@ class NumpyActor:
 def make_actor(policy: ActorCriticPolicy) -> NumpyActor | TorchActor:
     """The fastest exact evaluator of ``policy`` for a rollout."""
     return NumpyActor.from_policy(policy) or TorchActor(policy)
+
+
+def current_actor(actor: NumpyActor | TorchActor) -> NumpyActor | TorchActor:
+    """``actor``, or a new one if user code (a callback) changed the policy under the NumPy copy."""
+    if isinstance(actor, NumpyActor) and actor.stale():
+        return make_actor(actor.policy)
+    return actor
 
 
 def collect_single_path(
@@ -306,6 +442,7 @@ def collect_single_path(
             if before_step is not None:
                 before_step(algo._last_obs, algo._last_episode_starts)  # type: ignore[arg-type]
             obs_tensor = obs_as_tensor(algo._last_obs, algo.device)  # type: ignore[arg-type]
+            actor = current_actor(actor)  # the last callback may have edited, hooked or patched the policy
             actions, values, log_probs = actor.act(algo._last_obs, obs_tensor)  # type: ignore[arg-type]
 
             clipped_actions = actions
@@ -337,6 +474,7 @@ def collect_single_path(
                     and infos[idx].get("TimeLimit.truncated", False)
                 ):
                     terminal_obs = infos[idx]["terminal_observation"]
+                    actor = current_actor(actor)
                     if isinstance(actor, NumpyActor):
                         terminal_value = actor.values(terminal_obs[None])[0]
                     else:
@@ -351,7 +489,7 @@ def collect_single_path(
             algo._last_obs = new_obs  # type: ignore[assignment]
             algo._last_episode_starts = dones
 
-        values = actor.values(new_obs)  # type: ignore[arg-type]
+        values = current_actor(actor).values(new_obs)  # type: ignore[arg-type]
         rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
 
     callback.update_locals(locals())

@@ -18,6 +18,7 @@ The algorithm box of the paper, as :meth:`TRPOPlus.learn` runs it:
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable
@@ -86,15 +87,43 @@ FISHER_MODES = ("analytic", "kl_hessian")
 SAMPLING_SCHEMES = ("single_path", "vine")
 
 
+class InvalidArgumentError(ValueError, AssertionError):
+    """
+    A bad constructor argument. A ``ValueError``, and an ``AssertionError`` too: sb3-contrib's TRPO
+    rejects some of the same arguments with ``assert``, so code (and tests) written for TRPO that
+    catch ``AssertionError`` keep working with TRPOPlus.
+    """
+
+
 def _check(condition: Any, message: str) -> None:
     if not condition:
-        raise ValueError(message)
+        raise InvalidArgumentError(message)
 
 
 def _index_obs(obs: PyTorchObs, index: th.Tensor | slice) -> PyTorchObs:
     if isinstance(obs, dict):
         return {key: value[index] for key, value in obs.items()}
     return obs[index]
+
+
+def probe_observation(space: spaces.Space) -> Any:
+    """
+    A valid observation of ``space`` built from its structure alone (zero, or the nearest bound,
+    for a Box; the first value of a discrete space), touching no random generator: neither the
+    space's own (``space.sample()`` would advance it) nor a global one.
+    """
+    if isinstance(space, spaces.Box):
+        return np.clip(np.zeros(space.shape), space.low, space.high).astype(space.dtype)
+    if isinstance(space, spaces.Discrete):
+        return space.dtype.type(space.start)
+    if isinstance(space, spaces.MultiDiscrete):
+        return np.array(space.start, dtype=space.dtype)
+    if isinstance(space, spaces.MultiBinary):
+        return np.zeros(space.shape, dtype=space.dtype)
+    if isinstance(space, spaces.Dict):
+        return {key: probe_observation(subspace) for key, subspace in space.spaces.items()}
+    # another kind of space: sample a private copy, whose generator is not the user's
+    return copy.deepcopy(space).sample()
 
 
 def _n_obs(obs: PyTorchObs) -> int:
@@ -375,10 +404,12 @@ class TRPOPlus(OnPolicyAlgorithm):
     def _find_actor_parameters(self) -> list[nn.Parameter]:
         """
         The parameters the action distribution depends on, found by following the autograd
-        graph from the distribution's parameters on a sample observation (not by names, so
-        custom policies and shared feature extractors are handled).
+        graph from the distribution's parameters on a probe observation (not by names, so
+        custom policies and shared feature extractors are handled). The probe is built from the
+        space's structure: sampling the user's space would advance its random generator, which
+        SB3's identity environments also draw their states from.
         """
-        obs, _ = self.policy.obs_to_tensor(self.observation_space.sample())
+        obs, _ = self.policy.obs_to_tensor(probe_observation(self.observation_space))
         params = [p for p in self.policy.parameters() if p.requires_grad]
         outputs = distribution_parameters(self.policy.get_distribution(obs))
         grads = th.autograd.grad([out.sum() for out in outputs], params, allow_unused=True)

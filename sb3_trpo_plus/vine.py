@@ -596,7 +596,8 @@ def sample_with_noise(distribution: Any, params: list[np.ndarray], noise_rng: np
             columns.append(np.minimum((cdf < uniform).sum(axis=1), logits.shape[1] - 1))
         return columns[0] if isinstance(distribution, CategoricalDistribution) else np.stack(columns, axis=1)
     if isinstance(distribution, BernoulliDistribution):
-        probs = 1.0 / (1.0 + np.exp(-params[0]))
+        with np.errstate(over="ignore"):  # exp(-logit) = inf for a logit below -88 gives p = 0, as it should
+            probs = 1.0 / (1.0 + np.exp(-params[0]))
         return (noise_rng.random((draws, probs.shape[1])) < probs).astype(np.float32)
     mean, std = params
     return (mean + std * noise_rng.standard_normal((draws, mean.shape[1]))).astype(np.float32)

@@ -1,0 +1,324 @@
+"""
+The fast paths (NumPy actor for rollouts, fused critic fit) compute exactly what the generic torch
+paths compute, or are not used (issue 8): every option of Adam is replicated or sends the critic
+fit to torch; hooks, instance patches and weights edited by a callback during a rollout are
+honoured as torch's forward honours them.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pytest
+import torch as th
+from conftest import flat
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from torch.optim import optimizer as optimizer_globals
+
+from sb3_trpo_plus import TRPOPlus
+from sb3_trpo_plus.critic import FusedMlpCritic, fit_critic_torch
+from sb3_trpo_plus.sampling import NumpyActor
+
+SMALL = {"n_steps": 64, "batch_size": 32, "n_critic_updates": 2}
+
+# ----------------------------------------------------------------------------- fused critic and Adam's options
+
+
+def _trained(optimizer_class: Any = th.optim.Adam, **optimizer_kwargs: Any) -> TRPOPlus:
+    learning_rate = optimizer_kwargs.pop("lr", 1e-3)  # SB3 passes the learning rate itself
+    if optimizer_class is th.optim.AdamW:
+        optimizer_kwargs.pop("decoupled_weight_decay", None)  # AdamW's decay is always decoupled
+    policy_kwargs = {"optimizer_class": optimizer_class, "optimizer_kwargs": optimizer_kwargs, "net_arch": [16, 16]}
+    env = make_vec_env("Pendulum-v1", n_envs=2, seed=0)
+    model = TRPOPlus("MlpPolicy", env, seed=0, learning_rate=learning_rate, policy_kwargs=policy_kwargs, **SMALL)
+    model.learn(2 * 2 * SMALL["n_steps"])  # two iterations: the optimizer has state
+    next(model.rollout_buffer.get(None))  # flatten, as train() does
+    return model
+
+
+def _fit_both(model: TRPOPlus, fused: FusedMlpCritic) -> tuple[th.Tensor, th.Tensor, dict, dict]:
+    twin = copy.deepcopy(model.policy)
+    actor_ids = {id(p) for p in model._actor_params}
+    pairs = zip(twin.parameters(), model.policy.parameters(), strict=True)
+    twin_actor = [p for p, q in pairs if id(q) in actor_ids]
+    np.random.seed(5)
+    fused.fit(model.rollout_buffer.observations, model.rollout_buffer.returns, 3, 32)
+    policy = model.policy
+    model.policy = twin
+    np.random.seed(5)
+    fit_critic_torch(twin, model.rollout_buffer, 3, 32, twin_actor)
+    model.policy = policy
+    return flat(policy.parameters()), flat(twin.parameters()), policy.optimizer.state_dict(), twin.optimizer.state_dict()
+
+
+ADAM_OPTIONS = {
+    "default": {},
+    "lr_betas_eps": {"lr": 3e-3, "betas": (0.5, 0.9), "eps": 1e-3},
+    "l2": {"weight_decay": 0.1},
+    "decoupled": {"weight_decay": 0.1, "decoupled_weight_decay": True},
+    "amsgrad": {"amsgrad": True},
+    "amsgrad_decoupled": {"amsgrad": True, "weight_decay": 0.05, "decoupled_weight_decay": True},
+    "maximize": {"maximize": True, "weight_decay": 0.1},
+    "foreach_false": {"foreach": False},
+}
+
+
+@pytest.mark.parametrize("options", ADAM_OPTIONS.values(), ids=ADAM_OPTIONS.keys())
+@pytest.mark.parametrize("optimizer_class", [th.optim.Adam, th.optim.AdamW])
+def test_fused_critic_replicates_every_adam_option(optimizer_class: Any, options: dict[str, Any]) -> None:
+    model = _trained(optimizer_class, **dict(options))
+    fused = FusedMlpCritic.from_policy(model.policy)
+    assert fused is not None, "an option the fused fit replicates should not send it to torch"
+    ours, torch_params, ours_state, torch_state = _fit_both(model, fused)
+    assert th.allclose(ours, torch_params, atol=2e-6, rtol=0), float((ours - torch_params).abs().max())
+    for key, state in torch_state["state"].items():
+        for name, value in state.items():
+            assert th.allclose(ours_state["state"][key][name], value, atol=1e-6, rtol=1e-4), (key, name)
+
+
+@contextmanager
+def _global_optimizer_hook() -> Iterator[None]:
+    handle = optimizer_globals.register_optimizer_step_pre_hook(lambda optimizer, args, kwargs: None)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def _global_module_hook() -> Iterator[None]:
+    handle = th.nn.modules.module.register_module_forward_hook(lambda module, args, output: None)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+FALLBACKS: dict[str, tuple[Any, dict[str, Any], Callable[[Any], Any] | None]] = {
+    # (optimizer class, its options, a change made to the built policy)
+    "fused_kernel": (th.optim.Adam, {"fused": True}, None),
+    "capturable": (th.optim.Adam, {"capturable": True}, None),
+    "differentiable": (th.optim.Adam, {"differentiable": True}, None),
+    "tensor_betas": (th.optim.Adam, {}, lambda p: p.optimizer.param_groups[0].__setitem__("betas", (th.tensor(0.9), 0.999))),
+    "rmsprop": (th.optim.RMSprop, {}, None),
+    "sgd": (th.optim.SGD, {}, None),
+    "adamax": (th.optim.Adamax, {}, None),
+    "unknown_group_key": (th.optim.Adam, {}, lambda p: p.optimizer.param_groups[0].__setitem__("new_option", 1)),
+    "step_pre_hook": (th.optim.Adam, {}, lambda p: p.optimizer.register_step_pre_hook(lambda *a: None)),
+    "step_post_hook": (th.optim.Adam, {}, lambda p: p.optimizer.register_step_post_hook(lambda *a: None)),
+    "patched_step": (th.optim.Adam, {}, lambda p: setattr(p.optimizer, "step", p.optimizer.step)),
+    "value_forward_hook": (th.optim.Adam, {}, lambda p: p.value_net.register_forward_hook(lambda m, i, o: o * 2)),
+    "value_pre_hook": (th.optim.Adam, {}, lambda p: p.mlp_extractor.value_net.register_forward_pre_hook(lambda m, i: i)),
+    "backward_hook": (th.optim.Adam, {}, lambda p: p.value_net.register_full_backward_hook(lambda m, gi, go: None)),
+    "param_grad_hook": (th.optim.Adam, {}, lambda p: p.value_net.weight.register_hook(lambda g: g * 2)),
+    "patched_predict_values": (th.optim.Adam, {}, lambda p: setattr(p, "predict_values", p.predict_values)),
+    "patched_value_net": (th.optim.Adam, {}, lambda p: setattr(p.value_net, "forward", p.value_net.forward)),
+}
+# options torch itself refuses on a CPU policy during training: only the decision is checked
+NOT_TRAINABLE_ON_CPU = {"capturable", "differentiable"}
+
+
+@pytest.mark.parametrize("name", FALLBACKS)
+def test_anything_the_fused_critic_does_not_replicate_goes_to_torch(name: str) -> None:
+    optimizer_class, options, modify = FALLBACKS[name]
+    policy_kwargs = {"optimizer_class": optimizer_class, "optimizer_kwargs": options, "net_arch": [16, 16]}
+    model = TRPOPlus("MlpPolicy", "Pendulum-v1", seed=0, policy_kwargs=policy_kwargs, **SMALL)
+    if modify is not None:
+        assert FusedMlpCritic.from_policy(model.policy) is not None
+        modify(model.policy)
+    assert FusedMlpCritic.from_policy(model.policy) is None
+    if name not in NOT_TRAINABLE_ON_CPU:
+        model.learn(SMALL["n_steps"])  # and training goes through torch's optimizer
+
+
+@pytest.mark.parametrize("hook", [_global_optimizer_hook, _global_module_hook], ids=["optimizer", "module"])
+def test_global_hooks_send_the_critic_fit_to_torch(hook: Callable[[], Any]) -> None:
+    model = TRPOPlus("MlpPolicy", "Pendulum-v1", seed=0, **SMALL)
+    assert FusedMlpCritic.from_policy(model.policy) is not None
+    with hook():
+        assert FusedMlpCritic.from_policy(model.policy) is None
+    assert FusedMlpCritic.from_policy(model.policy) is not None
+
+
+def test_fused_critic_with_decoupled_weight_decay_trains_as_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the whole algorithm: one iteration with the fused fit equals one with the torch fit
+    def run() -> th.Tensor:
+        policy_kwargs = {"optimizer_kwargs": {"weight_decay": 0.5, "decoupled_weight_decay": True}, "net_arch": [16]}
+        model = TRPOPlus("MlpPolicy", "Pendulum-v1", seed=0, policy_kwargs=policy_kwargs, **SMALL)
+        model.learn(2 * SMALL["n_steps"])
+        return flat(model.policy.parameters())
+
+    fused = run()
+    monkeypatch.setattr(FusedMlpCritic, "from_policy", classmethod(lambda cls, policy: None))
+    generic = run()
+    assert th.allclose(fused, generic, atol=1e-5, rtol=0), float((fused - generic).abs().max())
+
+
+# ----------------------------------------------------------------------------- NumPy actor: hooks, patches, edits
+
+
+class EditAt(BaseCallback):
+    """Runs ``edit(policy)`` once, after the ``at``-th step of the first rollout."""
+
+    def __init__(self, edit: Callable[[Any], Any], at: int = 10) -> None:
+        super().__init__()
+        self.edit, self.at, self.calls = edit, at, 0
+
+    def _on_step(self) -> bool:
+        self.calls += 1
+        if self.calls == self.at:
+            self.edit(self.model.policy)
+        return True
+
+
+def _rollout(env_id: str, setup: Callable[[Any], Any] | None, edit: Callable[[Any], Any] | None) -> dict[str, np.ndarray]:
+    model = TRPOPlus("MlpPolicy", env_id, seed=0, policy_kwargs={"net_arch": [16]}, **SMALL)
+    if setup is not None:
+        setup(model.policy)
+    callback = EditAt(edit) if edit is not None else None
+    model.learn(SMALL["n_steps"], callback=callback)
+    buffer = model.rollout_buffer
+    return {"actions": buffer.actions, "log_probs": buffer.log_probs, "values": buffer.values, "rewards": buffer.rewards}
+
+
+def _generic(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(NumpyActor, "from_policy", classmethod(lambda cls, policy: None))
+
+
+def _same_rollout(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return all(np.allclose(a[key], b[key], atol=1e-5, rtol=1e-5) for key in a)
+
+
+def _action_hook(policy: Any) -> Any:
+    # a shift that changes every distribution (a constant one would leave a softmax unchanged)
+    return policy.action_net.register_forward_hook(lambda module, inputs, output: output + th.arange(output.shape[-1]) + 1.0)
+
+
+def _patch_forward(policy: Any) -> None:
+    original = policy.forward
+    policy.forward = lambda obs, deterministic=False: original(obs, deterministic=True)
+
+
+def _patch_actor_latent(policy: Any) -> None:
+    original = policy.mlp_extractor.forward_actor
+    policy.mlp_extractor.forward_actor = lambda features: 0.5 * original(features)
+
+
+def _patch_distribution(policy: Any) -> None:
+    original = policy.action_dist.proba_distribution
+    policy.action_dist.proba_distribution = lambda mean, log_std: original(mean, log_std + 1.0)
+
+
+def _global_action_hook(policy: Any) -> Any:
+    return th.nn.modules.module.register_module_forward_hook(
+        lambda module, inputs, output: output + th.arange(output.shape[-1]) + 1.0 if module is policy.action_net else None
+    )
+
+
+SETUPS: dict[str, Callable[[Any], Any]] = {
+    "forward_hook": _action_hook,
+    "forward_pre_hook": lambda p: p.mlp_extractor.policy_net.register_forward_pre_hook(lambda m, i: (2.0 * i[0],)),
+    "value_hook": lambda p: p.value_net.register_forward_hook(lambda m, i, o: o - 3.0),
+    "global_forward_hook": _global_action_hook,
+    "patched_policy_forward": _patch_forward,
+    "patched_mlp_extractor": _patch_actor_latent,
+    "patched_distribution": _patch_distribution,
+}
+
+
+@pytest.mark.parametrize("name", SETUPS)
+def test_hooks_and_instance_patches_send_the_rollout_to_torch(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    handles: list[Any] = []
+
+    def setup(policy: Any) -> None:
+        handle = SETUPS[name](policy)
+        if handle is not None:
+            handles.append(handle)
+
+    try:
+        plain = _rollout("Pendulum-v1", None, None)
+        fast = _rollout("Pendulum-v1", setup, None)
+        for handle in handles:
+            handle.remove()
+        with monkeypatch.context() as patch:
+            _generic(patch)
+            generic = _rollout("Pendulum-v1", setup, None)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert not _same_rollout(plain, generic), "the change should change the rollout"
+    assert _same_rollout(fast, generic)
+
+
+def _mul(name: str, factor: float) -> Callable[[Any], None]:
+    def edit(policy: Any) -> None:
+        with th.no_grad():
+            policy.get_parameter(name).mul_(factor)
+
+    return edit
+
+
+def _shift(name: str, shift: float) -> Callable[[Any], None]:
+    def edit(policy: Any) -> None:
+        with th.no_grad():
+            policy.get_parameter(name).add_(shift)
+
+    return edit
+
+
+def _add_data(name: str, shift: float) -> Callable[[Any], None]:
+    def edit(policy: Any) -> None:
+        policy.get_parameter(name).data[0].add_(shift)  # no version bump: seen through the NumPy views
+
+    return edit
+
+
+def _replace_data(name: str, shift: float) -> Callable[[Any], None]:
+    def edit(policy: Any) -> None:
+        param = policy.get_parameter(name)
+        param.data = param.data + shift * (th.arange(len(param.data)) == 0)  # new storage
+
+    return edit
+
+
+def _load_state_dict(policy: Any) -> None:
+    policy.load_state_dict({key: 1.5 * value for key, value in policy.state_dict().items()})
+
+
+def _hook_mid_rollout(policy: Any) -> None:
+    _action_hook(policy)
+
+
+EDITS: dict[str, Callable[[Any], Any]] = {
+    "no_grad_inplace_head": _mul("action_net.weight", 3.0),
+    "data_inplace_head": _add_data("action_net.weight", 0.5),
+    "data_inplace_first_layer": _add_data("mlp_extractor.policy_net.0.weight", 0.5),
+    "data_inplace_first_critic_layer": _add_data("mlp_extractor.value_net.0.bias", 0.5),
+    "data_inplace_log_std": _add_data("log_std", 1.0),
+    "no_grad_inplace_log_std": _shift("log_std", 1.0),
+    "replaced_data": _replace_data("action_net.bias", 0.5),
+    "load_state_dict": _load_state_dict,
+    "hook_added": _hook_mid_rollout,
+    "patch_added": _patch_forward,
+}
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
+@pytest.mark.parametrize("name", EDITS)
+def test_a_policy_edited_by_a_callback_during_a_rollout_is_followed(
+    name: str, env_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if "log_std" in name and env_id != "Pendulum-v1":
+        pytest.skip("no log_std")
+    plain = _rollout(env_id, None, None)
+    fast = _rollout(env_id, None, EDITS[name])
+    with monkeypatch.context() as patch:
+        _generic(patch)
+        generic = _rollout(env_id, None, EDITS[name])
+    assert not _same_rollout(plain, generic), "the edit should change the rollout"
+    assert _same_rollout(fast, generic)
