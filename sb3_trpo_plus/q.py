@@ -32,8 +32,8 @@ Pi_old must be one of SB3's unsquashed distributions (diagonal Gaussian, gSDE wi
 raw action space: a Gaussian's samples are clipped before the environment, but the log-densities
 (pi_old's and q's alike) are of the unclipped action, which is what the importance weights need.
 
-:func:`enumerate_actions` lists every action of a small finite space, for the vine's
-"branch every action" mode and its exact-sum estimator (no q at all).
+The vine's "branch every action" mode and its exact-sum estimator use no q at all (see
+:func:`sb3_trpo_plus.distributions.enumerate_actions`).
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ from stable_baselines3.common.distributions import (
 )
 from torch.distributions import Bernoulli, Categorical, Normal
 
+from sb3_trpo_plus.distributions import action_shape
+
 Q_NAMES = ("policy", "uniform", "scaled", "mixture")
-MAX_ENUMERATED_ACTIONS = 64
 _ALLOWED_KWARGS = {
     "policy": {"max_weight"},
     "uniform": {"max_weight"},
@@ -170,51 +171,6 @@ def _check_callable_signature(q: Callable[..., Any]) -> None:
             f"a callable q must take two positional arguments (pi_old, observations) and return a "
             f"torch.distributions.Distribution; {q!r} has signature {signature}"
         ) from error
-
-
-def enumerate_actions(action_space: spaces.Space, max_actions: int = MAX_ENUMERATED_ACTIONS) -> th.Tensor:
-    """
-    Every action of a small finite action space, for branching every action with the exact-sum
-    surrogate (:func:`~sb3_trpo_plus.surrogate.exact_sum_surrogate`).
-
-    The actions are in the format SB3's ``Distribution.log_prob`` takes: shape (M,) long indices
-    for Discrete, (M, n) long vectors for MultiDiscrete, (M, n) float 0/1 vectors for
-    MultiBinary, with indices from 0 as SB3 policies act (a Discrete space's ``start`` is not
-    applied). Products are in row-major order (the last component varies fastest). The count is
-    checked before anything is allocated.
-
-    :param action_space: a Discrete, one-dimensional MultiDiscrete or MultiBinary space
-    :param max_actions: the largest number of actions accepted
-    :return: the M actions of the space
-    :raises ValueError: for another kind of space, or a space with more than ``max_actions`` actions
-    """
-    if isinstance(action_space, spaces.Discrete):
-        sizes = [int(action_space.n)]
-    elif isinstance(action_space, spaces.MultiDiscrete) and action_space.nvec.ndim == 1:
-        sizes = [int(n) for n in action_space.nvec]
-    elif isinstance(action_space, spaces.MultiBinary) and len(action_space.shape) == 1:
-        sizes = [2] * int(action_space.shape[0])
-    else:
-        raise ValueError(
-            f"enumerating actions needs a Discrete, one-dimensional MultiDiscrete or MultiBinary space, got {action_space}"
-        )
-    count = math.prod(sizes)
-    if count > max_actions:
-        raise ValueError(f"enumerating actions needs at most {max_actions} actions, the space {action_space} has {count}")
-    if isinstance(action_space, spaces.Discrete):
-        return th.arange(count, dtype=th.long)
-    grids = th.meshgrid(*[th.arange(size, dtype=th.long) for size in sizes], indexing="ij")
-    actions = th.stack([grid.reshape(-1) for grid in grids], dim=-1)
-    return actions.float() if isinstance(action_space, spaces.MultiBinary) else actions
-
-
-def _action_shape(action_space: spaces.Space) -> tuple[int, ...]:
-    """The shape of one action in the format SB3's ``Distribution.log_prob`` takes."""
-    if isinstance(action_space, spaces.Discrete):
-        return ()
-    if isinstance(action_space, spaces.MultiDiscrete):
-        return (len(action_space.nvec.ravel()),)
-    return (int(np.prod(action_space.shape or ())),)
 
 
 class SamplingDistribution:
@@ -399,7 +355,7 @@ class ActionSampler:
         self.distribution = distribution
         self.action_space = action_space
         self.check_states = check_states
-        self.action_shape = _action_shape(action_space)
+        self.action_shape = action_shape(action_space)
 
     def sample(self, n_per_state: int) -> th.Tensor:
         """

@@ -43,6 +43,7 @@ from sb3_trpo_plus.critic import FusedMlpCritic, fit_critic_torch
 from sb3_trpo_plus.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_trpo_plus.q import make_q, validate_q
 from sb3_trpo_plus.sampling import collect_single_path
+from sb3_trpo_plus.settings import VineSettings
 from sb3_trpo_plus.surrogate import (
     detached,
     distribution_metric,
@@ -61,7 +62,7 @@ from sb3_trpo_plus.trust_region import (
     kl_hessian_vector_product,
     natural_gradient_step,
 )
-from sb3_trpo_plus.vine import VineSampler, validate_vine_kwargs
+from sb3_trpo_plus.vine import VineSampler
 
 SelfTRPOPlus = TypeVar("SelfTRPOPlus", bound="TRPOPlus")
 
@@ -191,7 +192,8 @@ class TRPOPlus(OnPolicyAlgorithm):
     :param sampling: "single_path" (every (s, a) of pi_old's trajectories, q = pi_old) or "vine"
         (Q-values from branch rollouts at a rollout set of saved states, see :mod:`sb3_trpo_plus.vine`;
         the environment's state must be restorable, see :mod:`sb3_trpo_plus.env_state`)
-    :param vine_kwargs: settings of the vine scheme (see :data:`sb3_trpo_plus.vine.VINE_DEFAULTS`);
+    :param vine_kwargs: settings of the vine scheme (the keys and defaults of
+        :class:`sb3_trpo_plus.settings.VineSettings`);
         only with "vine"
     :param q: sampling distribution of the branch actions: "policy" (q = pi_old), "uniform",
         "scaled", "mixture" or a callable (see :mod:`sb3_trpo_plus.q`); anything but "policy" needs "vine"
@@ -266,8 +268,8 @@ class TRPOPlus(OnPolicyAlgorithm):
             vine_kwargs=vine_kwargs,
         )
         validate_q(q, q_kwargs, sampling)
-        if sampling == "vine":
-            validate_vine_kwargs(vine_kwargs, None)
+        # the vine settings, validated once (their action-space check follows once the env is known)
+        vine_settings = VineSettings.from_kwargs(vine_kwargs) if sampling == "vine" else None
         super().__init__(
             policy,
             env,
@@ -324,8 +326,9 @@ class TRPOPlus(OnPolicyAlgorithm):
         self.fvp_subsample = fvp_subsample
         self.n_rejected_steps = 0
         self._vine: VineSampler | None = None
-        if sampling == "vine":
-            validate_vine_kwargs(self.vine_kwargs, self.action_space)
+        self._vine_settings = vine_settings
+        if vine_settings is not None:
+            vine_settings.check_action_space(self.action_space)
             make_q(q, q_kwargs, self.action_space)  # validates q against the action space
 
         if _init_setup_model:
@@ -389,8 +392,11 @@ class TRPOPlus(OnPolicyAlgorithm):
             self._vine.close()
             self._vine = None
         if self.sampling == "vine" and self.env is not None:
-            settings = validate_vine_kwargs(self.vine_kwargs, self.action_space)
+            if self._vine_settings is None:  # a loaded model: built from the saved vine_kwargs
+                self._vine_settings = VineSettings.from_kwargs(self.vine_kwargs)
+                self._vine_settings.check_action_space(self.action_space)
             q = make_q(self.q, self.q_kwargs, self.action_space)
+            settings = self._vine_settings
             self._vine = VineSampler(settings, q, self.env, self.policy, self.gamma, self.seed, self.sde_sample_freq)
 
     def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
@@ -399,7 +405,7 @@ class TRPOPlus(OnPolicyAlgorithm):
             self._setup_vine()
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_actor_params", "_vine"]
+        return [*super()._excluded_save_params(), "_actor_params", "_vine", "_vine_settings"]
 
     def _find_actor_parameters(self) -> list[nn.Parameter]:
         """

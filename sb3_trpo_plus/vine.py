@@ -34,7 +34,6 @@ from __future__ import annotations
 import copy
 import functools
 import heapq
-import math
 import multiprocessing as mp
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,72 +74,8 @@ from sb3_trpo_plus.env_state import (
     check_same_chain,
     wrapper_chain,
 )
-from sb3_trpo_plus.q import enumerate_actions
+from sb3_trpo_plus.settings import VineSettings
 from sb3_trpo_plus.surrogate import distribution_parameters
-
-VINE_DEFAULTS: dict[str, Any] = {
-    "n_states": 32,
-    "n_actions": 4,
-    "horizon": 50,
-    "all_actions": False,
-    "common_random_numbers": True,
-    "state_selection": "uniform",
-    "branch_vec_env": "dummy",
-    "make_branch_env": None,
-}
-
-
-def validate_vine_kwargs(vine_kwargs: dict[str, Any] | None, action_space: spaces.Space | None) -> dict[str, Any]:
-    """
-    Complete ``vine_kwargs`` with :data:`VINE_DEFAULTS` and check every entry.
-
-    :raises ValueError: naming the entry and what is allowed
-    """
-    settings = dict(VINE_DEFAULTS)
-    unknown = set(vine_kwargs or {}) - set(VINE_DEFAULTS)
-    if unknown:
-        raise ValueError(f"vine_kwargs has unknown keys {sorted(unknown)}; allowed: {sorted(VINE_DEFAULTS)}")
-    settings.update(vine_kwargs or {})
-    n_states = settings["n_states"]
-    if isinstance(n_states, bool) or not (
-        (isinstance(n_states, (int, np.integer)) and n_states >= 1) or (isinstance(n_states, float) and 0.0 < n_states <= 1.0)
-    ):
-        raise ValueError(f"vine_kwargs['n_states'] must be an integer >= 1 or a fraction in (0, 1], got {n_states!r}")
-    for key, low in (("n_actions", 2), ("horizon", 1)):
-        value = settings[key]
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"vine_kwargs['{key}'] must be an integer >= {low}, got {value!r}")
-    for key in ("all_actions", "common_random_numbers"):
-        if not isinstance(settings[key], bool):
-            raise ValueError(f"vine_kwargs['{key}'] must be True or False, got {settings[key]!r}")
-    if settings["state_selection"] not in ("uniform", "geometric"):
-        raise ValueError(
-            f"vine_kwargs['state_selection'] must be 'uniform' or 'geometric', got {settings['state_selection']!r}"
-        )
-    if settings["branch_vec_env"] not in ("dummy", "subproc"):
-        raise ValueError(f"vine_kwargs['branch_vec_env'] must be 'dummy' or 'subproc', got {settings['branch_vec_env']!r}")
-    if settings["make_branch_env"] is not None and not callable(settings["make_branch_env"]):
-        raise ValueError("vine_kwargs['make_branch_env'] must be None or a callable returning a gymnasium.Env")
-    if settings["all_actions"] and action_space is not None:
-        enumerate_all_actions(action_space)
-    return settings
-
-
-def enumerate_all_actions(action_space: spaces.Space) -> th.Tensor:
-    """
-    Every action of a small finite action space, for ``vine_kwargs['all_actions']`` (see
-    :func:`sb3_trpo_plus.q.enumerate_actions`: the count is computed from the space and checked
-    before anything is allocated; the actions are in the format SB3's ``Distribution.log_prob``
-    takes, floats for MultiBinary).
-
-    :raises ValueError: naming ``vine_kwargs['all_actions']``, when the space is not finite or has
-        more than :data:`sb3_trpo_plus.q.MAX_ENUMERATED_ACTIONS` actions
-    """
-    try:
-        return enumerate_actions(action_space)
-    except ValueError as error:
-        raise ValueError(f"vine_kwargs['all_actions']=True: {error}") from None
-
 
 _VEC_WRAPPERS = (VecNormalize, VecMonitor, VecFrameStack, VecTransposeImage)
 
@@ -829,7 +764,7 @@ class VineSampler:
     then K branches at every rollout-set state; the result is a
     :class:`~sb3_trpo_plus.buffers.VineBatch` for the surrogate.
 
-    :param settings: the validated ``vine_kwargs`` (see :func:`validate_vine_kwargs`)
+    :param settings: the vine settings (built from ``vine_kwargs``, validated against the action space)
     :param q: the sampling distribution of the branch actions (see :mod:`sb3_trpo_plus.q`)
     :param env: the training VecEnv (the trunk)
     :param policy: the policy (pi_old during collection)
@@ -841,7 +776,7 @@ class VineSampler:
 
     def __init__(
         self,
-        settings: dict[str, Any],
+        settings: VineSettings,
         q: Any,
         env: VecEnv,
         policy: ActorCriticPolicy,
@@ -857,10 +792,11 @@ class VineSampler:
         self.policy = policy
         self.gamma = gamma
         self.rng = np.random.default_rng(seed)
-        self.all_actions = enumerate_all_actions(policy.action_space).to(policy.device) if settings["all_actions"] else None
-        n_branches = len(self.all_actions) if self.all_actions is not None else settings["n_actions"]
-        factory = _branch_env_factory(env, settings["make_branch_env"])
-        self.pool = BranchPool(factory, n_branches, settings["branch_vec_env"])
+        all_actions = settings.branch_actions(policy.action_space)
+        self.all_actions = None if all_actions is None else all_actions.to(policy.device)
+        n_branches = len(self.all_actions) if self.all_actions is not None else settings.n_actions
+        factory = _branch_env_factory(env, settings.make_branch_env)
+        self.pool = BranchPool(factory, n_branches, settings.branch_vec_env)
         try:  # the branches must simulate the trunk's MDP: the same wrappers, in the same order
             check_same_chain(_trunk_chains(_base_vec_env(env)[0])[0], self.pool.chain())
         except Exception:
@@ -872,23 +808,16 @@ class VineSampler:
             self.vec_wrappers,
             policy.action_space,
             gamma,
-            settings["horizon"],
-            settings["common_random_numbers"],
+            settings.horizon,
+            settings.common_random_numbers,
             self.rng,
             sde_sample_freq,
         )
-        self.trunk = TrunkStates(1, gamma, settings["state_selection"] == "geometric", env.num_envs, self.rng)
+        self.trunk = TrunkStates(1, gamma, settings.state_selection == "geometric", env.num_envs, self.rng)
         self.snapshot = trunk_snapshotter(env)
         self.trunk_step = 0
         self.batch: Any = None
         self.stats: dict[str, float] = {}
-
-    def n_states(self, trunk_size: int) -> int:
-        """N, the size of the rollout set, for a trunk of ``trunk_size`` states."""
-        n_states = self.settings["n_states"]
-        if isinstance(n_states, float):
-            return max(1, math.ceil(n_states * trunk_size))
-        return min(int(n_states), trunk_size)
 
     def before_trunk_step(self, last_obs: Any, episode_starts: np.ndarray) -> None:
         """Offer the trunk's current states to the rollout set (called before every trunk step)."""
@@ -913,7 +842,7 @@ class VineSampler:
 
     def start_trunk(self, trunk_size: int) -> None:
         """Begin a new rollout set for a trunk of ``trunk_size`` states."""
-        self.trunk.size = self.n_states(trunk_size)
+        self.trunk.size = self.settings.rollout_set_size(trunk_size)
         self.trunk.reset()
         self.trunk_step = 0
 
@@ -941,7 +870,7 @@ class VineSampler:
                 log_q = th.zeros(actions.shape[:2], device=self.policy.device)
             else:
                 sampler = self.q.build(pi_old, obs_tensor)
-                actions = sampler.sample(self.settings["n_actions"])
+                actions = sampler.sample(self.settings.n_actions)
                 log_q = sampler.log_prob(actions)
         replayed_before = self.pool.replayed_steps()
         actions_np = actions.cpu().numpy()

@@ -29,7 +29,8 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.distributions import DiagGaussianDistribution, Distribution, make_proba_distribution
 
-from sb3_trpo_plus.q import ActionSampler, enumerate_actions, make_q
+from sb3_trpo_plus.distributions import enumerate_actions
+from sb3_trpo_plus.q import ActionSampler, make_q
 from sb3_trpo_plus.surrogate import exact_sum_surrogate, importance_sampled_surrogate, self_normalized_surrogate
 
 FEATURES = th.tensor([[1.0, -1.0], [1.0, 0.5], [1.0, 2.0]])  # phi(s) = (1, x_s)

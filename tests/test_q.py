@@ -14,7 +14,8 @@ from stable_baselines3.common.distributions import (
     make_proba_distribution,
 )
 
-from sb3_trpo_plus.q import enumerate_actions, make_q, validate_q
+from sb3_trpo_plus.distributions import enumerate_actions
+from sb3_trpo_plus.q import make_q, validate_q
 from sb3_trpo_plus.surrogate import effective_sample_size, importance_weights
 
 SPACES = {

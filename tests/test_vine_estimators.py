@@ -20,8 +20,9 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_trpo_plus import TRPOPlus
-from sb3_trpo_plus.q import enumerate_actions
-from sb3_trpo_plus.vine import TrunkStates, enumerate_all_actions
+from sb3_trpo_plus.distributions import enumerate_actions
+from sb3_trpo_plus.settings import VineSettings
+from sb3_trpo_plus.vine import TrunkStates
 
 SMALL = {"n_steps": 32, "batch_size": 32, "n_critic_updates": 1}
 
@@ -96,12 +97,12 @@ def test_all_actions_on_a_huge_space_is_refused_at_construction_before_allocatin
     with pytest.raises(ValueError, match=r"vine_kwargs\['all_actions'\].*at most 64 actions.*1099511627776"):
         TRPOPlus("MlpPolicy", _env(spaces.MultiBinary(40)), sampling="vine", vine_kwargs={"all_actions": True}, **SMALL)
     with pytest.raises(ValueError, match=r"vine_kwargs\['all_actions'\].*at most 64"):
-        enumerate_all_actions(spaces.MultiDiscrete([10**6, 10**6, 10**6]))
+        VineSettings(all_actions=True).branch_actions(spaces.MultiDiscrete([10**6, 10**6, 10**6]))
     with pytest.raises(ValueError, match=r"vine_kwargs\['all_actions'\].*Discrete"):
-        enumerate_all_actions(spaces.Box(-1, 1, (2,)))
-    # one enumeration: the vine's is the tested one of sb3_trpo_plus.q
+        VineSettings(all_actions=True).branch_actions(spaces.Box(-1, 1, (2,)))
+    # one enumeration: the vine's is the tested one of sb3_trpo_plus.distributions
     for space in (spaces.Discrete(4), spaces.MultiDiscrete([3, 2]), spaces.MultiBinary(4)):
-        assert th.equal(enumerate_all_actions(space), enumerate_actions(space))
+        assert th.equal(VineSettings(all_actions=True).branch_actions(space), enumerate_actions(space))
 
 
 # ------------------------------------------------------------------ max_weight

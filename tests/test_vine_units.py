@@ -13,7 +13,8 @@ from stable_baselines3.common.distributions import (
     MultiCategoricalDistribution,
 )
 
-from sb3_trpo_plus.vine import TrunkStates, enumerate_all_actions, sample_with_noise, validate_vine_kwargs
+from sb3_trpo_plus.settings import VineSettings
+from sb3_trpo_plus.vine import TrunkStates, sample_with_noise
 
 
 def _fill(trunk: TrunkStates, n_steps: int, n_envs: int, done_every: int = 0) -> None:
@@ -111,17 +112,17 @@ def test_sample_with_noise_multicategorical_and_bernoulli() -> None:
     assert bern.shape == (10000, 3) and abs(bern.mean() - 0.5) < 0.02
 
 
-def test_enumerate_all_actions() -> None:
-    assert enumerate_all_actions(spaces.Discrete(3)).tolist() == [0, 1, 2]
-    multi = enumerate_all_actions(spaces.MultiDiscrete([2, 3]))
+def test_branch_actions_enumerates_finite_spaces() -> None:
+    assert VineSettings(all_actions=True).branch_actions(spaces.Discrete(3)).tolist() == [0, 1, 2]
+    multi = VineSettings(all_actions=True).branch_actions(spaces.MultiDiscrete([2, 3]))
     assert multi.shape == (6, 2) and len({tuple(row.tolist()) for row in multi}) == 6
-    binary = enumerate_all_actions(spaces.MultiBinary(3))
+    binary = VineSettings(all_actions=True).branch_actions(spaces.MultiBinary(3))
     assert binary.shape == (8, 3) and len({tuple(row.tolist()) for row in binary}) == 8
     assert binary.dtype == th.float32  # what SB3's Bernoulli log_prob takes
     with pytest.raises(ValueError, match="all_actions"):
-        enumerate_all_actions(spaces.Box(-1, 1, (2,)))
+        VineSettings(all_actions=True).branch_actions(spaces.Box(-1, 1, (2,)))
     with pytest.raises(ValueError, match="at most"):
-        enumerate_all_actions(spaces.Discrete(1000))
+        VineSettings(all_actions=True).branch_actions(spaces.Discrete(1000))
 
 
 @pytest.mark.parametrize(
@@ -140,11 +141,12 @@ def test_enumerate_all_actions() -> None:
 )
 def test_vine_kwargs_validation(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        validate_vine_kwargs(kwargs, spaces.Discrete(2))
+        VineSettings.from_kwargs(kwargs).check_action_space(spaces.Discrete(2))
 
 
 def test_vine_kwargs_defaults() -> None:
-    settings = validate_vine_kwargs({"n_states": 0.25}, spaces.Discrete(2))
-    assert settings["n_states"] == 0.25 and settings["common_random_numbers"] is True
+    settings = VineSettings.from_kwargs({"n_states": 0.25})
+    assert settings.n_states == 0.25 and settings.common_random_numbers is True
+    assert settings.rollout_set_size(10) == 3 and VineSettings().rollout_set_size(10) == 10
     with pytest.raises(ValueError, match="all_actions"):
-        validate_vine_kwargs({"all_actions": True}, spaces.Box(-1, 1, (2,)))
+        VineSettings.from_kwargs({"all_actions": True}).check_action_space(spaces.Box(-1, 1, (2,)))
