@@ -38,10 +38,12 @@ The vine's "branch every action" mode and its exact-sum estimator use no q at al
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch as th
@@ -55,13 +57,28 @@ from torch.distributions import Bernoulli, Categorical, Normal
 
 from sb3_trpo_plus.distributions import action_shape
 
-Q_NAMES = ("policy", "uniform", "scaled", "mixture")
-_ALLOWED_KWARGS = {
-    "policy": {"max_weight"},
-    "uniform": {"max_weight"},
-    "scaled": {"std_scale", "temperature", "max_weight"},
-    "mixture": {"eps", "max_weight"},
-}
+
+def q_from_arguments(q: str | Callable[..., Any], q_kwargs: dict[str, Any] | None, sampling: str = "vine") -> Q:
+    """
+    The q of :class:`~sb3_trpo_plus.TRPOPlus`'s ``q`` and ``q_kwargs`` arguments, validated (its
+    action-space checks follow with :meth:`Q.check_action_space` once the space is known).
+
+    :param q: a name of :data:`Q_REGISTRY` ("policy", "uniform", "scaled", "mixture") or a
+        callable (see :func:`make_q`)
+    :param q_kwargs: the q's settings (the fields of its class), and ``max_weight`` (> 1, any q)
+    :param sampling: "single_path" (only q="policy" is allowed) or "vine"
+    :raises ValueError: naming the argument and what is allowed
+    """
+    if not (callable(q) or (isinstance(q, str) and q in Q_REGISTRY)):
+        raise ValueError(f"q must be one of {tuple(Q_REGISTRY)} or a callable, got {q!r}")
+    if q != "policy" and sampling == "single_path":
+        raise ValueError(
+            f"q={q!r} needs sampling='vine': in single-path mode the states come from pi_old's own "
+            "trajectories, so only q='policy' gives an unbiased surrogate"
+        )
+    if callable(q):
+        return CallableQ.create(q, dict(q_kwargs or {}))
+    return Q_REGISTRY[q].create(q, dict(q_kwargs or {}))
 
 
 def validate_q(
@@ -69,49 +86,19 @@ def validate_q(
     q_kwargs: dict[str, Any] | None,
     sampling: str,
     action_space: spaces.Space | None = None,
-) -> None:
+) -> Q:
     """
     Check the ``q`` and ``q_kwargs`` arguments of :class:`~sb3_trpo_plus.TRPOPlus` (against the
-    action space when it is known).
+    action space when it is known): :func:`q_from_arguments`, then :meth:`Q.check_action_space`.
 
-    :param q: "policy", "uniform", "scaled", "mixture" or a callable (see :func:`make_q`)
-    :param q_kwargs: ``std_scale`` and ``temperature`` (> 1, "scaled"), ``eps`` (in (0, 1],
-        "mixture"), ``max_weight`` (> 1, any q)
-    :param sampling: "single_path" (only q="policy" is allowed) or "vine"
     :param action_space: the environment's action space; None skips the checks that need it
+    :return: the validated q
     :raises ValueError: naming the argument and what is allowed
     """
-    kwargs = dict(q_kwargs or {})
-    if not (callable(q) or q in Q_NAMES):
-        raise ValueError(f"q must be one of {Q_NAMES} or a callable, got {q!r}")
-    if q != "policy" and sampling == "single_path":
-        raise ValueError(
-            f"q={q!r} needs sampling='vine': in single-path mode the states come from pi_old's own "
-            "trajectories, so only q='policy' gives an unbiased surrogate"
-        )
-    if callable(q):
-        _check_callable_signature(q)
-    allowed = {"max_weight"} if callable(q) else _ALLOWED_KWARGS[q]  # type: ignore[index]
-    unknown = set(kwargs) - allowed
-    if unknown:
-        raise ValueError(f"q_kwargs has keys {sorted(unknown)} that q={q!r} does not take; allowed: {sorted(allowed)}")
-    if "max_weight" in kwargs and not (_is_number(kwargs["max_weight"]) and kwargs["max_weight"] > 1):
-        raise ValueError(f"q_kwargs['max_weight'] must be a number > 1, got {kwargs['max_weight']!r}")
-    if q == "scaled":
-        for key in ("std_scale", "temperature"):
-            value = kwargs.get(key, 2.0)
-            if not (_is_number(value) and math.isfinite(value) and value > 1):
-                raise ValueError(f"q_kwargs['{key}'] must be a finite number > 1 for q='scaled', got {value!r}")
-    if q == "mixture":
-        eps = kwargs.get("eps", 0.2)
-        if not (_is_number(eps) and 0 < eps <= 1):
-            raise ValueError(f"q_kwargs['eps'] must be in (0, 1] for q='mixture', got {eps!r}")
-    if action_space is None:
-        return
-    if not isinstance(action_space, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
-        raise ValueError(f"q supports Box, Discrete, MultiDiscrete and MultiBinary action spaces, got {action_space}")
-    if q in ("uniform", "mixture") and isinstance(action_space, spaces.Box) and not action_space.is_bounded("both"):
-        raise ValueError(f"q={q!r} needs an action space with finite bounds, got {action_space}")
+    built = q_from_arguments(q, q_kwargs, sampling)
+    if action_space is not None:
+        built.check_action_space(action_space)
+    return built
 
 
 def make_q(q: str | Callable[..., Any], q_kwargs: dict[str, Any] | None, action_space: spaces.Space) -> SamplingDistribution:
@@ -138,7 +125,8 @@ def make_q(q: str | Callable[..., Any], q_kwargs: dict[str, Any] | None, action_
     Its support must cover pi_old's, or the estimator is biased. The shapes are checked on every
     call (a ValueError names the protocol).
 
-    :param q: "policy" (pi_old), "uniform", "scaled", "mixture" or a callable as above
+    :param q: "policy" (pi_old), "uniform", "scaled", "mixture" (or another name of
+        :data:`Q_REGISTRY`) or a callable as above
     :param q_kwargs: ``std_scale`` (> 1, Gaussian pi_old, default 2), ``temperature`` (> 1,
         categorical and Bernoulli logits, default 2), ``eps`` (in (0, 1], "mixture", default 0.2),
         ``max_weight`` (> 1, truncation of the importance weights, any q)
@@ -147,12 +135,7 @@ def make_q(q: str | Callable[..., Any], q_kwargs: dict[str, Any] | None, action_
     :return: the rule that builds q from pi_old on each batch of states
     :raises ValueError: for a bad ``q`` or ``q_kwargs``, naming the argument and what is allowed
     """
-    validate_q(q, q_kwargs, "vine", action_space)
-    kwargs = dict(q_kwargs or {})
-    max_weight = kwargs.pop("max_weight", None)
-    if callable(q):
-        return SamplingDistribution(action_space, "callable", max_weight, user=q)
-    return SamplingDistribution(action_space, q, max_weight, **kwargs)
+    return SamplingDistribution(validate_q(q, q_kwargs, "vine", action_space), action_space)
 
 
 def _is_number(value: Any) -> bool:
@@ -173,36 +156,240 @@ def _check_callable_signature(q: Callable[..., Any]) -> None:
         ) from error
 
 
+# --------------------------------------------------------------------------- the q classes
+
+Q_REGISTRY: dict[str, type[Q]] = {}
+"""The named q: ``q=<name>`` builds ``Q_REGISTRY[name]`` from ``q_kwargs`` (see :func:`register_q`)."""
+
+QClass = TypeVar("QClass", bound="type[Q]")
+
+
+def register_q(cls: QClass) -> QClass:
+    """Make a :class:`Q` subclass available as ``q=cls.name`` (a class decorator)."""
+    Q_REGISTRY[cls.name] = cls
+    return cls
+
+
+class PiOld:
+    """
+    pi_old on the N rollout-set states, with what a q is built from: its torch distributions
+    (``parts``), the product of them (:meth:`product`, pi_old itself), the uniform distribution
+    over the action space (:meth:`uniform`) and pi_old widened (:meth:`scaled`).
+
+    :param distribution: SB3's distribution of pi_old on the N states
+    :param action_space: the environment's action space
+    """
+
+    def __init__(self, distribution: Distribution, action_space: spaces.Space) -> None:
+        if isinstance(distribution, SquashedDiagGaussianDistribution) or (
+            isinstance(distribution, StateDependentNoiseDistribution) and distribution.bijector is not None
+        ):
+            raise TypeError(
+                "q needs pi_old's density in the raw action space; squashed (tanh) Gaussian policies "
+                "(squash_output=True) are not supported"
+            )
+        self.distribution = distribution
+        self.action_space = action_space
+        self.parts = _torch_parts(distribution)
+        if not all(isinstance(part, (Normal, Categorical, Bernoulli)) for part in self.parts):
+            raise TypeError(f"q supports Gaussian, categorical and Bernoulli policies, got {type(distribution).__name__}")
+        self.n_states = int(self.parts[0].batch_shape[0])
+
+    def product(self) -> _Product:
+        """pi_old as a distribution over whole actions."""
+        return _Product(self.parts, self.action_space)
+
+    def scaled(self, std_scale: float, temperature: float) -> _Product:
+        """pi_old widened: a Gaussian's std times ``std_scale``, logits divided by ``temperature``."""
+        return _Product([_scaled(part, std_scale, temperature) for part in self.parts], self.action_space)
+
+    def uniform(self) -> Any:
+        """The uniform distribution over the action space, on the N states."""
+        return _uniform(self.action_space, self.n_states, self.parts[0])
+
+
+@dataclass(frozen=True)
+class Q:
+    """
+    A sampling distribution q: a rule that builds q from pi_old on each batch of rollout-set
+    states. Its ``q_kwargs`` are the dataclass fields, checked once in ``__post_init__`` (the
+    errors name ``q_kwargs['key']``).
+
+    A new q is one subclass: a ``name``, its settings as fields (with defaults), their checks in
+    ``__post_init__`` (calling ``super().__post_init__()``) and :meth:`distribution`; decorate it
+    with :func:`register_q` to make ``q=<name>`` available.
+
+    :param max_weight: truncation of the importance weights, > 1 (None: no truncation); shared
+        by every q
+    """
+
+    name: ClassVar[str] = ""
+    max_weight: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_weight is not None and not (_is_number(self.max_weight) and self.max_weight > 1):
+            raise ValueError(f"q_kwargs['max_weight'] must be a number > 1, got {self.max_weight!r}")
+
+    @classmethod
+    def create(cls, q: Any, q_kwargs: dict[str, Any]) -> Q:
+        """
+        The q of ``q_kwargs`` (``q``: the user's argument, for the error message).
+
+        :raises ValueError: for a key the class does not take, or a bad value
+        """
+        cls._check_keys(q, q_kwargs)
+        return cls(**q_kwargs)
+
+    @classmethod
+    def _check_keys(cls, q: Any, q_kwargs: dict[str, Any]) -> None:
+        allowed = {field.name for field in dataclasses.fields(cls) if field.name != "user"}
+        unknown = set(q_kwargs) - allowed
+        if unknown:
+            raise ValueError(f"q_kwargs has keys {sorted(unknown)} that q={q!r} does not take; allowed: {sorted(allowed)}")
+
+    def check_action_space(self, action_space: spaces.Space) -> None:
+        """
+        The checks that need the environment's action space.
+
+        :raises ValueError: for an action space this q cannot sample
+        """
+        if not isinstance(action_space, (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
+            raise ValueError(f"q supports Box, Discrete, MultiDiscrete and MultiBinary action spaces, got {action_space}")
+
+    def distribution(self, pi_old: PiOld, observations: Any) -> Any:
+        """
+        q on the states where ``pi_old`` was evaluated: an object with ``sample((K,))`` (shape
+        (K, N, *action shape)) and ``log_prob(actions)`` (shape (K, N), summed over action dimensions).
+        """
+        raise NotImplementedError
+
+    def sampler(self, pi_old: PiOld, observations: Any) -> ActionSampler:
+        """q on the states where ``pi_old`` was evaluated, as an :class:`ActionSampler`."""
+        return ActionSampler(self.distribution(pi_old, observations), pi_old.action_space)
+
+
+@register_q
+@dataclass(frozen=True)
+class PolicyQ(Q):
+    """q = pi_old."""
+
+    name: ClassVar[str] = "policy"
+
+    def distribution(self, pi_old: PiOld, observations: Any) -> Any:
+        return pi_old.product()
+
+
+class _BoundedQ(Q):
+    """A q with a uniform component: a finite action space or a Box with finite bounds."""
+
+    def check_action_space(self, action_space: spaces.Space) -> None:
+        super().check_action_space(action_space)
+        if isinstance(action_space, spaces.Box) and not action_space.is_bounded("both"):
+            raise ValueError(f"q={self.name!r} needs an action space with finite bounds, got {action_space}")
+
+
+@register_q
+@dataclass(frozen=True)
+class UniformQ(_BoundedQ):
+    """Uniform over the action space."""
+
+    name: ClassVar[str] = "uniform"
+
+    def distribution(self, pi_old: PiOld, observations: Any) -> Any:
+        return pi_old.uniform()
+
+
+@register_q
+@dataclass(frozen=True)
+class ScaledQ(Q):
+    """
+    pi_old widened.
+
+    :param std_scale: a Gaussian's std times this, > 1
+    :param temperature: categorical and Bernoulli logits divided by this, > 1
+    """
+
+    name: ClassVar[str] = "scaled"
+    std_scale: float = 2.0
+    temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("std_scale", "temperature"):
+            value = getattr(self, key)
+            if not (_is_number(value) and math.isfinite(value) and value > 1):
+                raise ValueError(f"q_kwargs['{key}'] must be a finite number > 1 for q='scaled', got {value!r}")
+
+    def distribution(self, pi_old: PiOld, observations: Any) -> Any:
+        return pi_old.scaled(self.std_scale, self.temperature)
+
+
+@register_q
+@dataclass(frozen=True)
+class MixtureQ(_BoundedQ):
+    """
+    (1 - eps) pi_old + eps uniform.
+
+    :param eps: the weight of the uniform component, in (0, 1]
+    """
+
+    name: ClassVar[str] = "mixture"
+    eps: float = 0.2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (_is_number(self.eps) and 0 < self.eps <= 1):
+            raise ValueError(f"q_kwargs['eps'] must be in (0, 1] for q='mixture', got {self.eps!r}")
+
+    def distribution(self, pi_old: PiOld, observations: Any) -> Any:
+        return _Mixture(pi_old.product(), pi_old.uniform(), self.eps)
+
+
+@dataclass(frozen=True)
+class CallableQ(Q):
+    """
+    The user's callable ``q(pi_old, observations) -> torch.distributions.Distribution`` (see
+    :func:`make_q` for the protocol, checked on every call).
+
+    :param user: the callable
+    """
+
+    user: Callable[..., Any] | None = None
+
+    @classmethod
+    def create(cls, q: Any, q_kwargs: dict[str, Any]) -> Q:
+        _check_callable_signature(q)
+        cls._check_keys(q, q_kwargs)
+        return cls(user=q, **q_kwargs)
+
+    def sampler(self, pi_old: PiOld, observations: Any) -> ActionSampler:
+        assert self.user is not None
+        user_q = self.user(pi_old.distribution, observations)
+        if not (callable(getattr(user_q, "sample", None)) and callable(getattr(user_q, "log_prob", None))):
+            raise ValueError(
+                f"a callable q must return a torch.distributions.Distribution (with sample and log_prob), "
+                f"got {type(user_q).__name__}"
+            )
+        return ActionSampler(user_q, pi_old.action_space, check_states=pi_old.n_states)
+
+
 class SamplingDistribution:
     """
-    A rule that turns pi_old's distribution on the rollout-set states into q.
+    A q on an action space: the rule that turns pi_old's distribution on the rollout-set states
+    into q (see :func:`make_q`).
 
+    :param q: the validated q (checked against ``action_space``)
     :param action_space: the environment's action space
-    :param kind: "policy", "uniform", "scaled", "mixture" or "callable"
-    :param max_weight: truncation of the importance weights (None: no truncation)
-    :param std_scale: for "scaled" Gaussians
-    :param temperature: for "scaled" categorical and Bernoulli distributions
-    :param eps: weight of the uniform component of "mixture"
-    :param user: the user's callable for "callable"
     """
 
-    def __init__(
-        self,
-        action_space: spaces.Space,
-        kind: str,
-        max_weight: float | None = None,
-        std_scale: float = 2.0,
-        temperature: float = 2.0,
-        eps: float = 0.2,
-        user: Callable[..., Any] | None = None,
-    ) -> None:
+    def __init__(self, q: Q, action_space: spaces.Space) -> None:
+        self.q = q
         self.action_space = action_space
-        self.kind = kind
-        self.max_weight = max_weight
-        self.std_scale = std_scale
-        self.temperature = temperature
-        self.eps = eps
-        self.user = user
+
+    @property
+    def max_weight(self) -> float | None:
+        """Truncation of the importance weights (None: no truncation)."""
+        return self.q.max_weight
 
     def build(self, pi_old: Distribution, observations: Any) -> ActionSampler:
         """
@@ -215,41 +402,15 @@ class SamplingDistribution:
             ``log_prob`` their (N, K) log-densities
         :raises TypeError: for a squashed or otherwise unsupported pi_old
         """
-        if isinstance(pi_old, SquashedDiagGaussianDistribution) or (
-            isinstance(pi_old, StateDependentNoiseDistribution) and pi_old.bijector is not None
-        ):
-            raise TypeError(
-                "q needs pi_old's density in the raw action space; squashed (tanh) Gaussian policies "
-                "(squash_output=True) are not supported"
-            )
-        parts = _torch_parts(pi_old)
-        if not all(isinstance(part, (Normal, Categorical, Bernoulli)) for part in parts):
-            raise TypeError(f"q supports Gaussian, categorical and Bernoulli policies, got {type(pi_old).__name__}")
-        n_states = parts[0].batch_shape[0]
-        if self.kind == "callable":
-            assert self.user is not None
-            user_q = self.user(pi_old, observations)
-            if not (callable(getattr(user_q, "sample", None)) and callable(getattr(user_q, "log_prob", None))):
-                raise ValueError(
-                    f"a callable q must return a torch.distributions.Distribution (with sample and log_prob), "
-                    f"got {type(user_q).__name__}"
-                )
-            return ActionSampler(user_q, self.action_space, check_states=n_states)
-        if self.kind == "policy":
-            return ActionSampler(_Product(parts, self.action_space), self.action_space)
-        if self.kind == "scaled":
-            return ActionSampler(_Product([self._scaled(part) for part in parts], self.action_space), self.action_space)
-        uniform = _uniform(self.action_space, n_states, parts[0])
-        if self.kind == "uniform":
-            return ActionSampler(uniform, self.action_space)
-        return ActionSampler(_Mixture(_Product(parts, self.action_space), uniform, self.eps), self.action_space)
+        return self.q.sampler(PiOld(pi_old, self.action_space), observations)
 
-    def _scaled(self, part: Any) -> Any:
-        if isinstance(part, Normal):
-            return Normal(part.loc, part.scale * self.std_scale, validate_args=False)
-        if isinstance(part, Categorical):
-            return Categorical(logits=part.logits / self.temperature, validate_args=False)
-        return Bernoulli(logits=part.logits / self.temperature, validate_args=False)
+
+def _scaled(part: Any, std_scale: float, temperature: float) -> Any:
+    if isinstance(part, Normal):
+        return Normal(part.loc, part.scale * std_scale, validate_args=False)
+    if isinstance(part, Categorical):
+        return Categorical(logits=part.logits / temperature, validate_args=False)
+    return Bernoulli(logits=part.logits / temperature, validate_args=False)
 
 
 def _torch_parts(pi_old: Distribution) -> list[Any]:

@@ -41,7 +41,7 @@ from torch import nn
 from sb3_trpo_plus.buffers import VineBatch, default_buffer_class
 from sb3_trpo_plus.critic import FusedMlpCritic, fit_critic_torch
 from sb3_trpo_plus.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
-from sb3_trpo_plus.q import make_q, validate_q
+from sb3_trpo_plus.q import Q, SamplingDistribution, q_from_arguments
 from sb3_trpo_plus.sampling import collect_single_path
 from sb3_trpo_plus.settings import VineSettings
 from sb3_trpo_plus.surrogate import (
@@ -267,8 +267,8 @@ class TRPOPlus(OnPolicyAlgorithm):
             sampling=sampling,
             vine_kwargs=vine_kwargs,
         )
-        validate_q(q, q_kwargs, sampling)
-        # the vine settings, validated once (their action-space check follows once the env is known)
+        # q and the vine settings, validated once (their action-space checks follow once the env is known)
+        q_settings = q_from_arguments(q, q_kwargs, sampling)
         vine_settings = VineSettings.from_kwargs(vine_kwargs) if sampling == "vine" else None
         super().__init__(
             policy,
@@ -326,10 +326,10 @@ class TRPOPlus(OnPolicyAlgorithm):
         self.fvp_subsample = fvp_subsample
         self.n_rejected_steps = 0
         self._vine: VineSampler | None = None
-        self._vine_settings = vine_settings
         if vine_settings is not None:
             vine_settings.check_action_space(self.action_space)
-            make_q(q, q_kwargs, self.action_space)  # validates q against the action space
+            q_settings.check_action_space(self.action_space)
+        self._settings_cache = (self._settings_source(), q_settings, vine_settings)
 
         if _init_setup_model:
             self._setup_model()
@@ -392,12 +392,30 @@ class TRPOPlus(OnPolicyAlgorithm):
             self._vine.close()
             self._vine = None
         if self.sampling == "vine" and self.env is not None:
-            if self._vine_settings is None:  # a loaded model: built from the saved vine_kwargs
-                self._vine_settings = VineSettings.from_kwargs(self.vine_kwargs)
-                self._vine_settings.check_action_space(self.action_space)
-            q = make_q(self.q, self.q_kwargs, self.action_space)
-            settings = self._vine_settings
+            q_settings, settings = self._settings()
+            assert settings is not None
+            q = SamplingDistribution(q_settings, self.action_space)
             self._vine = VineSampler(settings, q, self.env, self.policy, self.gamma, self.seed, self.sde_sample_freq)
+
+    def _settings_source(self) -> tuple[Any, ...]:
+        return (self.sampling, self.q, dict(self.q_kwargs), dict(self.vine_kwargs))
+
+    def _settings(self) -> tuple[Q, VineSettings | None]:
+        """
+        The typed q and vine settings of the arguments ``sampling``, ``q``, ``q_kwargs`` and
+        ``vine_kwargs`` (those plain arguments are what is saved with a model). Built and validated
+        once, by the constructor; again only when those arguments changed since (a loaded model,
+        or an attribute the user set).
+        """
+        source = self._settings_source()
+        if self._settings_cache[0] != source:
+            q_settings = q_from_arguments(self.q, self.q_kwargs, self.sampling)
+            vine_settings = VineSettings.from_kwargs(self.vine_kwargs) if self.sampling == "vine" else None
+            if vine_settings is not None:
+                vine_settings.check_action_space(self.action_space)
+                q_settings.check_action_space(self.action_space)
+            self._settings_cache = (source, q_settings, vine_settings)
+        return self._settings_cache[1], self._settings_cache[2]
 
     def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
         super().set_env(env, force_reset)
@@ -405,7 +423,7 @@ class TRPOPlus(OnPolicyAlgorithm):
             self._setup_vine()
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_actor_params", "_vine", "_vine_settings"]
+        return [*super()._excluded_save_params(), "_actor_params", "_vine", "_settings_cache"]
 
     def _find_actor_parameters(self) -> list[nn.Parameter]:
         """
@@ -454,7 +472,7 @@ class TRPOPlus(OnPolicyAlgorithm):
     @property
     def max_weight(self) -> float | None:
         """``q_kwargs['max_weight']``: the truncation of every importance weight, min(w, c) (None: none)."""
-        value = self.q_kwargs.get("max_weight")
+        value = self._settings()[0].max_weight
         return None if value is None else float(value)
 
     def _policy_batch(self) -> Any:

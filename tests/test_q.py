@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from stable_baselines3.common.distributions import (
 )
 
 from sb3_trpo_plus.distributions import enumerate_actions
-from sb3_trpo_plus.q import make_q, validate_q
+from sb3_trpo_plus.q import Q_REGISTRY, PiOld, Q, make_q, register_q, validate_q
 from sb3_trpo_plus.surrogate import effective_sample_size, importance_weights
 
 SPACES = {
@@ -386,3 +387,56 @@ def test_enumerate_actions_refuses_large_or_continuous_spaces(space: spaces.Spac
     with pytest.raises(ValueError, match=match):
         enumerate_actions(space)
     assert len(enumerate_actions(spaces.MultiBinary(7), max_actions=128)) == 128
+
+
+# --------------------------------------------------------------------------- a new q is one class
+
+
+# BEGIN example q: the whole of a new q (name, setting, its check, the distribution)
+@dataclass(frozen=True)
+class WidenedQ(Q):
+    """pi_old widened by one factor: a Gaussian's std times ``factor``, logits divided by it."""
+
+    name: ClassVar[str] = "widened"
+    factor: float = 3.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.factor > 1:
+            raise ValueError(f"q_kwargs['factor'] must be > 1, got {self.factor!r}")
+
+    def distribution(self, pi_old: PiOld, observations: Any) -> Any:
+        return pi_old.scaled(self.factor, self.factor)
+
+
+# END example q
+
+
+def test_a_registered_q_is_one_class_and_runs_a_vine_iteration() -> None:
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from sb3_trpo_plus import TRPOPlus
+
+    register_q(WidenedQ)
+    try:
+        with pytest.raises(ValueError, match=r"q_kwargs\['factor'\]"):
+            validate_q("widened", {"factor": 0.5}, "vine")
+        with pytest.raises(ValueError, match="does not take"):
+            validate_q("widened", {"eps": 0.1}, "vine")
+        # the same distribution as q="scaled" with both settings at the factor
+        space = SPACES["discrete"]
+        widened = make_q("widened", {"factor": 2.5}, space).build(_pi_old(space, 4), th.zeros(4, 1))
+        scaled = make_q("scaled", {"std_scale": 2.5, "temperature": 2.5}, space).build(_pi_old(space, 4), th.zeros(4, 1))
+        actions = enumerate_actions(space).expand(4, -1)
+        assert th.equal(widened.log_prob(actions), scaled.log_prob(actions))
+        env = make_vec_env("CartPole-v1", n_envs=1, seed=0)
+        vine = {"n_states": 4, "n_actions": 3, "horizon": 5}
+        model = TRPOPlus(
+            "MlpPolicy", env, n_steps=32, batch_size=32, seed=0, sampling="vine", vine_kwargs=vine, q="widened",
+            q_kwargs={"factor": 2.0, "max_weight": 5.0},
+        )  # fmt: skip
+        model.learn(32)
+        assert model.max_weight == 5.0
+        assert model._n_updates == 1 and model._vine is not None and model._vine.stats["rollout_set_size"] == 4
+    finally:
+        del Q_REGISTRY["widened"]
