@@ -39,7 +39,8 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
 from sb3_trpo_plus.buffers import VineBatch, default_buffer_class
-from sb3_trpo_plus.critic import FusedMlpCritic, fit_critic_torch
+from sb3_trpo_plus.critic import fit_critic_torch
+from sb3_trpo_plus.fast import FusedMlpCritic
 from sb3_trpo_plus.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_trpo_plus.q import make_q, validate_q
 from sb3_trpo_plus.sampling import collect_single_path

@@ -21,8 +21,8 @@ from stable_baselines3.common.env_util import make_vec_env
 from torch.optim import optimizer as optimizer_globals
 
 from sb3_trpo_plus import TRPOPlus
-from sb3_trpo_plus.critic import FusedMlpCritic, fit_critic_torch
-from sb3_trpo_plus.sampling import NumpyActor
+from sb3_trpo_plus.critic import fit_critic_torch
+from sb3_trpo_plus.fast import FusedMlpCritic, NumpyActor
 
 SMALL = {"n_steps": 64, "batch_size": 32, "n_critic_updates": 2}
 

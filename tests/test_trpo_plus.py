@@ -29,8 +29,9 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_trpo_plus import TRPOPlus
-from sb3_trpo_plus.critic import FusedMlpCritic, fit_critic_torch
-from sb3_trpo_plus.sampling import NumpyActor, TorchActor
+from sb3_trpo_plus.critic import fit_critic_torch
+from sb3_trpo_plus.fast import FusedMlpCritic, NumpyActor
+from sb3_trpo_plus.sampling import TorchActor
 
 SMALL = {"n_steps": 64, "batch_size": 32, "n_critic_updates": 2}
 DESIGN_KEYS = [
