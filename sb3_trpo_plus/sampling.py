@@ -1,24 +1,27 @@
 """
 Single-path sampling (Schulman et al. 2015, section 5.1): run pi_old in the training
 environment and keep every (s, a) pair with log pi_old(a|s) and log q(a|s) = log pi_old(a|s).
+The collector sits below the algorithm: it receives the environment, the policy, the buffer, the
+callback and the trunk's last observations, and reports every step back through two hooks.
 
 The collection loop keeps every semantic of SB3's ``OnPolicyAlgorithm.collect_rollouts``
 (callbacks called once per step with the same local variables, timeouts bootstrapped with the
 value function, episode statistics, gSDE noise resampling, action clipping or unscaling); it is
 faster because the policy is frozen during a rollout: for the standard MLP policies it is
-evaluated by :class:`NumpyActor`, which reads the weights through NumPy views of their memory and
-draws its noise from torch's random generator exactly as SB3's distributions do, so a seed gives
-the same action stream. Every other policy, and any policy with a module hook or a method
-replaced on an instance, goes through :class:`TorchActor`. User code that runs during a rollout
-(callbacks) may still change the policy: the NumPy actor is checked before every use and built
-again (or replaced by the torch one) when it no longer computes what torch would.
+evaluated by :class:`sb3_trpo_plus.fast.NumpyActor` (unless ``fast_paths=False``), which reads
+the weights through NumPy views of their memory and draws its noise from torch's random
+generator exactly as SB3's distributions do, so a seed gives the same action stream. Every
+other policy, and any policy with a module hook or a method replaced on an instance, goes
+through :class:`TorchActor`. User code that runs during a rollout (callbacks) may still change
+the policy: the NumPy actor is checked before every use and built again (or replaced by the
+torch one) when it no longer computes what torch would.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch as th
@@ -31,9 +34,6 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_trpo_plus.buffers import QRolloutBuffer
 from sb3_trpo_plus.fast import NumpyActor, single_blas_thread
-
-if TYPE_CHECKING:
-    from sb3_trpo_plus.trpo_plus import TRPOPlus
 
 
 class TorchActor:
@@ -58,9 +58,9 @@ class TorchActor:
             return self.policy.predict_values(obs_as_tensor(obs, self.policy.device))
 
 
-def make_actor(policy: ActorCriticPolicy) -> NumpyActor | TorchActor:
-    """The fastest exact evaluator of ``policy`` for a rollout."""
-    return NumpyActor.from_policy(policy) or TorchActor(policy)
+def make_actor(policy: ActorCriticPolicy, fast_paths: bool = True) -> NumpyActor | TorchActor:
+    """The fastest exact evaluator of ``policy`` for a rollout (the torch one with ``fast_paths=False``)."""
+    return (NumpyActor.from_policy(policy) if fast_paths else None) or TorchActor(policy)
 
 
 def current_actor(actor: NumpyActor | TorchActor) -> NumpyActor | TorchActor:
@@ -71,35 +71,48 @@ def current_actor(actor: NumpyActor | TorchActor) -> NumpyActor | TorchActor:
 
 
 def collect_single_path(
-    algo: TRPOPlus,
     env: VecEnv,
+    policy: ActorCriticPolicy,
     callback: BaseCallback,
     rollout_buffer: RolloutBuffer,
     n_rollout_steps: int,
+    last_obs: Any,
+    last_episode_starts: np.ndarray,
+    *,
+    gamma: float,
+    use_sde: bool,
+    sde_sample_freq: int,
+    count_steps: Callable[[int], None],
+    end_step: Callable[[Any, np.ndarray, list[dict[str, Any]]], None],
+    fast_paths: bool = True,
     before_step: Callable[[Any, np.ndarray], None] | None = None,
 ) -> bool:
     """
-    Fill ``rollout_buffer`` with ``n_rollout_steps`` steps per environment of pi_old, exactly as
-    SB3's ``OnPolicyAlgorithm.collect_rollouts`` does (same callbacks and local names, same
-    timeout bootstrapping and episode statistics), with the policy evaluated by
-    :func:`make_actor`.
+    Fill ``rollout_buffer`` with ``n_rollout_steps`` steps per environment of pi_old from
+    ``last_obs``, exactly as SB3's ``OnPolicyAlgorithm.collect_rollouts`` does (same callbacks and
+    local names, same timeout bootstrapping), with the policy evaluated by :func:`make_actor`.
+    The algorithm's state is reported through the two hooks, at the points SB3 updates it:
 
+    :param count_steps: called with ``env.num_envs`` after every environment step, before the
+        callbacks see it (the algorithm's ``num_timesteps``)
+    :param end_step: called with the new observations, the done flags and the infos of every step
+        the callbacks let pass (the algorithm's episode statistics and trunk position)
+    :param fast_paths: whether the NumPy actor may evaluate the policy (see :mod:`sb3_trpo_plus.fast`)
     :param before_step: called with the current observations and episode-start flags before
         every environment step (the vine scheme keeps its rollout set there)
     :return: False if a callback stopped the rollout early, True otherwise
     """
-    assert algo._last_obs is not None, "No previous observation was provided"
-    algo.policy.set_training_mode(False)
+    policy.set_training_mode(False)
     n_steps = 0
     rollout_buffer.reset()
-    if algo.use_sde:
-        algo.policy.reset_noise(env.num_envs)
-    actor = make_actor(algo.policy)
+    if use_sde:
+        policy.reset_noise(env.num_envs)
+    actor = make_actor(policy, fast_paths)
     fast_add = type(rollout_buffer) is QRolloutBuffer
-    action_space = algo.action_space
+    action_space = policy.action_space
     clip_low: np.ndarray | None = None
     clip_high: np.ndarray | None = None
-    if isinstance(action_space, spaces.Box) and not algo.policy.squash_output:
+    if isinstance(action_space, spaces.Box) and not policy.squash_output:
         clip_low, clip_high = action_space.low, action_space.high
 
     # the NumPy actor multiplies small matrices: one BLAS thread for the rollout (see single_blas_thread)
@@ -108,31 +121,31 @@ def collect_single_path(
         callback.on_rollout_start()
 
         while n_steps < n_rollout_steps:
-            if algo.use_sde and algo.sde_sample_freq > 0 and n_steps % algo.sde_sample_freq == 0:
-                algo.policy.reset_noise(env.num_envs)
+            if use_sde and sde_sample_freq > 0 and n_steps % sde_sample_freq == 0:
+                policy.reset_noise(env.num_envs)
 
             if before_step is not None:
-                before_step(algo._last_obs, algo._last_episode_starts)  # type: ignore[arg-type]
-            obs_tensor = obs_as_tensor(algo._last_obs, algo.device)  # type: ignore[arg-type]
+                before_step(last_obs, last_episode_starts)
+            obs_tensor = obs_as_tensor(last_obs, policy.device)
             actor = current_actor(actor)  # the last callback may have edited, hooked or patched the policy
-            actions, values, log_probs = actor.act(algo._last_obs, obs_tensor)  # type: ignore[arg-type]
+            actions, values, log_probs = actor.act(last_obs, obs_tensor)
 
             clipped_actions = actions
             if clip_low is not None and clip_high is not None:
                 clipped_actions = np.minimum(np.maximum(actions, clip_low), clip_high)
             elif isinstance(action_space, spaces.Box):
-                clipped_actions = algo.policy.unscale_action(clipped_actions)
+                clipped_actions = policy.unscale_action(clipped_actions)
 
             new_obs, rewards, dones, infos = env.step(clipped_actions)
 
-            algo.num_timesteps += env.num_envs
+            count_steps(env.num_envs)
 
             # Give access to local variables
             callback.update_locals(locals())
             if not callback.on_step():
                 return False
 
-            algo._update_info_buffer(infos, dones)
+            end_step(new_obs, dones, infos)
             n_steps += 1
 
             if isinstance(action_space, spaces.Discrete):
@@ -151,15 +164,15 @@ def collect_single_path(
                         terminal_value = actor.values(terminal_obs[None])[0]
                     else:
                         with th.no_grad():
-                            terminal_value = algo.policy.predict_values(algo.policy.obs_to_tensor(terminal_obs)[0])[0]  # type: ignore[arg-type]
-                    rewards[idx] += algo.gamma * terminal_value.item()
+                            terminal_value = policy.predict_values(policy.obs_to_tensor(terminal_obs)[0])[0]  # type: ignore[arg-type]
+                    rewards[idx] += gamma * terminal_value.item()
 
             if fast_add:
-                _fast_add(rollout_buffer, algo._last_obs, actions, rewards, algo._last_episode_starts, values, log_probs)  # type: ignore[arg-type]
+                _fast_add(rollout_buffer, last_obs, actions, rewards, last_episode_starts, values, log_probs)
             else:
-                rollout_buffer.add(algo._last_obs, actions, rewards, algo._last_episode_starts, values, log_probs)  # type: ignore[arg-type]
-            algo._last_obs = new_obs  # type: ignore[assignment]
-            algo._last_episode_starts = dones
+                rollout_buffer.add(last_obs, actions, rewards, last_episode_starts, values, log_probs)
+            last_obs = new_obs
+            last_episode_starts = dones
 
         values = current_actor(actor).values(new_obs)  # type: ignore[arg-type]
         rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)

@@ -201,6 +201,9 @@ class TRPOPlus(OnPolicyAlgorithm):
         distribution's closed-form Fisher M) or "kl_hessian" (double backprop through the mean KL)
     :param fvp_subsample: fraction of the batch, in (0, 1], on which Fisher-vector products
         are computed (the gradient always uses the whole batch)
+    :param fast_paths: whether the NumPy fast paths may serve the policies they compute exactly
+        (the NumPy actor during rollouts, the fused critic fit; see :mod:`sb3_trpo_plus.fast`);
+        ``False`` runs the generic torch paths only (same results up to float rounding, slower)
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -244,6 +247,7 @@ class TRPOPlus(OnPolicyAlgorithm):
         q_kwargs: dict[str, Any] | None = None,
         fisher: str = "analytic",
         fvp_subsample: float = 1.0,
+        fast_paths: bool = True,
         _init_setup_model: bool = True,
     ):
         self._validate_hyperparameters(
@@ -263,6 +267,7 @@ class TRPOPlus(OnPolicyAlgorithm):
             stats_window_size=stats_window_size,
             fisher=fisher,
             fvp_subsample=fvp_subsample,
+            fast_paths=fast_paths,
             sampling=sampling,
             vine_kwargs=vine_kwargs,
         )
@@ -323,6 +328,7 @@ class TRPOPlus(OnPolicyAlgorithm):
         self.q_kwargs = dict(q_kwargs or {})
         self.fisher = fisher
         self.fvp_subsample = fvp_subsample
+        self.fast_paths = fast_paths
         self.n_rejected_steps = 0
         self._vine: VineSampler | None = None
         if sampling == "vine":
@@ -366,6 +372,7 @@ class TRPOPlus(OnPolicyAlgorithm):
         _check(math.isfinite(damping) and damping >= 0, f"cg_damping must be a finite number >= 0, got {damping!r}")
         shrink = kwargs["line_search_shrinking_factor"]
         _check(0.0 < shrink < 1.0, f"line_search_shrinking_factor must be in (0, 1), got {shrink!r}")
+        _check(isinstance(kwargs["fast_paths"], bool), f"fast_paths must be True or False, got {kwargs['fast_paths']!r}")
         _check(kwargs["fisher"] in FISHER_MODES, f"fisher must be one of {FISHER_MODES}, got {kwargs['fisher']!r}")
         subsample = kwargs["fvp_subsample"]
         _check(0.0 < subsample <= 1.0, f"fvp_subsample must be in (0, 1], got {subsample!r}")
@@ -426,13 +433,13 @@ class TRPOPlus(OnPolicyAlgorithm):
         that run is the trunk; its rollout set is then branched to estimate Q-values.
         """
         if self.sampling == "single_path":
-            return collect_single_path(self, env, callback, rollout_buffer, n_rollout_steps)
+            return self._collect(env, callback, rollout_buffer, n_rollout_steps)
         if self._vine is None:  # loaded without an environment, then given one
             self._setup_vine()
         assert self._vine is not None
         self._vine.start_trunk(n_rollout_steps * env.num_envs)
         trunk_start = self.num_timesteps
-        if not collect_single_path(self, env, callback, rollout_buffer, n_rollout_steps, self._vine.before_trunk_step):
+        if not self._collect(env, callback, rollout_buffer, n_rollout_steps, self._vine.before_trunk_step):
             return False
         branch_steps = self._vine.branch()
         self.num_timesteps += branch_steps
@@ -443,6 +450,42 @@ class TRPOPlus(OnPolicyAlgorithm):
         for key in ("rollout_set_size", "branch_length_mean", "replayed_steps", "q_value_mean"):
             self.logger.record(f"rollout/{key}", self._vine.stats[key])
         return True
+
+    def _collect(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: RolloutBuffer,
+        n_rollout_steps: int,
+        before_step: Callable[[Any, np.ndarray], None] | None = None,
+    ) -> bool:
+        """Run pi_old from the trunk's last observations (:func:`sb3_trpo_plus.sampling.collect_single_path`)."""
+        assert self._last_obs is not None, "No previous observation was provided"
+        return collect_single_path(
+            env,
+            self.policy,
+            callback,
+            rollout_buffer,
+            n_rollout_steps,
+            self._last_obs,
+            self._last_episode_starts,  # type: ignore[arg-type]
+            gamma=self.gamma,
+            use_sde=self.use_sde,
+            sde_sample_freq=self.sde_sample_freq,
+            count_steps=self._count_steps,
+            end_step=self._end_step,
+            fast_paths=self.fast_paths,
+            before_step=before_step,
+        )
+
+    def _count_steps(self, n_steps: int) -> None:
+        self.num_timesteps += n_steps
+
+    def _end_step(self, new_obs: Any, dones: np.ndarray, infos: list[dict[str, Any]]) -> None:
+        """A step the callbacks let pass: episode statistics, and the trunk moves on."""
+        self._update_info_buffer(infos, dones)
+        self._last_obs = new_obs
+        self._last_episode_starts = dones
 
     # ------------------------------------------------------------------ step 2: surrogate
 
@@ -579,7 +622,7 @@ class TRPOPlus(OnPolicyAlgorithm):
         standard MLP critic with Adam, through autograd otherwise. Parameters the policy depends
         on (shared feature extractors included) are never moved.
         """
-        fused = FusedMlpCritic.from_policy(self.policy)
+        fused = FusedMlpCritic.from_policy(self.policy) if self.fast_paths else None
         actor_ids = {id(p) for p in self._actor_params}
         if fused is not None and self.rollout_buffer.generator_ready and not any(id(p) in actor_ids for p in fused.params):
             return fused.fit(

@@ -145,17 +145,16 @@ def test_global_hooks_send_the_critic_fit_to_torch(hook: Callable[[], Any]) -> N
     assert FusedMlpCritic.from_policy(model.policy) is not None
 
 
-def test_fused_critic_with_decoupled_weight_decay_trains_as_torch(monkeypatch: pytest.MonkeyPatch) -> None:
-    # the whole algorithm: one iteration with the fused fit equals one with the torch fit
-    def run() -> th.Tensor:
+def test_fused_critic_with_decoupled_weight_decay_trains_as_torch() -> None:
+    # the whole algorithm: one iteration with the fast paths equals one with the generic torch paths
+    def run(fast_paths: bool) -> th.Tensor:
         policy_kwargs = {"optimizer_kwargs": {"weight_decay": 0.5, "decoupled_weight_decay": True}, "net_arch": [16]}
-        model = TRPOPlus("MlpPolicy", "Pendulum-v1", seed=0, policy_kwargs=policy_kwargs, **SMALL)
+        model = TRPOPlus("MlpPolicy", "Pendulum-v1", seed=0, policy_kwargs=policy_kwargs, fast_paths=fast_paths, **SMALL)
         model.learn(2 * SMALL["n_steps"])
         return flat(model.policy.parameters())
 
-    fused = run()
-    monkeypatch.setattr(FusedMlpCritic, "from_policy", classmethod(lambda cls, policy: None))
-    generic = run()
+    fused = run(True)
+    generic = run(False)
     assert th.allclose(fused, generic, atol=1e-5, rtol=0), float((fused - generic).abs().max())
 
 
@@ -176,18 +175,16 @@ class EditAt(BaseCallback):
         return True
 
 
-def _rollout(env_id: str, setup: Callable[[Any], Any] | None, edit: Callable[[Any], Any] | None) -> dict[str, np.ndarray]:
-    model = TRPOPlus("MlpPolicy", env_id, seed=0, policy_kwargs={"net_arch": [16]}, **SMALL)
+def _rollout(
+    env_id: str, setup: Callable[[Any], Any] | None, edit: Callable[[Any], Any] | None, fast_paths: bool = True
+) -> dict[str, np.ndarray]:
+    model = TRPOPlus("MlpPolicy", env_id, seed=0, policy_kwargs={"net_arch": [16]}, fast_paths=fast_paths, **SMALL)
     if setup is not None:
         setup(model.policy)
     callback = EditAt(edit) if edit is not None else None
     model.learn(SMALL["n_steps"], callback=callback)
     buffer = model.rollout_buffer
     return {"actions": buffer.actions, "log_probs": buffer.log_probs, "values": buffer.values, "rewards": buffer.rewards}
-
-
-def _generic(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(NumpyActor, "from_policy", classmethod(lambda cls, policy: None))
 
 
 def _same_rollout(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
@@ -232,7 +229,7 @@ SETUPS: dict[str, Callable[[Any], Any]] = {
 
 
 @pytest.mark.parametrize("name", SETUPS)
-def test_hooks_and_instance_patches_send_the_rollout_to_torch(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hooks_and_instance_patches_send_the_rollout_to_torch(name: str) -> None:
     handles: list[Any] = []
 
     def setup(policy: Any) -> None:
@@ -245,9 +242,7 @@ def test_hooks_and_instance_patches_send_the_rollout_to_torch(name: str, monkeyp
         fast = _rollout("Pendulum-v1", setup, None)
         for handle in handles:
             handle.remove()
-        with monkeypatch.context() as patch:
-            _generic(patch)
-            generic = _rollout("Pendulum-v1", setup, None)
+        generic = _rollout("Pendulum-v1", setup, None, fast_paths=False)
     finally:
         for handle in handles:
             handle.remove()
@@ -310,15 +305,49 @@ EDITS: dict[str, Callable[[Any], Any]] = {
 
 @pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
 @pytest.mark.parametrize("name", EDITS)
-def test_a_policy_edited_by_a_callback_during_a_rollout_is_followed(
-    name: str, env_id: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_policy_edited_by_a_callback_during_a_rollout_is_followed(name: str, env_id: str) -> None:
     if "log_std" in name and env_id != "Pendulum-v1":
         pytest.skip("no log_std")
     plain = _rollout(env_id, None, None)
     fast = _rollout(env_id, None, EDITS[name])
-    with monkeypatch.context() as patch:
-        _generic(patch)
-        generic = _rollout(env_id, None, EDITS[name])
+    generic = _rollout(env_id, None, EDITS[name], fast_paths=False)
     assert not _same_rollout(plain, generic), "the edit should change the rollout"
     assert _same_rollout(fast, generic)
+
+
+# ----------------------------------------------------------------------------- the switch
+
+
+def _learned(fast_paths: bool = True, **kwargs: Any) -> TRPOPlus:
+    model = TRPOPlus("MlpPolicy", "Pendulum-v1", seed=0, policy_kwargs={"net_arch": [16]}, fast_paths=fast_paths, **SMALL)
+    model.learn(2 * SMALL["n_steps"], **kwargs)
+    return model
+
+
+def _refuse(cls: Any, policy: Any) -> None:
+    raise AssertionError("a fast path was consulted with fast_paths=False")
+
+
+def test_fast_paths_false_runs_the_generic_paths_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = _learned()
+    assert NumpyActor.from_policy(fast.policy) is not None and FusedMlpCritic.from_policy(fast.policy) is not None
+    with monkeypatch.context() as patch:  # the switch never even asks the fast paths
+        patch.setattr(NumpyActor, "from_policy", classmethod(_refuse))
+        patch.setattr(FusedMlpCritic, "from_policy", classmethod(_refuse))
+        generic = _learned(fast_paths=False)
+    with monkeypatch.context() as patch:  # what the benchmarks and tests patched before the switch existed
+        patch.setattr(NumpyActor, "from_policy", classmethod(lambda cls, policy: None))
+        patch.setattr(FusedMlpCritic, "from_policy", classmethod(lambda cls, policy: None))
+        patched = _learned()
+    assert th.equal(flat(generic.policy.parameters()), flat(patched.policy.parameters()))
+    assert np.array_equal(generic.rollout_buffer.actions, patched.rollout_buffer.actions)
+    assert th.allclose(flat(fast.policy.parameters()), flat(generic.policy.parameters()), atol=1e-4)
+
+
+def test_fast_paths_is_saved_and_loaded(tmp_path: Any) -> None:
+    model = _learned(fast_paths=False)
+    model.save(tmp_path / "model.zip")
+    assert TRPOPlus.load(tmp_path / "model.zip").fast_paths is False
+    assert TRPOPlus("MlpPolicy", "Pendulum-v1").fast_paths is True
+    with pytest.raises(ValueError, match="fast_paths"):
+        TRPOPlus("MlpPolicy", "Pendulum-v1", fast_paths="no")  # type: ignore[arg-type]

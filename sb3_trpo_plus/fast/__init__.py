@@ -3,6 +3,10 @@ The NumPy fast paths: the NumPy actor that evaluates a standard MLP policy durin
 fused MLP critic fit, and the one-thread BLAS limiter they run under. Each computes exactly what
 the generic torch path computes, or declines (``from_policy`` returns ``None``) and the generic
 path is used.
+
+The public switch is TRPOPlus's constructor argument ``fast_paths`` (default ``True``, saved
+with the model): ``TRPOPlus(..., fast_paths=False)`` never consults this package and runs the
+generic torch paths only. Nothing here is switched by assigning module attributes.
 """
 
 from sb3_trpo_plus.fast.actor import NumpyActor
