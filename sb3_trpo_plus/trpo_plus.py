@@ -39,8 +39,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
 from sb3_trpo_plus.buffers import VineBatch, default_buffer_class
-from sb3_trpo_plus.critic import fit_critic_torch
-from sb3_trpo_plus.fast import FusedMlpCritic
+from sb3_trpo_plus.critic import ValueTargets, fit_critic
 from sb3_trpo_plus.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_trpo_plus.q import make_q, validate_q
 from sb3_trpo_plus.sampling import collect_single_path
@@ -616,19 +615,13 @@ class TRPOPlus(OnPolicyAlgorithm):
 
     # ------------------------------------------------------------------ step 4: critic
 
-    def _fit_critic(self) -> list[float]:
+    def _fit_critic(self, targets: ValueTargets) -> list[float]:
         """
-        Regress the value function on the returns (:mod:`sb3_trpo_plus.critic`): fused for the
-        standard MLP critic with Adam, through autograd otherwise. Parameters the policy depends
-        on (shared feature extractors included) are never moved.
+        Regress the value function on the returns (:func:`sb3_trpo_plus.critic.fit_critic`): fused
+        for the standard MLP critic with Adam, through autograd otherwise. Parameters the policy
+        depends on (shared feature extractors included) are never moved.
         """
-        fused = FusedMlpCritic.from_policy(self.policy) if self.fast_paths else None
-        actor_ids = {id(p) for p in self._actor_params}
-        if fused is not None and self.rollout_buffer.generator_ready and not any(id(p) in actor_ids for p in fused.params):
-            return fused.fit(
-                self.rollout_buffer.observations, self.rollout_buffer.returns, self.n_critic_updates, self.batch_size
-            )
-        return fit_critic_torch(self.policy, self.rollout_buffer, self.n_critic_updates, self.batch_size, self._actor_params)
+        return fit_critic(self.policy, targets, self.n_critic_updates, self.batch_size, self._actor_params, self.fast_paths)
 
     # ------------------------------------------------------------------ one iteration
 
@@ -649,8 +642,9 @@ class TRPOPlus(OnPolicyAlgorithm):
             step = StepResult(False, surrogate.invalid, 0.0, 0.0, 0.0, 0, math.nan, 0, 0.0)
         else:
             step = self._policy_step(surrogate.observations, surrogate.objective)
-        if bool(np.isfinite(self.rollout_buffer.returns).all()):
-            value_losses = self._fit_critic()
+        targets = ValueTargets.from_buffer(self.rollout_buffer)
+        if bool(np.isfinite(targets.returns).all()):
+            value_losses = self._fit_critic(targets)
         else:
             # regressing on NaN or inf returns would make the critic, and every later advantage, non-finite
             value_losses = []

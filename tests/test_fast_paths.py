@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 import torch as th
 from conftest import flat
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.envs import SimpleMultiObsEnv
 from torch.optim import optimizer as optimizer_globals
 
 from sb3_trpo_plus import TRPOPlus
-from sb3_trpo_plus.critic import fit_critic_torch
+from sb3_trpo_plus.critic import ValueTargets, fit_critic, fit_critic_torch
 from sb3_trpo_plus.fast import FusedMlpCritic, NumpyActor
 
 SMALL = {"n_steps": 64, "batch_size": 32, "n_critic_updates": 2}
@@ -37,7 +38,6 @@ def _trained(optimizer_class: Any = th.optim.Adam, **optimizer_kwargs: Any) -> T
     env = make_vec_env("Pendulum-v1", n_envs=2, seed=0)
     model = TRPOPlus("MlpPolicy", env, seed=0, learning_rate=learning_rate, policy_kwargs=policy_kwargs, **SMALL)
     model.learn(2 * 2 * SMALL["n_steps"])  # two iterations: the optimizer has state
-    next(model.rollout_buffer.get(None))  # flatten, as train() does
     return model
 
 
@@ -46,12 +46,13 @@ def _fit_both(model: TRPOPlus, fused: FusedMlpCritic) -> tuple[th.Tensor, th.Ten
     actor_ids = {id(p) for p in model._actor_params}
     pairs = zip(twin.parameters(), model.policy.parameters(), strict=True)
     twin_actor = [p for p, q in pairs if id(q) in actor_ids]
+    targets = ValueTargets.from_buffer(model.rollout_buffer)
     np.random.seed(5)
-    fused.fit(model.rollout_buffer.observations, model.rollout_buffer.returns, 3, 32)
+    fused.fit(targets.observations, targets.returns, 3, 32)
     policy = model.policy
     model.policy = twin
     np.random.seed(5)
-    fit_critic_torch(twin, model.rollout_buffer, 3, 32, twin_actor)
+    fit_critic_torch(twin, targets, 3, 32, twin_actor)
     model.policy = policy
     return flat(policy.parameters()), flat(twin.parameters()), policy.optimizer.state_dict(), twin.optimizer.state_dict()
 
@@ -351,3 +352,46 @@ def test_fast_paths_is_saved_and_loaded(tmp_path: Any) -> None:
     assert TRPOPlus("MlpPolicy", "Pendulum-v1").fast_paths is True
     with pytest.raises(ValueError, match="fast_paths"):
         TRPOPlus("MlpPolicy", "Pendulum-v1", fast_paths="no")  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- no hidden order in the critic fit
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "dict"])
+def test_the_critic_fit_needs_no_prior_flattening_of_the_buffer(env_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the critic fit receives its data explicitly: on a freshly collected buffer (no _policy_batch()
+    # has flattened it) it runs the same path and computes the same fit as on the flattened buffer
+    if env_id == "dict":
+        model = TRPOPlus("MultiInputPolicy", SimpleMultiObsEnv(), seed=0, **SMALL)
+    else:
+        model = TRPOPlus("MlpPolicy", make_vec_env(env_id, n_envs=2, seed=0), seed=0, **SMALL)
+    model.learn(model.n_steps * model.n_envs)  # the optimizer has state
+    callback = CallbackList([])
+    callback.init_callback(model)
+    assert model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)  # type: ignore[arg-type]
+    buffer = model.rollout_buffer
+    assert not buffer.generator_ready
+    fresh = ValueTargets.from_buffer(buffer)
+    assert not buffer.generator_ready, "building the targets leaves the buffer as it is"
+    next(buffer.get(None))
+    flattened = ValueTargets.from_buffer(buffer)
+    if isinstance(fresh.observations, dict):
+        assert all(np.array_equal(fresh.observations[k], flattened.observations[k]) for k in fresh.observations)  # type: ignore[index]
+    else:
+        assert np.array_equal(fresh.observations, flattened.observations)  # type: ignore[arg-type]
+    assert np.array_equal(fresh.returns, flattened.returns)
+
+    fused_fits: list[int] = []
+    original_fit = FusedMlpCritic.fit
+    monkeypatch.setattr(FusedMlpCritic, "fit", lambda self, *a: fused_fits.append(1) or original_fit(self, *a))
+    twin = copy.deepcopy(model.policy)
+    pairs = list(zip(twin.parameters(), model.policy.parameters(), strict=True))
+    actor_ids = {id(p) for p in model._actor_params}
+    twin_actor = [p for p, q in pairs if id(q) in actor_ids]
+    np.random.seed(5)
+    fresh_losses = fit_critic(model.policy, fresh, 2, 32, model._actor_params)
+    np.random.seed(5)
+    flattened_losses = fit_critic(twin, flattened, 2, 32, twin_actor)
+    assert fresh_losses == flattened_losses
+    assert th.equal(flat(model.policy.parameters()), flat(twin.parameters()))
+    assert len(fused_fits) == (0 if env_id == "dict" else 2), "the fused fit serves both, or neither"
