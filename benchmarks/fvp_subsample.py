@@ -55,7 +55,8 @@ import torch as th
 from zoo_settings import algo_kwargs, make_env, settings
 
 from sb3_trpo_plus import TRPOPlus
-from sb3_trpo_plus.surrogate import detached, mean_kl
+from sb3_trpo_plus.distributions import detached
+from sb3_trpo_plus.surrogate import mean_kl
 from sb3_trpo_plus.trust_region import (
     backtracking_line_search,
     conjugate_gradient,

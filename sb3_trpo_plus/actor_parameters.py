@@ -14,7 +14,7 @@ from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
-from sb3_trpo_plus.surrogate import distribution_parameters
+from sb3_trpo_plus.distributions import distribution_parameters
 
 
 def probe_observation(space: spaces.Space) -> Any:

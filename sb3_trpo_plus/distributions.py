@@ -1,5 +1,23 @@
 """
-Everything that knows SB3's action distributions and action spaces.
+Everything that knows SB3's action distributions (in the spirit of modular_rl's ``ProbType``):
+one :class:`Family` subclass per SB3 distribution class, found with :func:`family_of`.
+
+A family gives, for a distribution of its class on a batch of states:
+
+- its parameters in which the Fisher information is known in closed form
+  (:meth:`Family.parameters`), that Fisher metric (:meth:`Family.metric`) and a copy cut from
+  the autograd graph (:meth:`Family.detach`), for the trust-region step;
+- its torch distributions and pi_old widened (:meth:`Family.parts`, :meth:`Family.scaled`), for
+  the sampling distributions q;
+- NumPy sampling: by inverse transform of a NumPy generator's noise (:meth:`Family.sample_numpy`,
+  the vine's branches with common random numbers), and with torch's random generator making the
+  calls SB3's distributions make (:meth:`Family.sample_torch_noise`, the NumPy actor), with stable
+  NumPy log-probabilities from logits (:func:`log_softmax`, :func:`bernoulli_log_prob`,
+  :func:`gaussian_log_prob`).
+
+Supporting one more SB3 distribution is one subclass, decorated with :func:`register_family`.
+Squashed (tanh) Gaussians have a family whose density is not that of the raw action
+(:meth:`Family.raw_density`): q and the NumPy actor refuse them.
 
 :func:`enumerate_actions` lists every action of a small finite space (the vine's "branch every
 action" mode and its exact-sum estimator).
@@ -7,13 +25,467 @@ action" mode and its exact-sum estimator).
 
 from __future__ import annotations
 
+import copy
 import math
+from collections.abc import Sequence
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
+from stable_baselines3.common.distributions import (
+    BernoulliDistribution,
+    CategoricalDistribution,
+    DiagGaussianDistribution,
+    Distribution,
+    MultiCategoricalDistribution,
+    SquashedDiagGaussianDistribution,
+    StateDependentNoiseDistribution,
+)
+from torch.distributions import Bernoulli, Categorical, Normal
 
 MAX_ENUMERATED_ACTIONS = 64
+_LOG_SQRT_2PI = 0.5 * float(np.log(2.0 * np.pi))
+
+
+# --------------------------------------------------------------------------- NumPy log-probabilities
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Normalised log-probabilities of categorical logits (rows), as torch's Categorical keeps them."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def softplus(x: np.ndarray) -> np.ndarray:
+    """log(1 + exp(x)) without overflow or loss of precision for any x."""
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+
+
+def bernoulli_log_prob(logits: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """
+    log-probability of 0/1 ``actions`` under independent Bernoulli with these logits, summed over
+    the last axis: log p = -softplus(-logit), log(1 - p) = -softplus(logit). Computing it from the
+    probabilities instead rounds p to 1 in float32 for a logit above about 16.6, giving NaN.
+    """
+    return -np.sum(softplus(np.where(actions > 0.5, -logits, logits)), axis=-1)
+
+
+def gaussian_log_prob(actions: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """
+    Diagonal Gaussian log-density of ``actions``, summed over the last axis, with torch's Normal's
+    formula (from the action itself, so the ratio pi_theta / pi_old is 1 at theta_old to rounding).
+    """
+    var = std * std
+    return np.sum(-((actions - mean) ** 2) / (2 * var) - np.log(std) - _LOG_SQRT_2PI, axis=-1)
+
+
+# --------------------------------------------------------------------------- Fisher metric
+
+
+class FisherMetric:
+    """
+    A per-sample Fisher metric M, applied to a list of tangent tensors.
+
+    :param factors: one tensor per distribution parameter: the diagonal of M ("diagonal"), or
+        the probabilities p defining M = diag(p) - p p^T row by row ("categorical")
+    :param kind: "diagonal" or "categorical"
+    """
+
+    def __init__(self, factors: Sequence[th.Tensor], kind: str) -> None:
+        self.factors = list(factors)
+        self.kind = kind
+
+    def subset(self, index: th.Tensor) -> FisherMetric:
+        """The metric restricted to the samples ``index`` (rows of every factor)."""
+        return FisherMetric([factor[index] for factor in self.factors], self.kind)
+
+    def __call__(self, tangents: Sequence[th.Tensor]) -> list[th.Tensor]:
+        if self.kind == "diagonal":
+            return [factor * tangent for factor, tangent in zip(self.factors, tangents, strict=True)]
+        return [
+            probs * tangent - probs * (probs * tangent).sum(dim=-1, keepdim=True)
+            for probs, tangent in zip(self.factors, tangents, strict=True)
+        ]
+
+
+# --------------------------------------------------------------------------- families
+
+
+class IndependentParts:
+    """
+    Independent torch distributions as one distribution over whole actions (in the format SB3's
+    ``Distribution.log_prob`` takes): one Gaussian or Bernoulli over a vector (``summed``: the
+    log-density is summed over the last axis), or categoricals side by side (``stacked``: one
+    column of the action each).
+    """
+
+    def __init__(self, parts: list[Any], stacked: bool = False, summed: bool = False) -> None:
+        self.parts = parts
+        self.stacked = stacked
+        self.summed = summed
+
+    def sample(self, shape: tuple[int, ...]) -> th.Tensor:
+        if self.stacked:
+            return th.stack([part.sample(shape) for part in self.parts], dim=-1)
+        return self.parts[0].sample(shape)
+
+    def log_prob(self, actions: th.Tensor) -> th.Tensor:
+        if self.stacked:
+            return sum(part.log_prob(actions[..., i]) for i, part in enumerate(self.parts))  # type: ignore[return-value]
+        log_prob = self.parts[0].log_prob(actions)
+        return log_prob.sum(dim=-1) if self.summed else log_prob
+
+
+class Family:
+    """
+    What the package needs to know about one SB3 distribution class (``sb3_class``, and its
+    subclasses that have no family of their own). A new family is one subclass of this, decorated
+    with :func:`register_family`.
+
+    Class flags: ``gaussian`` (a Gaussian whose standard deviation comes from the policy's
+    ``log_std``), ``state_dependent`` (gSDE's noise: the NumPy actor and the vine's branches
+    follow its exploration matrices instead of calling :meth:`sample_torch_noise` or
+    :meth:`sample_numpy`).
+    """
+
+    sb3_class: ClassVar[type[Distribution]]
+    gaussian: ClassVar[bool] = False
+    state_dependent: ClassVar[bool] = False
+
+    # ------------------------------------------------------------------ torch side
+
+    def parameters(self, distribution: Any) -> list[th.Tensor]:
+        """The parameters in which the Fisher information is known in closed form (see :meth:`metric`)."""
+        raise NotImplementedError
+
+    def detach(self, distribution: Any) -> Any:
+        """A copy of ``distribution`` cut from the autograd graph."""
+        raise NotImplementedError
+
+    def metric(self, distribution: Any) -> FisherMetric:
+        """The Fisher information in the parameters of :meth:`parameters` (from detached probabilities)."""
+        raise NotImplementedError
+
+    def raw_density(self, distribution: Any) -> bool:
+        """Whether ``log_prob`` is the density of the raw (unsquashed) action, as q needs."""
+        return True
+
+    def parts(self, distribution: Any) -> list[Any]:
+        """The torch distributions of ``distribution``."""
+        return [distribution.distribution]
+
+    def product(self, parts: list[Any]) -> IndependentParts:
+        """``parts`` (of :meth:`parts` or :meth:`scaled`) as a distribution over whole actions."""
+        return IndependentParts(parts)
+
+    def scaled(self, distribution: Any, std_scale: float, temperature: float) -> list[Any]:
+        """The parts widened: a Gaussian's std times ``std_scale``, logits divided by ``temperature``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ NumPy side
+
+    def numpy_supported(self, distribution: Any) -> bool:
+        """Whether the NumPy actor can sample ``distribution`` exactly as SB3 does."""
+        return True
+
+    def sample_numpy(self, params: list[np.ndarray], noise_rng: np.random.Generator, common: bool) -> np.ndarray:
+        """
+        One action per row of the parameters ``params`` (:meth:`parameters` as arrays), by inverse
+        transform of ``noise_rng``'s standard noise; with ``common=True`` every row uses the same
+        noise (common random numbers).
+        """
+        raise NotImplementedError
+
+    def sample_torch_noise(self, distribution: Any, head: np.ndarray, std: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """
+        Actions and their log-probabilities from the action head's output ``head`` (means or
+        logits), with torch's global random generator making the calls SB3's distribution makes,
+        so that a seed gives SB3's action stream.
+
+        :param std: the standard deviations of a Gaussian (None for other families)
+        """
+        raise NotImplementedError
+
+
+FamilyClass = TypeVar("FamilyClass", bound=type[Family])
+_FAMILIES: dict[type[Distribution], Family] = {}
+
+
+def register_family(cls: FamilyClass) -> FamilyClass:
+    """Make a :class:`Family` subclass the family of its ``sb3_class`` (a class decorator)."""
+    _FAMILIES[cls.sb3_class] = cls()
+    return cls
+
+
+def find_family(distribution: Any) -> Family | None:
+    """The family of an SB3 distribution (that of its nearest registered class), or None."""
+    for cls in type(distribution).__mro__:
+        family = _FAMILIES.get(cls)
+        if family is not None:
+            return family
+    return None
+
+
+def family_of(distribution: Any) -> Family:
+    """
+    The family of an SB3 distribution.
+
+    :raises TypeError: for a distribution without a family
+    """
+    family = find_family(distribution)
+    if family is None:
+        raise TypeError(f"No distribution family for {type(distribution).__name__}")
+    return family
+
+
+def _sample_categoricals(head: np.ndarray, dims: list[int]) -> tuple[list[np.ndarray], np.ndarray]:
+    """One choice per row and block of logits, with ``th.multinomial`` as SB3's Categorical draws."""
+    columns, log_prob = [], np.zeros(len(head), dtype=np.float32)
+    for logits in np.split(head, np.cumsum(dims)[:-1], axis=1):
+        log_p = log_softmax(logits)
+        choice = th.multinomial(th.from_numpy(np.exp(log_p)), 1, True).numpy()[:, 0]
+        columns.append(choice)
+        log_prob += log_p[np.arange(len(choice)), choice]
+    return columns, log_prob
+
+
+def _inverse_cdf(params: list[np.ndarray], noise_rng: np.random.Generator, draws: int) -> list[np.ndarray]:
+    columns = []
+    for logits in params:
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        cdf = np.cumsum(probs / probs.sum(axis=1, keepdims=True), axis=1)
+        uniform = noise_rng.random((draws, 1))
+        columns.append(np.minimum((cdf < uniform).sum(axis=1), logits.shape[1] - 1))
+    return columns
+
+
+@register_family
+class DiagGaussianFamily(Family):
+    """Diagonal Gaussian, parameters (mean, std)."""
+
+    sb3_class: ClassVar[type[Distribution]] = DiagGaussianDistribution
+    gaussian = True
+
+    def parameters(self, distribution: Any) -> list[th.Tensor]:
+        return [distribution.distribution.loc, distribution.distribution.scale]
+
+    def detach(self, distribution: Any) -> Any:
+        old = copy.copy(distribution)
+        dist = distribution.distribution
+        old.distribution = Normal(dist.loc.detach(), dist.scale.detach(), validate_args=False)
+        return old
+
+    def metric(self, distribution: Any) -> FisherMetric:
+        """diag(1 / std^2) and diag(2 / std^2), divided by the number of action dimensions."""
+        scale = distribution.distribution.scale
+        inv_var = scale.detach() ** -2 / scale.shape[-1]
+        return FisherMetric([inv_var, 2.0 * inv_var], kind="diagonal")
+
+    def product(self, parts: list[Any]) -> IndependentParts:
+        return IndependentParts(parts, summed=True)
+
+    def scaled(self, distribution: Any, std_scale: float, temperature: float) -> list[Any]:
+        dist = distribution.distribution
+        return [Normal(dist.loc, dist.scale * std_scale, validate_args=False)]
+
+    def sample_numpy(self, params: list[np.ndarray], noise_rng: np.random.Generator, common: bool) -> np.ndarray:
+        mean, std = params
+        draws = 1 if common else len(mean)
+        return (mean + std * noise_rng.standard_normal((draws, mean.shape[1]))).astype(np.float32)
+
+    def sample_torch_noise(self, distribution: Any, head: np.ndarray, std: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        assert std is not None
+        noise = th.randn(head.shape).numpy()
+        actions = head + noise * std
+        return actions, gaussian_log_prob(actions, head, std)
+
+
+@register_family
+class SquashedDiagGaussianFamily(DiagGaussianFamily):
+    """A diagonal Gaussian squashed by tanh: its density is not that of the raw action."""
+
+    sb3_class: ClassVar[type[Distribution]] = SquashedDiagGaussianDistribution
+
+    def raw_density(self, distribution: Any) -> bool:
+        return False
+
+    def numpy_supported(self, distribution: Any) -> bool:
+        return False
+
+
+@register_family
+class StateDependentNoiseFamily(DiagGaussianFamily):
+    """
+    gSDE: a diagonal Gaussian whose noise is latent features times an exploration matrix (the
+    NumPy actor and the vine's branches follow the matrices, see ``state_dependent``); squashed
+    when it has a bijector.
+    """
+
+    sb3_class: ClassVar[type[Distribution]] = StateDependentNoiseDistribution
+    state_dependent = True
+
+    def raw_density(self, distribution: Any) -> bool:
+        return distribution.bijector is None
+
+    def numpy_supported(self, distribution: Any) -> bool:
+        return distribution.bijector is None and not distribution.learn_features
+
+
+@register_family
+class CategoricalFamily(Family):
+    """Categorical, parameters: logits."""
+
+    sb3_class: ClassVar[type[Distribution]] = CategoricalDistribution
+
+    def parameters(self, distribution: Any) -> list[th.Tensor]:
+        return [distribution.distribution.logits]
+
+    def detach(self, distribution: Any) -> Any:
+        old = copy.copy(distribution)
+        old.distribution = Categorical(logits=distribution.distribution.logits.detach(), validate_args=False)
+        return old
+
+    def metric(self, distribution: Any) -> FisherMetric:
+        """diag(p) - p p^T."""
+        return FisherMetric([part.probs.detach() for part in self.parts(distribution)], kind="categorical")
+
+    def scaled(self, distribution: Any, std_scale: float, temperature: float) -> list[Any]:
+        return [Categorical(logits=part.logits / temperature, validate_args=False) for part in self.parts(distribution)]
+
+    def sample_numpy(self, params: list[np.ndarray], noise_rng: np.random.Generator, common: bool) -> np.ndarray:
+        return _inverse_cdf(params, noise_rng, 1 if common else len(params[0]))[0]
+
+    def sample_torch_noise(self, distribution: Any, head: np.ndarray, std: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        columns, log_prob = _sample_categoricals(head, [head.shape[1]])
+        return columns[0], log_prob
+
+
+@register_family
+class MultiCategoricalFamily(CategoricalFamily):
+    """Categoricals side by side (MultiDiscrete), parameters: the logits of each, block by block."""
+
+    sb3_class: ClassVar[type[Distribution]] = MultiCategoricalDistribution
+
+    def parameters(self, distribution: Any) -> list[th.Tensor]:
+        return [part.logits for part in distribution.distribution]
+
+    def detach(self, distribution: Any) -> Any:
+        old = copy.copy(distribution)
+        old.distribution = [
+            Categorical(logits=part.logits.detach(), validate_args=False) for part in distribution.distribution
+        ]
+        return old
+
+    def parts(self, distribution: Any) -> list[Any]:
+        return list(distribution.distribution)
+
+    def product(self, parts: list[Any]) -> IndependentParts:
+        return IndependentParts(parts, stacked=True)
+
+    def sample_numpy(self, params: list[np.ndarray], noise_rng: np.random.Generator, common: bool) -> np.ndarray:
+        return np.stack(_inverse_cdf(params, noise_rng, 1 if common else len(params[0])), axis=1)
+
+    def sample_torch_noise(self, distribution: Any, head: np.ndarray, std: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        columns, log_prob = _sample_categoricals(head, list(distribution.action_dims))
+        return np.stack(columns, axis=1), log_prob
+
+
+@register_family
+class BernoulliFamily(Family):
+    """Independent Bernoulli (MultiBinary), parameters: logits."""
+
+    sb3_class: ClassVar[type[Distribution]] = BernoulliDistribution
+
+    def parameters(self, distribution: Any) -> list[th.Tensor]:
+        return [distribution.distribution.logits]
+
+    def detach(self, distribution: Any) -> Any:
+        old = copy.copy(distribution)
+        old.distribution = Bernoulli(logits=distribution.distribution.logits.detach(), validate_args=False)
+        return old
+
+    def metric(self, distribution: Any) -> FisherMetric:
+        """diag(p (1 - p)), divided by the number of action dimensions."""
+        probs = distribution.distribution.probs.detach()
+        return FisherMetric([probs * (1.0 - probs) / probs.shape[-1]], kind="diagonal")
+
+    def product(self, parts: list[Any]) -> IndependentParts:
+        return IndependentParts(parts, summed=True)
+
+    def scaled(self, distribution: Any, std_scale: float, temperature: float) -> list[Any]:
+        return [Bernoulli(logits=distribution.distribution.logits / temperature, validate_args=False)]
+
+    def sample_numpy(self, params: list[np.ndarray], noise_rng: np.random.Generator, common: bool) -> np.ndarray:
+        draws = 1 if common else len(params[0])
+        with np.errstate(over="ignore"):  # exp(-logit) = inf for a logit below -88 gives p = 0, as it should
+            probs = 1.0 / (1.0 + np.exp(-params[0]))
+        return (noise_rng.random((draws, probs.shape[1])) < probs).astype(np.float32)
+
+    def sample_torch_noise(self, distribution: Any, head: np.ndarray, std: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        # probabilities by torch's sigmoid, so that th.bernoulli draws exactly what SB3's would
+        actions = th.bernoulli(th.sigmoid(th.from_numpy(head))).numpy()
+        return actions, bernoulli_log_prob(head, actions)
+
+
+# --------------------------------------------------------------------------- by distribution
+
+
+def detached(distribution: Distribution) -> Distribution:
+    """
+    A copy of an SB3 action distribution cut from the autograd graph: pi_old, taken from the
+    same forward pass that gives pi_theta at theta = theta_old (no second forward pass).
+    SB3 policies reuse one distribution object between calls, so the copy is also what keeps
+    pi_old alive when the policy is evaluated again.
+    """
+    family = find_family(distribution)
+    if family is None:
+        raise TypeError(f"Cannot detach a {type(distribution).__name__}")
+    return family.detach(distribution)
+
+
+def distribution_parameters(distribution: Distribution) -> list[th.Tensor]:
+    """
+    The parameters of an SB3 action distribution in which its Fisher information is known in
+    closed form: (mean, std) for Gaussians (gSDE included), logits for categorical, multi-
+    categorical and Bernoulli distributions. See :func:`distribution_metric`.
+    """
+    family = find_family(distribution)
+    if family is None:
+        raise TypeError(f"No analytic Fisher information for {type(distribution).__name__}")
+    return family.parameters(distribution)
+
+
+def distribution_metric(distribution: Distribution) -> FisherMetric:
+    """
+    The Fisher information M of the distribution in the parameters returned by
+    :func:`distribution_parameters`, as a per-sample linear map on tangents:
+
+    - Gaussian in (mean, std): diag(1 / std^2) and diag(2 / std^2);
+    - categorical in logits: diag(p) - p p^T (block by block for a multi-categorical);
+    - Bernoulli in logits: diag(p (1 - p)).
+
+    The map uses the detached probabilities of ``distribution``, which is pi_old when the
+    product is formed at theta_old. Gaussian and Bernoulli metrics are divided by the number of
+    action dimensions, so that M is the Hessian of :func:`~sb3_trpo_plus.surrogate.mean_kl`'s
+    per-dimension measure.
+    """
+    family = find_family(distribution)
+    if family is None:
+        raise TypeError(f"No analytic Fisher information for {type(distribution).__name__}")
+    return family.metric(distribution)
+
+
+def sample_with_noise(distribution: Any, params: list[np.ndarray], noise_rng: np.random.Generator, common: bool) -> np.ndarray:
+    """
+    Draw one action per row of pi_old's distribution ``params`` (see
+    :func:`distribution_parameters`) by inverse transform of standard noise; with ``common=True``
+    every row uses the same noise (common random numbers).
+    """
+    return family_of(distribution).sample_numpy(params, noise_rng, common)
+
+
+# --------------------------------------------------------------------------- action spaces
 
 
 def enumerate_actions(action_space: spaces.Space, max_actions: int = MAX_ENUMERATED_ACTIONS) -> th.Tensor:

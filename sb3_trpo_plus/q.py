@@ -48,14 +48,9 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.distributions import (
-    Distribution,
-    SquashedDiagGaussianDistribution,
-    StateDependentNoiseDistribution,
-)
-from torch.distributions import Bernoulli, Categorical, Normal
+from stable_baselines3.common.distributions import Distribution
 
-from sb3_trpo_plus.distributions import action_shape
+from sb3_trpo_plus.distributions import IndependentParts, action_shape, find_family
 
 
 def q_from_arguments(q: str | Callable[..., Any], q_kwargs: dict[str, Any] | None, sampling: str = "vine") -> Q:
@@ -181,31 +176,31 @@ class PiOld:
     """
 
     def __init__(self, distribution: Distribution, action_space: spaces.Space) -> None:
-        if isinstance(distribution, SquashedDiagGaussianDistribution) or (
-            isinstance(distribution, StateDependentNoiseDistribution) and distribution.bijector is not None
-        ):
+        family = find_family(distribution)
+        if family is not None and not family.raw_density(distribution):
             raise TypeError(
                 "q needs pi_old's density in the raw action space; squashed (tanh) Gaussian policies "
                 "(squash_output=True) are not supported"
             )
+        if family is None:
+            raise TypeError(f"q supports Gaussian, categorical and Bernoulli policies, got {type(distribution).__name__}")
+        self.family = family
         self.distribution = distribution
         self.action_space = action_space
-        self.parts = _torch_parts(distribution)
-        if not all(isinstance(part, (Normal, Categorical, Bernoulli)) for part in self.parts):
-            raise TypeError(f"q supports Gaussian, categorical and Bernoulli policies, got {type(distribution).__name__}")
+        self.parts = family.parts(distribution)
         self.n_states = int(self.parts[0].batch_shape[0])
 
-    def product(self) -> _Product:
+    def product(self) -> IndependentParts:
         """pi_old as a distribution over whole actions."""
-        return _Product(self.parts, self.action_space)
+        return self.family.product(self.parts)
 
-    def scaled(self, std_scale: float, temperature: float) -> _Product:
+    def scaled(self, std_scale: float, temperature: float) -> IndependentParts:
         """pi_old widened: a Gaussian's std times ``std_scale``, logits divided by ``temperature``."""
-        return _Product([_scaled(part, std_scale, temperature) for part in self.parts], self.action_space)
+        return self.family.product(self.family.scaled(self.distribution, std_scale, temperature))
 
     def uniform(self) -> Any:
         """The uniform distribution over the action space, on the N states."""
-        return _uniform(self.action_space, self.n_states, self.parts[0])
+        return _uniform(self.action_space, self.n_states, self.family.parameters(self.distribution)[0].device)
 
 
 @dataclass(frozen=True)
@@ -405,38 +400,6 @@ class SamplingDistribution:
         return self.q.sampler(PiOld(pi_old, self.action_space), observations)
 
 
-def _scaled(part: Any, std_scale: float, temperature: float) -> Any:
-    if isinstance(part, Normal):
-        return Normal(part.loc, part.scale * std_scale, validate_args=False)
-    if isinstance(part, Categorical):
-        return Categorical(logits=part.logits / temperature, validate_args=False)
-    return Bernoulli(logits=part.logits / temperature, validate_args=False)
-
-
-def _torch_parts(pi_old: Distribution) -> list[Any]:
-    dist = pi_old.distribution
-    return list(dist) if isinstance(dist, list) else [dist]
-
-
-class _Product:
-    """Independent action dimensions: a Gaussian or Bernoulli over a vector, or categoricals side by side."""
-
-    def __init__(self, parts: list[Any], action_space: spaces.Space) -> None:
-        self.parts = parts
-        self.stacked = isinstance(action_space, spaces.MultiDiscrete)
-
-    def sample(self, shape: tuple[int, ...]) -> th.Tensor:
-        if self.stacked:
-            return th.stack([part.sample(shape) for part in self.parts], dim=-1)
-        return self.parts[0].sample(shape)
-
-    def log_prob(self, actions: th.Tensor) -> th.Tensor:
-        if self.stacked:
-            return sum(part.log_prob(actions[..., i]) for i, part in enumerate(self.parts))  # type: ignore[return-value]
-        log_prob = self.parts[0].log_prob(actions)
-        return log_prob if isinstance(self.parts[0], Categorical) else log_prob.sum(dim=-1)
-
-
 class _UniformFinite:
     """Uniform over a Discrete, MultiDiscrete or MultiBinary space."""
 
@@ -472,8 +435,7 @@ class _UniformBox:
         return th.where(inside, self.log_density, -math.inf)
 
 
-def _uniform(action_space: spaces.Space, n_states: int, reference: Any) -> Any:
-    device = reference.logits.device if hasattr(reference, "logits") else reference.loc.device
+def _uniform(action_space: spaces.Space, n_states: int, device: th.device) -> Any:
     if isinstance(action_space, spaces.Discrete):
         return _UniformFinite([int(action_space.n)], n_states, device, vector=False)
     if isinstance(action_space, spaces.MultiDiscrete):
@@ -489,7 +451,7 @@ def _uniform(action_space: spaces.Space, n_states: int, reference: Any) -> Any:
 class _Mixture:
     """(1 - eps) pi_old + eps uniform."""
 
-    def __init__(self, policy: _Product, uniform: Any, eps: float) -> None:
+    def __init__(self, policy: IndependentParts, uniform: Any, eps: float) -> None:
         self.policy, self.uniform, self.eps = policy, uniform, eps
 
     def sample(self, shape: tuple[int, ...]) -> th.Tensor:
@@ -538,7 +500,7 @@ class ActionSampler:
         :return: log q(a_{n,k} | s_n), shape (N, K), summed over action dimensions
         """
         swapped = actions.transpose(0, 1)
-        if isinstance(self.action_space, spaces.MultiDiscrete) and isinstance(self.distribution, _Product):
+        if isinstance(self.action_space, spaces.MultiDiscrete) and isinstance(self.distribution, IndependentParts):
             swapped = swapped.long()
         log_q = self.distribution.log_prob(swapped)
         if self.check_states is not None:

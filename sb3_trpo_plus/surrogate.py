@@ -15,20 +15,8 @@ goes with which sampling scheme.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Sequence
-
 import torch as th
-from stable_baselines3.common.distributions import (
-    BernoulliDistribution,
-    CategoricalDistribution,
-    DiagGaussianDistribution,
-    Distribution,
-    MultiCategoricalDistribution,
-    StateDependentNoiseDistribution,
-    kl_divergence,
-)
-from torch.distributions import Bernoulli, Categorical, Normal
+from stable_baselines3.common.distributions import Distribution, kl_divergence
 
 
 def importance_weights(log_prob: th.Tensor, log_q: th.Tensor, max_weight: float | None = None) -> th.Tensor:
@@ -118,100 +106,3 @@ def mean_kl(new: Distribution, old: Distribution) -> th.Tensor:
     :param old: pi_old's distribution on the same states (the second argument)
     """
     return kl_divergence(new, old).mean()
-
-
-def detached(distribution: Distribution) -> Distribution:
-    """
-    A copy of an SB3 action distribution cut from the autograd graph: pi_old, taken from the
-    same forward pass that gives pi_theta at theta = theta_old (no second forward pass).
-    SB3 policies reuse one distribution object between calls, so the copy is also what keeps
-    pi_old alive when the policy is evaluated again.
-    """
-    old = copy.copy(distribution)
-    dist = distribution.distribution
-    if isinstance(dist, Normal):
-        old.distribution = Normal(dist.loc.detach(), dist.scale.detach(), validate_args=False)
-    elif isinstance(dist, Categorical):
-        old.distribution = Categorical(logits=dist.logits.detach(), validate_args=False)
-    elif isinstance(dist, Bernoulli):
-        old.distribution = Bernoulli(logits=dist.logits.detach(), validate_args=False)
-    elif isinstance(dist, list):
-        old.distribution = [Categorical(logits=part.logits.detach(), validate_args=False) for part in dist]  # type: ignore[attr-defined]
-    else:
-        raise TypeError(f"Cannot detach a {type(distribution).__name__}")
-    return old
-
-
-def distribution_parameters(distribution: Distribution) -> list[th.Tensor]:
-    """
-    The parameters of an SB3 action distribution in which its Fisher information is known in
-    closed form: (mean, std) for Gaussians (gSDE included), logits for categorical, multi-
-    categorical and Bernoulli distributions. See :func:`distribution_metric`.
-    """
-    dist = distribution.distribution
-    if isinstance(dist, Normal):
-        return [dist.loc, dist.scale]
-    if isinstance(dist, (Categorical, Bernoulli)):
-        return [dist.logits]
-    if isinstance(dist, list):
-        return [part.logits for part in dist]  # type: ignore[attr-defined]
-    raise TypeError(f"No analytic Fisher information for {type(distribution).__name__}")
-
-
-def distribution_metric(distribution: Distribution) -> FisherMetric:
-    """
-    The Fisher information M of the distribution in the parameters returned by
-    :func:`distribution_parameters`, as a per-sample linear map on tangents:
-
-    - Gaussian in (mean, std): diag(1 / std^2) and diag(2 / std^2);
-    - categorical in logits: diag(p) - p p^T (block by block for a multi-categorical);
-    - Bernoulli in logits: diag(p (1 - p)).
-
-    The map uses the detached probabilities of ``distribution``, which is pi_old when the
-    product is formed at theta_old. Gaussian and Bernoulli metrics are divided by the number of
-    action dimensions, so that M is the Hessian of :func:`mean_kl`'s per-dimension measure.
-    """
-    supported = (
-        DiagGaussianDistribution,
-        StateDependentNoiseDistribution,
-        CategoricalDistribution,
-        MultiCategoricalDistribution,
-        BernoulliDistribution,
-    )
-    if not isinstance(distribution, supported):
-        raise TypeError(f"No analytic Fisher information for {type(distribution).__name__}")
-    dist = distribution.distribution
-    if isinstance(dist, Normal):
-        inv_var = dist.scale.detach() ** -2 / dist.scale.shape[-1]
-        return FisherMetric([inv_var, 2.0 * inv_var], kind="diagonal")
-    if isinstance(dist, Bernoulli):
-        probs = dist.probs.detach()
-        return FisherMetric([probs * (1.0 - probs) / probs.shape[-1]], kind="diagonal")
-    parts = [dist] if isinstance(dist, Categorical) else list(dist)
-    return FisherMetric([part.probs.detach() for part in parts], kind="categorical")
-
-
-class FisherMetric:
-    """
-    A per-sample Fisher metric M, applied to a list of tangent tensors.
-
-    :param factors: one tensor per distribution parameter: the diagonal of M ("diagonal"), or
-        the probabilities p defining M = diag(p) - p p^T row by row ("categorical")
-    :param kind: "diagonal" or "categorical"
-    """
-
-    def __init__(self, factors: Sequence[th.Tensor], kind: str) -> None:
-        self.factors = list(factors)
-        self.kind = kind
-
-    def subset(self, index: th.Tensor) -> FisherMetric:
-        """The metric restricted to the samples ``index`` (rows of every factor)."""
-        return FisherMetric([factor[index] for factor in self.factors], self.kind)
-
-    def __call__(self, tangents: Sequence[th.Tensor]) -> list[th.Tensor]:
-        if self.kind == "diagonal":
-            return [factor * tangent for factor, tangent in zip(self.factors, tangents, strict=True)]
-        return [
-            probs * tangent - probs * (probs * tangent).sum(dim=-1, keepdim=True)
-            for probs, tangent in zip(self.factors, tangents, strict=True)
-        ]

@@ -43,15 +43,13 @@ from torch import nn
 from sb3_trpo_plus.actor_parameters import find_actor_parameters
 from sb3_trpo_plus.buffers import VineBatch, default_buffer_class
 from sb3_trpo_plus.critic import ValueTargets, fit_critic
+from sb3_trpo_plus.distributions import detached, distribution_metric, distribution_parameters
 from sb3_trpo_plus.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_trpo_plus.q import Q, SamplingDistribution, q_from_arguments
 from sb3_trpo_plus.recording import record_branching, record_iteration
 from sb3_trpo_plus.sampling import collect_single_path
 from sb3_trpo_plus.settings import VineSettings
 from sb3_trpo_plus.surrogate import (
-    detached,
-    distribution_metric,
-    distribution_parameters,
     effective_sample_size,
     exact_sum_surrogate,
     importance_sampled_surrogate,

@@ -45,12 +45,6 @@ import gymnasium as gym
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.distributions import (
-    BernoulliDistribution,
-    CategoricalDistribution,
-    MultiCategoricalDistribution,
-    StateDependentNoiseDistribution,
-)
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import (
@@ -64,6 +58,7 @@ from stable_baselines3.common.vec_env import (
     VecTransposeImage,
 )
 
+from sb3_trpo_plus.distributions import distribution_parameters, find_family, sample_with_noise
 from sb3_trpo_plus.env_state import (
     BranchableEnv,
     BranchWorkerError,
@@ -75,7 +70,6 @@ from sb3_trpo_plus.env_state import (
     wrapper_chain,
 )
 from sb3_trpo_plus.settings import VineSettings
-from sb3_trpo_plus.surrogate import distribution_parameters
 
 _VEC_WRAPPERS = (VecNormalize, VecMonitor, VecFrameStack, VecTransposeImage)
 
@@ -514,30 +508,6 @@ class BranchPool:
         self.envs = []
 
 
-def sample_with_noise(distribution: Any, params: list[np.ndarray], noise_rng: np.random.Generator, common: bool) -> np.ndarray:
-    """
-    Draw one action per row of pi_old's distribution ``params`` (see
-    :func:`~sb3_trpo_plus.surrogate.distribution_parameters`) by inverse transform of standard
-    noise; with ``common=True`` every row uses the same noise (common random numbers).
-    """
-    rows = len(params[0])
-    draws = 1 if common else rows
-    if isinstance(distribution, (CategoricalDistribution, MultiCategoricalDistribution)):
-        columns = []
-        for logits in params:
-            probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-            cdf = np.cumsum(probs / probs.sum(axis=1, keepdims=True), axis=1)
-            uniform = noise_rng.random((draws, 1))
-            columns.append(np.minimum((cdf < uniform).sum(axis=1), logits.shape[1] - 1))
-        return columns[0] if isinstance(distribution, CategoricalDistribution) else np.stack(columns, axis=1)
-    if isinstance(distribution, BernoulliDistribution):
-        with np.errstate(over="ignore"):  # exp(-logit) = inf for a logit below -88 gives p = 0, as it should
-            probs = 1.0 / (1.0 + np.exp(-params[0]))
-        return (noise_rng.random((draws, probs.shape[1])) < probs).astype(np.float32)
-    mean, std = params
-    return (mean + std * noise_rng.standard_normal((draws, mean.shape[1]))).astype(np.float32)
-
-
 @dataclass
 class GsdeNoise:
     """
@@ -620,7 +590,8 @@ class BranchRunner:
         self.crn = common_random_numbers
         self.rng = rng
         self.sde_sample_freq = sde_sample_freq
-        self.gsde = isinstance(policy.action_dist, StateDependentNoiseDistribution)
+        family = find_family(policy.action_dist)
+        self.gsde = family is not None and family.state_dependent
         self._exploration: np.ndarray | None = None  # gSDE: the K branches' exploration matrices
         self._time = 0  # gSDE: the trunk step at which the policy acts next
 

@@ -47,7 +47,7 @@ def build_policy(
 
 def actor_parameters(policy: ActorCriticPolicy, obs: th.Tensor) -> list[th.nn.Parameter]:
     """The parameters the action distribution depends on (followed through autograd)."""
-    from sb3_trpo_plus.surrogate import distribution_parameters
+    from sb3_trpo_plus.distributions import distribution_parameters
 
     params = [p for p in policy.parameters() if p.requires_grad]
     outputs = distribution_parameters(policy.get_distribution(obs))

@@ -24,7 +24,8 @@ from stable_baselines3.common.distributions import (
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
-from sb3_trpo_plus.surrogate import detached, distribution_metric, distribution_parameters, mean_kl
+from sb3_trpo_plus.distributions import detached, distribution_metric, distribution_parameters
+from sb3_trpo_plus.surrogate import mean_kl
 from sb3_trpo_plus.trust_region import analytic_fisher_vector_product, kl_hessian_vector_product
 
 F64 = th.float64

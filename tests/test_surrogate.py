@@ -17,9 +17,8 @@ from stable_baselines3.common.distributions import (
 )
 
 from sb3_trpo_plus.buffers import DictQRolloutBuffer, QRolloutBuffer, default_buffer_class
+from sb3_trpo_plus.distributions import detached, distribution_parameters
 from sb3_trpo_plus.surrogate import (
-    detached,
-    distribution_parameters,
     effective_sample_size,
     importance_sampled_surrogate,
     importance_weights,

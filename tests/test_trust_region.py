@@ -12,13 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from sb3_trpo_plus.surrogate import (
-    detached,
-    distribution_metric,
-    distribution_parameters,
-    importance_sampled_surrogate,
-    mean_kl,
-)
+from sb3_trpo_plus.distributions import detached, distribution_metric, distribution_parameters
+from sb3_trpo_plus.surrogate import importance_sampled_surrogate, mean_kl
 from sb3_trpo_plus.trust_region import (
     analytic_fisher_vector_product,
     backtracking_line_search,

@@ -13,8 +13,9 @@ from stable_baselines3.common.distributions import (
     MultiCategoricalDistribution,
 )
 
+from sb3_trpo_plus.distributions import sample_with_noise
 from sb3_trpo_plus.settings import VineSettings
-from sb3_trpo_plus.vine import TrunkStates, sample_with_noise
+from sb3_trpo_plus.vine import TrunkStates
 
 
 def _fill(trunk: TrunkStates, n_steps: int, n_envs: int, done_every: int = 0) -> None:

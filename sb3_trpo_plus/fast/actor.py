@@ -15,18 +15,12 @@ from typing import Any
 import numpy as np
 import torch as th
 from gymnasium import spaces
-from stable_baselines3.common.distributions import (
-    BernoulliDistribution,
-    CategoricalDistribution,
-    DiagGaussianDistribution,
-    MultiCategoricalDistribution,
-    StateDependentNoiseDistribution,
-)
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.torch_layers import FlattenExtractor, MlpExtractor
 from torch import nn
 
+from sb3_trpo_plus.distributions import family_of, find_family, gaussian_log_prob
 from sb3_trpo_plus.fast.plain import Watch, plain_modules
 
 _ACTIVATIONS: dict[type[nn.Module], Callable[[np.ndarray], np.ndarray]] = {
@@ -34,7 +28,6 @@ _ACTIVATIONS: dict[type[nn.Module], Callable[[np.ndarray], np.ndarray]] = {
     nn.ReLU: lambda x: np.maximum(x, 0.0, out=x),
     nn.Identity: lambda x: x,
 }
-_LOG_SQRT_2PI = 0.5 * float(np.log(2.0 * np.pi))
 
 
 def _array(tensor: th.Tensor) -> np.ndarray:
@@ -61,35 +54,6 @@ def _numpy_layers(module: nn.Module) -> list[tuple[np.ndarray, np.ndarray, Calla
         else:
             return None
     return layers
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Normalised log-probabilities of categorical logits (rows), as torch's Categorical keeps them."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-
-
-def softplus(x: np.ndarray) -> np.ndarray:
-    """log(1 + exp(x)) without overflow or loss of precision for any x."""
-    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
-
-
-def bernoulli_log_prob(logits: np.ndarray, actions: np.ndarray) -> np.ndarray:
-    """
-    log-probability of 0/1 ``actions`` under independent Bernoulli with these logits, summed over
-    the last axis: log p = -softplus(-logit), log(1 - p) = -softplus(logit). Computing it from the
-    probabilities instead rounds p to 1 in float32 for a logit above about 16.6, giving NaN.
-    """
-    return -np.sum(softplus(np.where(actions > 0.5, -logits, logits)), axis=-1)
-
-
-def gaussian_log_prob(actions: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """
-    Diagonal Gaussian log-density of ``actions``, summed over the last axis, with torch's Normal's
-    formula (from the action itself, so the ratio pi_theta / pi_old is 1 at theta_old to rounding).
-    """
-    var = std * std
-    return np.sum(-((actions - mean) ** 2) / (2 * var) - np.log(std) - _LOG_SQRT_2PI, axis=-1)
 
 
 def _standard_methods(policy: ActorCriticPolicy, names: tuple[str, ...]) -> bool:
@@ -138,6 +102,7 @@ class NumpyActor:
                 actor[0][2],
             )
         self.dist = policy.action_dist
+        self.family = family_of(self.dist)
         self.std: np.ndarray | None = None
         self.gsde_std: np.ndarray | None = None
         self.gsde_matrices: tuple[Any, np.ndarray, np.ndarray] | None = None
@@ -147,32 +112,27 @@ class NumpyActor:
         # fused first layer, the standard deviations) are kept as bytes to compare with (cheaper
         # than np.array_equal on small arrays).
         sources = [actor[0][0], critic[0][0], actor[0][1], critic[0][1]] if self.split else []
-        if hasattr(policy, "log_std") and isinstance(self.dist, (DiagGaussianDistribution, StateDependentNoiseDistribution)):
+        if hasattr(policy, "log_std") and self.family.gaussian:
             sources.append(_array(policy.log_std))
         self.derived_sources = [source.tobytes for source in sources]
         self.derived = [tobytes() for tobytes in self.derived_sources]
-        if isinstance(self.dist, StateDependentNoiseDistribution):
+        if self.family.state_dependent:
             with th.no_grad():
-                self.gsde_std = self.dist.get_std(policy.log_std).cpu().numpy().astype(np.float32)
-        elif isinstance(self.dist, DiagGaussianDistribution):
+                self.gsde_std = self.dist.get_std(policy.log_std).cpu().numpy().astype(np.float32)  # type: ignore[attr-defined]
+        elif self.family.gaussian:
             with th.no_grad():  # exp in torch: the scale torch's Normal would hold, to the bit
                 self.std = policy.log_std.exp().cpu().numpy().astype(np.float32)
 
     @classmethod
     def from_policy(cls, policy: ActorCriticPolicy) -> NumpyActor | None:
         """The NumPy actor of ``policy``, or None when ``policy`` is not of the supported form."""
-        supported_dist = (
-            DiagGaussianDistribution,
-            StateDependentNoiseDistribution,
-            CategoricalDistribution,
-            MultiCategoricalDistribution,
-            BernoulliDistribution,
-        )
         dist: Any = policy.action_dist
+        family = find_family(dist)
         if (
             not _standard_methods(policy, ("forward", "extract_features", "_get_action_dist_from_latent", "predict_values"))
-            or type(dist) not in supported_dist
-            or (isinstance(dist, StateDependentNoiseDistribution) and (dist.bijector is not None or dist.learn_features))
+            or family is None
+            or type(dist) is not family.sb3_class  # a subclass may sample otherwise
+            or not family.numpy_supported(dist)
             or not isinstance(policy.observation_space, spaces.Box)
             or is_image_space(policy.observation_space)
             or type(policy.pi_features_extractor) is not FlattenExtractor
@@ -220,23 +180,8 @@ class NumpyActor:
         params = _forward(self.head, latent)
         if self.gsde_std is not None:
             actions, log_prob = self._gsde(params, latent)
-        elif self.std is not None:
-            noise = th.randn(params.shape).numpy()
-            actions = params + noise * self.std
-            log_prob = gaussian_log_prob(actions, params, self.std)
-        elif isinstance(self.dist, BernoulliDistribution):
-            # probabilities by torch's sigmoid, so that th.bernoulli draws exactly what SB3's would
-            actions = th.bernoulli(th.sigmoid(th.from_numpy(params))).numpy()
-            log_prob = bernoulli_log_prob(params, actions)
-        else:
-            dims = [params.shape[1]] if isinstance(self.dist, CategoricalDistribution) else list(self.dist.action_dims)  # type: ignore[attr-defined]
-            columns, log_prob = [], np.zeros(len(params), dtype=np.float32)
-            for logits in np.split(params, np.cumsum(dims)[:-1], axis=1):
-                log_p = log_softmax(logits)
-                choice = th.multinomial(th.from_numpy(np.exp(log_p)), 1, True).numpy()[:, 0]
-                columns.append(choice)
-                log_prob += log_p[np.arange(len(choice)), choice]
-            actions = columns[0] if isinstance(self.dist, CategoricalDistribution) else np.stack(columns, axis=1)
+        else:  # torch's random calls as SB3's distribution makes them (sb3_trpo_plus.distributions)
+            actions, log_prob = self.family.sample_torch_noise(self.dist, params, self.std)
         actions = actions.reshape((-1, *self.policy.action_space.shape))  # type: ignore[misc, arg-type]
         return actions, th.from_numpy(values), th.from_numpy(np.asarray(log_prob, dtype=np.float32))
 
