@@ -40,8 +40,7 @@ def gradient(model: TRPOPlus) -> tuple[np.ndarray, int]:
     start = model.num_timesteps
     callback = model._init_callback(None)
     model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)  # type: ignore[arg-type]
-    trunk = model._policy_batch()
-    surrogate = model._vine_surrogate(model._vine.batch) if model._vine is not None else model._surrogate(trunk)
+    surrogate = model._surrogate_for(model._iteration_batch())
     distribution = model.policy.get_distribution(surrogate.observations)
     grad = flat_grad(surrogate.objective(distribution), model._actor_params)
     return grad.detach().cpu().numpy(), model.num_timesteps - start

@@ -265,6 +265,7 @@ class TRPOPlus(OnPolicyAlgorithm):
         self.fast_paths = fast_paths
         self.n_rejected_steps = 0
         self._vine: VineSampler | None = None
+        self._vine_batch: VineBatch | None = None  # set by collect_rollouts in vine mode
         if vine_settings is not None:
             vine_settings.check_action_space(self.action_space)
             q_settings.check_action_space(self.action_space)
@@ -317,7 +318,7 @@ class TRPOPlus(OnPolicyAlgorithm):
             self._setup_vine()
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_actor_params", "_vine", "_settings_cache"]
+        return [*super()._excluded_save_params(), "_actor_params", "_vine", "_vine_batch", "_settings_cache"]
 
     def _find_actor_parameters(self) -> list[nn.Parameter]:
         """The parameters the action distribution depends on (:func:`sb3_trpo_plus.actor_parameters.find_actor_parameters`)."""
@@ -334,6 +335,7 @@ class TRPOPlus(OnPolicyAlgorithm):
         that run is the trunk; its rollout set is then branched to estimate Q-values.
         """
         before_step = None
+        self._vine_batch = None  # the batch of this iteration only
         if self.sampling == "vine":
             if self._vine is None:  # loaded without an environment, then given one
                 self._setup_vine()
@@ -360,7 +362,7 @@ class TRPOPlus(OnPolicyAlgorithm):
         )
         if not completed or self._vine is None:
             return completed
-        branch_steps = self._vine.branch()
+        self._vine_batch, branch_steps = self._vine.branch()
         self.num_timesteps += branch_steps
         _advance_progress_bars(callback, branch_steps)
         trunk_steps = self.num_timesteps - branch_steps - trunk_start
@@ -397,6 +399,28 @@ class TRPOPlus(OnPolicyAlgorithm):
                 **({"log_q": batch.log_q[every]} if hasattr(batch, "log_q") else {}),
             )
         return batch
+
+    def _iteration_batch(self) -> Any:
+        """
+        The batch this iteration's policy step works on: in vine mode the
+        :class:`~sb3_trpo_plus.buffers.VineBatch` the last :meth:`collect_rollouts` branched, in
+        single-path mode the rollout's samples (:meth:`_policy_batch`). The rollout is read in both
+        modes, as it always was: reading it flattens the buffer for the critic fit and draws SB3's
+        sample permutation from NumPy's global generator.
+
+        :raises RuntimeError: in vine mode, when no vine batch was collected for this iteration
+        """
+        if self.sampling == "vine" and self._vine_batch is None:
+            raise RuntimeError(
+                "sampling='vine' but collect_rollouts branched no rollout set for this iteration: "
+                "train() has no vine batch to work on (it does not fall back to the single-path surrogate)"
+            )
+        trunk = self._policy_batch()
+        return self._vine_batch if self.sampling == "vine" else trunk
+
+    def _surrogate_for(self, batch: Any) -> Surrogate:
+        """The surrogate of a batch of :meth:`_iteration_batch`: vine or single path."""
+        return self._vine_surrogate(batch) if isinstance(batch, VineBatch) else self._surrogate(batch)
 
     def _actions_for_log_prob(self, actions: th.Tensor) -> th.Tensor:
         if isinstance(self.action_space, spaces.Discrete):
@@ -523,11 +547,7 @@ class TRPOPlus(OnPolicyAlgorithm):
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
 
-        trunk = self._policy_batch()
-        if self._vine is not None and self._vine.batch is not None:
-            surrogate = self._vine_surrogate(self._vine.batch)
-        else:
-            surrogate = self._surrogate(trunk)
+        surrogate = self._surrogate_for(self._iteration_batch())
         if surrogate.invalid:
             step = StepResult(False, surrogate.invalid, 0.0, 0.0, 0.0, 0, math.nan, 0, 0.0)
         else:

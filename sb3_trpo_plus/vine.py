@@ -58,6 +58,7 @@ from stable_baselines3.common.vec_env import (
     VecTransposeImage,
 )
 
+from sb3_trpo_plus.buffers import VineBatch
 from sb3_trpo_plus.distributions import distribution_parameters, find_family, sample_with_noise
 from sb3_trpo_plus.env_state import (
     BranchableEnv,
@@ -787,7 +788,6 @@ class VineSampler:
         self.trunk = TrunkStates(1, gamma, settings.state_selection == "geometric", env.num_envs, self.rng)
         self.snapshot = trunk_snapshotter(env)
         self.trunk_step = 0
-        self.batch: Any = None
         self.stats: dict[str, float] = {}
 
     def before_trunk_step(self, last_obs: Any, episode_starts: np.ndarray) -> None:
@@ -817,14 +817,13 @@ class VineSampler:
         self.trunk.reset()
         self.trunk_step = 0
 
-    def branch(self) -> int:
+    def branch(self) -> tuple[VineBatch, int]:
         """
-        Run the branches of every rollout-set state and store the :class:`VineBatch`.
+        Run the branches of every rollout-set state (their statistics go to :attr:`stats`).
 
-        :return: the number of environment steps the branches took
+        :return: the :class:`~sb3_trpo_plus.buffers.VineBatch` of the rollout set and the number
+            of environment steps the branches took
         """
-        from sb3_trpo_plus.buffers import VineBatch
-
         observations, taken = self.trunk.states()
         states = [state for state, _ in taken]
         noises = [noise for _, noise in taken]
@@ -857,7 +856,7 @@ class VineSampler:
             repeated: Any = {key: value.repeat_interleave(n_actions, dim=0) for key, value in obs_tensor.items()}
         else:
             repeated = obs_tensor.repeat_interleave(n_actions, dim=0)
-        self.batch = VineBatch(
+        batch = VineBatch(
             observations=repeated,
             actions=actions.reshape(n_states * n_actions, *actions.shape[2:]),
             log_q=log_q.reshape(-1).float(),
@@ -873,7 +872,7 @@ class VineSampler:
             "replayed_steps": float(self.pool.replayed_steps() - replayed_before),
             "q_value_mean": float(q_values.mean()) if q_values.size else 0.0,
         }
-        return env_steps
+        return batch, env_steps
 
     def close(self) -> None:
         """Release the branch environments."""

@@ -48,6 +48,16 @@ def test_branches_leave_the_trunk_its_monitor_and_normalisation_untouched() -> N
     assert monitor == vine_monitor
 
 
+def test_train_without_a_vine_batch_fails_loudly() -> None:
+    model = _vine(make_vec_env("CartPole-v1", n_envs=1, seed=0))
+    model._setup_learn(10**9, None)
+    with pytest.raises(RuntimeError, match="no vine batch"):  # no silent single-path fallback
+        model.train()
+    _collect(model)
+    assert model._vine_batch is not None and model._vine_batch.n_states == 8
+    model.train()
+
+
 def test_every_branch_step_counts_in_the_budget() -> None:
     model = _vine(make_vec_env("CartPole-v1", n_envs=2, seed=0))
     _collect(model)
@@ -69,7 +79,7 @@ def test_common_random_numbers_share_env_and_policy_noise(crn: bool) -> None:
     vine = {**VINE, "common_random_numbers": crn, "horizon": 30}
     model = _vine(make_vec_env("Pendulum-v1", n_envs=1, seed=0), q=_same_action_q, vine_kwargs=vine)
     _collect(model)
-    q_values = model._vine.batch.q_values.view(8, 3)  # type: ignore[union-attr]
+    q_values = model._vine_batch.q_values.view(8, 3)  # type: ignore[union-attr]
     spread = (q_values.max(dim=1).values - q_values.min(dim=1).values).max()
     if crn:  # same start, same action, same noise: the same return up to the 1e-6 action jitter
         assert float(spread) < 1e-2
@@ -81,7 +91,7 @@ def test_subprocess_branches_give_the_same_q_values_as_in_process_ones() -> None
     def q_values(backend: str) -> th.Tensor:
         model = _vine(make_vec_env("CartPole-v1", n_envs=2, seed=5), seed=5, vine_kwargs={**VINE, "branch_vec_env": backend})
         _collect(model)
-        values = model._vine.batch.q_values.clone()  # type: ignore[union-attr]
+        values = model._vine_batch.q_values.clone()  # type: ignore[union-attr]
         model._vine.close()  # type: ignore[union-attr]
         return values
 

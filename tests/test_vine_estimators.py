@@ -79,7 +79,7 @@ def test_all_actions_runs_a_vine_iteration_on_every_finite_space(action_space: s
     vine = {"n_states": 4, "horizon": 3, "all_actions": True}
     model = TRPOPlus("MlpPolicy", _env(action_space), seed=0, sampling="vine", vine_kwargs=vine, **SMALL)
     model.learn(2 * SMALL["n_steps"])
-    batch = model._vine.batch  # type: ignore[union-attr]
+    batch = model._vine_batch
     expected = enumerate_actions(action_space)
     n_actions = len(expected)
     assert batch.all_actions and batch.actions.shape == (4 * n_actions, *expected.shape[1:])
@@ -124,7 +124,7 @@ def _heavy_weight_models(max_weight: float) -> tuple[TRPOPlus, TRPOPlus]:
             **SMALL,
         )
         _collect(model)
-        batch = model._vine.batch  # type: ignore[union-attr]
+        batch = model._vine_batch
         batch.log_q[0] = np.log(1e-2)  # q proposed this action with probability 0.01: weight ~ 100 pi
         models.append(model)
     return models[0], models[1]
@@ -132,8 +132,8 @@ def _heavy_weight_models(max_weight: float) -> tuple[TRPOPlus, TRPOPlus]:
 
 def test_max_weight_truncates_the_vine_importance_weights() -> None:
     plain, truncated = _heavy_weight_models(max_weight=2.0)
-    assert th.equal(plain._vine.batch.q_values, truncated._vine.batch.q_values)  # type: ignore[union-attr]
-    batch = truncated._vine.batch  # type: ignore[union-attr]
+    assert th.equal(plain._vine_batch.q_values, truncated._vine_batch.q_values)  # type: ignore[union-attr]
+    batch = truncated._vine_batch
     with th.no_grad():
         dist = truncated.policy.get_distribution(batch.observations)
         plain_surrogate, truncated_surrogate = plain._vine_surrogate(batch), truncated._vine_surrogate(batch)

@@ -110,7 +110,7 @@ def test_branches_keep_the_users_wrappers_behind_a_monitor_file(trunk: str, tmp_
     try:
         model = _model(env)
         _collect(model)
-        q_values = _sampler(model).batch.q_values
+        q_values = model._vine_batch.q_values
         # every branch step pays at least 999 (CartPole pays 1, then 1000 on top); mean Q was -12 before
         assert float(q_values.min()) >= 999.0
         # branches write nothing to the trunk's monitor files: only the trunk's episodes are there
@@ -289,7 +289,7 @@ def _countdown_model(end: int | None, limit: int, backend: str, horizon: int = 1
 
 def _q_by_time(model: TRPOPlus) -> tuple[np.ndarray, np.ndarray]:
     _collect(model)
-    batch = _sampler(model).batch
+    batch = model._vine_batch
     times = batch.observations[:, 0].cpu().numpy()
     q_values = batch.q_values.double().cpu().numpy()
     _sampler(model).close()
