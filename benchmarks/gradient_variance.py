@@ -26,6 +26,7 @@ import torch as th
 from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_trpo_plus import TRPOPlus
+from sb3_trpo_plus.buffers import VineBatch
 from sb3_trpo_plus.trust_region import flat_grad
 
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -40,7 +41,8 @@ def gradient(model: TRPOPlus) -> tuple[np.ndarray, int]:
     start = model.num_timesteps
     callback = model._init_callback(None)
     model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)  # type: ignore[arg-type]
-    surrogate = model._surrogate_for(model._iteration_batch())
+    batch = model._iteration_batch()
+    surrogate = model._vine_surrogate(batch) if isinstance(batch, VineBatch) else model._surrogate(batch)
     distribution = model.policy.get_distribution(surrogate.observations)
     grad = flat_grad(surrogate.objective(distribution), model._actor_params)
     return grad.detach().cpu().numpy(), model.num_timesteps - start

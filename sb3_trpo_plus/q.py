@@ -51,6 +51,7 @@ from gymnasium import spaces
 from stable_baselines3.common.distributions import Distribution
 
 from sb3_trpo_plus.distributions import IndependentParts, action_shape, find_family
+from sb3_trpo_plus.settings import VineSettings
 
 
 def q_from_arguments(q: str | Callable[..., Any], q_kwargs: dict[str, Any] | None, sampling: str = "vine") -> Q:
@@ -131,6 +132,45 @@ def make_q(q: str | Callable[..., Any], q_kwargs: dict[str, Any] | None, action_
     :raises ValueError: for a bad ``q`` or ``q_kwargs``, naming the argument and what is allowed
     """
     return SamplingDistribution(validate_q(q, q_kwargs, "vine", action_space), action_space)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """
+    The typed sampling arguments of :class:`~sb3_trpo_plus.TRPOPlus`: its q and, in vine mode,
+    its :class:`~sb3_trpo_plus.settings.VineSettings`, validated once from the plain arguments
+    (``sampling``, ``q``, ``q_kwargs``, ``vine_kwargs``: what users pass and what is saved).
+
+    :param arguments: the plain arguments they were built from (see :meth:`built_from`)
+    :param q: the validated q
+    :param vine: the validated vine settings (None in single-path mode)
+    """
+
+    arguments: tuple[Any, ...]
+    q: Q
+    vine: VineSettings | None
+
+    @classmethod
+    def from_arguments(
+        cls, sampling: str, q: Any, q_kwargs: dict[str, Any] | None, vine_kwargs: dict[str, Any] | None
+    ) -> SamplingSettings:
+        """
+        :raises ValueError: naming the argument (``q``, ``q_kwargs['key']``, ``vine_kwargs['key']``)
+        """
+        q_settings = q_from_arguments(q, q_kwargs, sampling)
+        vine = VineSettings.from_kwargs(vine_kwargs) if sampling == "vine" else None
+        return cls((sampling, q, dict(q_kwargs or {}), dict(vine_kwargs or {})), q_settings, vine)
+
+    def checked(self, action_space: spaces.Space) -> SamplingSettings:
+        """These settings, after the checks that need the environment's action space (vine mode)."""
+        if self.vine is not None:
+            self.vine.check_action_space(action_space)
+            self.q.check_action_space(action_space)
+        return self
+
+    def built_from(self, sampling: str, q: Any, q_kwargs: dict[str, Any], vine_kwargs: dict[str, Any]) -> bool:
+        """Whether these settings are those of the plain arguments (a loaded model, or an edited attribute, may differ)."""
+        return self.arguments == (sampling, q, q_kwargs, vine_kwargs)
 
 
 def _is_number(value: Any) -> bool:

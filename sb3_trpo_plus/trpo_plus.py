@@ -45,10 +45,9 @@ from sb3_trpo_plus.buffers import VineBatch, default_buffer_class
 from sb3_trpo_plus.critic import ValueTargets, fit_critic
 from sb3_trpo_plus.distributions import detached, distribution_metric, distribution_parameters
 from sb3_trpo_plus.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
-from sb3_trpo_plus.q import Q, SamplingDistribution, q_from_arguments
+from sb3_trpo_plus.q import SamplingDistribution, SamplingSettings
 from sb3_trpo_plus.recording import record_branching, record_iteration
 from sb3_trpo_plus.sampling import collect_single_path
-from sb3_trpo_plus.settings import VineSettings
 from sb3_trpo_plus.surrogate import (
     effective_sample_size,
     exact_sum_surrogate,
@@ -220,8 +219,7 @@ class TRPOPlus(OnPolicyAlgorithm):
     ):
         validate_arguments(dict(locals()))  # every constructor argument, by name
         # q and the vine settings, validated once (their action-space checks follow once the env is known)
-        q_settings = q_from_arguments(q, q_kwargs, sampling)
-        vine_settings = VineSettings.from_kwargs(vine_kwargs) if sampling == "vine" else None
+        settings = SamplingSettings.from_arguments(sampling, q, q_kwargs, vine_kwargs)
         super().__init__(
             policy,
             env,
@@ -266,10 +264,7 @@ class TRPOPlus(OnPolicyAlgorithm):
         self.n_rejected_steps = 0
         self._vine: VineSampler | None = None
         self._vine_batch: VineBatch | None = None  # set by collect_rollouts in vine mode
-        if vine_settings is not None:
-            vine_settings.check_action_space(self.action_space)
-            q_settings.check_action_space(self.action_space)
-        self._settings_cache = (self._settings_source(), q_settings, vine_settings)
+        self._sampling_settings = settings.checked(self.action_space)
 
         if _init_setup_model:
             self._setup_model()
@@ -287,30 +282,22 @@ class TRPOPlus(OnPolicyAlgorithm):
             self._vine.close()
             self._vine = None
         if self.sampling == "vine" and self.env is not None:
-            q_settings, settings = self._settings()
-            assert settings is not None
-            q = SamplingDistribution(q_settings, self.action_space)
-            self._vine = VineSampler(settings, q, self.env, self.policy, self.gamma, self.seed, self.sde_sample_freq)
+            settings = self._settings()
+            assert settings.vine is not None
+            q = SamplingDistribution(settings.q, self.action_space)
+            self._vine = VineSampler(settings.vine, q, self.env, self.policy, self.gamma, self.seed, self.sde_sample_freq)
 
-    def _settings_source(self) -> tuple[Any, ...]:
-        return (self.sampling, self.q, dict(self.q_kwargs), dict(self.vine_kwargs))
-
-    def _settings(self) -> tuple[Q, VineSettings | None]:
+    def _settings(self) -> SamplingSettings:
         """
         The typed q and vine settings of the arguments ``sampling``, ``q``, ``q_kwargs`` and
         ``vine_kwargs`` (those plain arguments are what is saved with a model). Built and validated
         once, by the constructor; again only when those arguments changed since (a loaded model,
         or an attribute the user set).
         """
-        source = self._settings_source()
-        if self._settings_cache[0] != source:
-            q_settings = q_from_arguments(self.q, self.q_kwargs, self.sampling)
-            vine_settings = VineSettings.from_kwargs(self.vine_kwargs) if self.sampling == "vine" else None
-            if vine_settings is not None:
-                vine_settings.check_action_space(self.action_space)
-                q_settings.check_action_space(self.action_space)
-            self._settings_cache = (source, q_settings, vine_settings)
-        return self._settings_cache[1], self._settings_cache[2]
+        arguments = (self.sampling, self.q, self.q_kwargs, self.vine_kwargs)
+        if not self._sampling_settings.built_from(*arguments):
+            self._sampling_settings = SamplingSettings.from_arguments(*arguments).checked(self.action_space)
+        return self._sampling_settings
 
     def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
         super().set_env(env, force_reset)
@@ -318,7 +305,7 @@ class TRPOPlus(OnPolicyAlgorithm):
             self._setup_vine()
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_actor_params", "_vine", "_vine_batch", "_settings_cache"]
+        return [*super()._excluded_save_params(), "_actor_params", "_vine", "_vine_batch", "_sampling_settings"]
 
     def _find_actor_parameters(self) -> list[nn.Parameter]:
         """The parameters the action distribution depends on (:func:`sb3_trpo_plus.actor_parameters.find_actor_parameters`)."""
@@ -383,8 +370,7 @@ class TRPOPlus(OnPolicyAlgorithm):
     @property
     def max_weight(self) -> float | None:
         """``q_kwargs['max_weight']``: the truncation of every importance weight, min(w, c) (None: none)."""
-        value = self._settings()[0].max_weight
-        return None if value is None else float(value)
+        return None if (value := self._settings().q.max_weight) is None else float(value)
 
     def _policy_batch(self) -> Any:
         """All samples of the rollout, every ``sub_sampling_factor``-th one."""
@@ -411,16 +397,9 @@ class TRPOPlus(OnPolicyAlgorithm):
         :raises RuntimeError: in vine mode, when no vine batch was collected for this iteration
         """
         if self.sampling == "vine" and self._vine_batch is None:
-            raise RuntimeError(
-                "sampling='vine' but collect_rollouts branched no rollout set for this iteration: "
-                "train() has no vine batch to work on (it does not fall back to the single-path surrogate)"
-            )
+            raise RuntimeError("sampling='vine' but no vine batch was collected for this iteration (no fallback)")
         trunk = self._policy_batch()
         return self._vine_batch if self.sampling == "vine" else trunk
-
-    def _surrogate_for(self, batch: Any) -> Surrogate:
-        """The surrogate of a batch of :meth:`_iteration_batch`: vine or single path."""
-        return self._vine_surrogate(batch) if isinstance(batch, VineBatch) else self._surrogate(batch)
 
     def _actions_for_log_prob(self, actions: th.Tensor) -> th.Tensor:
         if isinstance(self.action_space, spaces.Discrete):
@@ -547,7 +526,8 @@ class TRPOPlus(OnPolicyAlgorithm):
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
 
-        surrogate = self._surrogate_for(self._iteration_batch())
+        batch = self._iteration_batch()
+        surrogate = self._vine_surrogate(batch) if isinstance(batch, VineBatch) else self._surrogate(batch)
         if surrogate.invalid:
             step = StepResult(False, surrogate.invalid, 0.0, 0.0, 0.0, 0, math.nan, 0, 0.0)
         else:
