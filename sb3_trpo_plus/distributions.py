@@ -96,10 +96,6 @@ class FisherMetric:
         self.factors = list(factors)
         self.kind = kind
 
-    def subset(self, index: th.Tensor) -> FisherMetric:
-        """The metric restricted to the samples ``index`` (rows of every factor)."""
-        return FisherMetric([factor[index] for factor in self.factors], self.kind)
-
     def __call__(self, tangents: Sequence[th.Tensor]) -> list[th.Tensor]:
         if self.kind == "diagonal":
             return [factor * tangent for factor, tangent in zip(self.factors, tangents, strict=True)]

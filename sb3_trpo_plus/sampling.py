@@ -1,6 +1,6 @@
 """
 Single-path sampling (Schulman et al. 2015, section 5.1): run pi_old in the training
-environment and keep every (s, a) pair with log pi_old(a|s) and log q(a|s) = log pi_old(a|s).
+environment and keep every (s, a) pair with log pi_old(a|s) (q = pi_old: no separate log q).
 The collector sits below the algorithm: it receives the environment, the policy, the buffer, the
 callback and the trunk's last observations, and reports every step back through two hooks.
 
@@ -32,7 +32,6 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_trpo_plus.buffers import QRolloutBuffer
 from sb3_trpo_plus.fast import NumpyActor, single_blas_thread
 
 
@@ -108,7 +107,7 @@ def collect_single_path(
     if use_sde:
         policy.reset_noise(env.num_envs)
     actor = make_actor(policy, fast_paths)
-    fast_add = type(rollout_buffer) is QRolloutBuffer
+    fast_add = type(rollout_buffer) is RolloutBuffer
     action_space = policy.action_space
     clip_low: np.ndarray | None = None
     clip_high: np.ndarray | None = None
@@ -199,7 +198,7 @@ def _fast_add(
     buffer.episode_starts[pos] = episode_starts
     # .cpu() is free for the NumPy actor's tensors and needed for the torch actor's on a GPU
     buffer.values[pos] = values.detach().cpu().numpy().reshape(-1)
-    buffer.log_probs[pos] = buffer.log_q[pos] = log_probs.detach().cpu().numpy().reshape(-1)  # type: ignore[attr-defined]
+    buffer.log_probs[pos] = log_probs.detach().cpu().numpy().reshape(-1)
     buffer.pos += 1
     if buffer.pos == buffer.buffer_size:
         buffer.full = True

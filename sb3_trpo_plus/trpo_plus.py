@@ -41,7 +41,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
 from sb3_trpo_plus.actor_parameters import find_actor_parameters
-from sb3_trpo_plus.buffers import VineBatch, default_buffer_class
+from sb3_trpo_plus.buffers import VineBatch
 from sb3_trpo_plus.critic import ValueTargets, fit_critic
 from sb3_trpo_plus.distributions import detached, distribution_metric, distribution_parameters
 from sb3_trpo_plus.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
@@ -140,8 +140,9 @@ class TRPOPlus(OnPolicyAlgorithm):
     :param use_sde: Whether to use generalized State Dependent Exploration (gSDE)
     :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE
         (-1: only at the beginning of the rollout)
-    :param rollout_buffer_class: Rollout buffer class to use. If ``None``, a buffer that also
-        keeps log q(a|s) is selected for the observation space.
+    :param rollout_buffer_class: Rollout buffer class to use. If ``None``, it will be automatically
+        selected (SB3's ``RolloutBuffer`` or ``DictRolloutBuffer``; single path needs no log q:
+        q = pi_old).
     :param rollout_buffer_kwargs: Keyword arguments to pass to the rollout buffer on creation
     :param normalize_advantage: Whether to normalize the advantage
     :param target_kl: The trust-region radius delta: bound on the mean KL(pi_theta || pi_old)
@@ -264,14 +265,12 @@ class TRPOPlus(OnPolicyAlgorithm):
         self.n_rejected_steps = 0
         self._vine: VineSampler | None = None
         self._vine_batch: VineBatch | None = None  # set by collect_rollouts in vine mode
-        self._sampling_settings = settings.checked(self.action_space)
+        self._sampling_settings = settings if settings.vine is None else settings.checked(self.action_space)
 
         if _init_setup_model:
             self._setup_model()
 
     def _setup_model(self) -> None:
-        if self.rollout_buffer_class is None:
-            self.rollout_buffer_class = default_buffer_class(self.observation_space)
         super()._setup_model()
         self._actor_params = self._find_actor_parameters()
         self._setup_vine()
@@ -382,7 +381,6 @@ class TRPOPlus(OnPolicyAlgorithm):
                 actions=batch.actions[every],
                 old_log_prob=batch.old_log_prob[every],
                 advantages=batch.advantages[every],
-                **({"log_q": batch.log_q[every]} if hasattr(batch, "log_q") else {}),
             )
         return batch
 
@@ -413,7 +411,7 @@ class TRPOPlus(OnPolicyAlgorithm):
         ``q_kwargs['max_weight']`` when given; without it, sb3-contrib's objective).
         """
         actions = self._actions_for_log_prob(batch.actions)
-        log_q = batch.log_q if hasattr(batch, "log_q") else batch.old_log_prob
+        log_q = batch.old_log_prob  # single path: q = pi_old
         advantages = batch.advantages
         if self.normalize_advantage:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)

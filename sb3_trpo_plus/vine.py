@@ -245,11 +245,6 @@ class TrunkStates:
             for slot in keep:
                 self.slots[slot] = item
 
-    def advance(self, dones: np.ndarray) -> None:
-        """Move every trunk environment one step on; episodes that ended restart at t = 0."""
-        self.episode_time += 1
-        self.episode_time[np.asarray(dones, dtype=bool)] = 0
-
     def states(self) -> tuple[list[Any], list[Any]]:
         """Observations and snapshots of the rollout set, in trunk order (geometric: with repeats)."""
         if self.geometric:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch as th
 from conftest import build_policy
@@ -16,7 +15,6 @@ from stable_baselines3.common.distributions import (
     MultiCategoricalDistribution,
 )
 
-from sb3_trpo_plus.buffers import DictQRolloutBuffer, QRolloutBuffer, default_buffer_class
 from sb3_trpo_plus.distributions import detached, distribution_parameters
 from sb3_trpo_plus.surrogate import (
     effective_sample_size,
@@ -148,52 +146,3 @@ def test_mean_kl_is_nonnegative_and_grows_with_the_step() -> None:
     old = DiagGaussianDistribution(3).proba_distribution(mean, log_std)
     kls = [float(mean_kl(old, DiagGaussianDistribution(3).proba_distribution(mean + t, log_std + t))) for t in (0.0, 0.1, 0.2)]
     assert kls[0] == 0.0 < kls[1] < kls[2]
-
-
-# ----------------------------------------------------------------------------- buffers
-
-
-def _fill(buffer: QRolloutBuffer | DictQRolloutBuffer, obs_fn, with_q: bool) -> np.ndarray:  # type: ignore[no-untyped-def]
-    rng = np.random.default_rng(0)
-    log_probs = rng.normal(size=(buffer.buffer_size, buffer.n_envs)).astype(np.float32)
-    for step in range(buffer.buffer_size):
-        kwargs = {"log_q": th.as_tensor(log_probs[step] - 1.0 - step)} if with_q else {}
-        buffer.add(
-            obs_fn(step),
-            np.zeros((buffer.n_envs, 1)),
-            np.ones(buffer.n_envs, dtype=np.float32),
-            np.zeros(buffer.n_envs, dtype=np.float32),
-            th.zeros(buffer.n_envs),
-            th.as_tensor(log_probs[step]),
-            **kwargs,
-        )
-    return log_probs
-
-
-@pytest.mark.parametrize("with_q", [False, True])
-def test_buffer_keeps_log_q_aligned_with_each_sample(with_q: bool) -> None:
-    obs_space = spaces.Box(-np.inf, np.inf, (1,))
-    buffer = QRolloutBuffer(6, obs_space, spaces.Discrete(2), device="cpu", n_envs=2)
-    # the observation encodes (step, env), so every sample can be traced after the shuffle
-    _fill(buffer, lambda step: np.array([[10.0 * step], [10.0 * step + 1]], dtype=np.float32), with_q)
-    buffer.compute_returns_and_advantage(th.zeros(2), np.zeros(2))
-    seen = 0
-    for batch in buffer.get(batch_size=5):
-        step = th.div(batch.observations[:, 0], 10, rounding_mode="floor")
-        if with_q:
-            assert th.equal(batch.log_q, batch.old_log_prob - 1.0 - step)
-        else:
-            assert th.equal(batch.log_q, batch.old_log_prob)
-        seen += len(batch.log_q)
-    assert seen == 12
-
-
-def test_dict_buffer_keeps_log_q_and_default_class_follows_the_observation_space() -> None:
-    obs_space = spaces.Dict({"a": spaces.Box(-np.inf, np.inf, (1,)), "b": spaces.Box(-1, 1, (2,))})
-    assert default_buffer_class(obs_space) is DictQRolloutBuffer
-    assert default_buffer_class(spaces.Box(-1, 1, (3,))) is QRolloutBuffer
-    buffer = DictQRolloutBuffer(4, obs_space, spaces.Discrete(2), device="cpu", n_envs=1)
-    _fill(buffer, lambda step: {"a": np.array([[float(step)]]), "b": np.zeros((1, 2))}, True)
-    buffer.compute_returns_and_advantage(th.zeros(1), np.zeros(1))
-    (batch,) = list(buffer.get(batch_size=None))
-    assert th.equal(batch.log_q, batch.old_log_prob - 1.0 - batch.observations["a"][:, 0])

@@ -159,6 +159,15 @@ def test_save_load_keeps_vine_settings(tmp_path: Any) -> None:
     loaded = TRPOPlus.load(tmp_path / "vine", env=make_vec_env("CartPole-v1", n_envs=1, seed=1))
     assert loaded.sampling == "vine" and loaded.vine_kwargs["all_actions"] is True
     loaded.learn(100, reset_num_timesteps=False)
+    # the typed settings are rebuilt from the saved plain arguments
+    assert loaded._vine is not None and loaded._vine.settings.all_actions is True
+
+
+def test_save_load_keeps_max_weight(tmp_path: Any) -> None:
+    model = TRPOPlus("MlpPolicy", make_vec_env("CartPole-v1", n_envs=1, seed=0), n_steps=64, q_kwargs={"max_weight": 3.0})
+    assert model.max_weight == 3.0
+    model.save(tmp_path / "single")
+    assert TRPOPlus.load(tmp_path / "single").max_weight == 3.0
 
 
 @pytest.mark.slow

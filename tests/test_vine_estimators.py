@@ -165,8 +165,8 @@ def test_max_weight_truncates_single_path_weights_and_leaves_parity_without_it()
     batch = model._policy_batch()
     with th.no_grad():
         dist = model.policy.get_distribution(batch.observations)
-        log_q = batch.log_q - 3.0 * (th.arange(len(batch.log_q)) % 2)  # half the weights e^3 ~ 20
-        batch = batch._replace(log_q=log_q)
+        log_q = batch.old_log_prob - 3.0 * (th.arange(len(batch.old_log_prob)) % 2)  # half the weights e^3 ~ 20
+        batch = batch._replace(old_log_prob=log_q)  # single path: log q is pi_old's stored log-probability
         surrogate = model._surrogate(batch)
         model.q_kwargs = {}
         plain = model._surrogate(batch)
@@ -185,7 +185,7 @@ def _selection_counts(geometric: bool, size: int, horizon: int, gamma: float, tr
         trunk = TrunkStates(size, gamma=gamma, geometric=geometric, n_envs=1, rng=rng)
         for t in range(horizon):
             trunk.offer(0, t, lambda t=t: t)
-            trunk.advance(np.zeros(1, dtype=bool))
+            trunk.episode_time += 1
         observations, snapshots = trunk.states()
         assert len(snapshots) == size and observations == snapshots
         np.add.at(counts, np.asarray(snapshots), 1)
@@ -242,7 +242,8 @@ def test_geometric_selection_restarts_time_with_each_episode_and_snapshots_only_
         for step in range(30):  # episodes of 10 steps in both environments
             for index in range(2):
                 trunk.offer(index, step % 10, functools.partial(snapshot, step))
-            trunk.advance(np.full(2, step % 10 == 9))
+            trunk.episode_time += 1
+            trunk.episode_time[np.full(2, step % 10 == 9)] = 0  # both episodes end: t restarts at 0
         _, snapshots = trunk.states()
         assert len(snapshots) == 8
         np.add.at(counts, np.asarray(snapshots), 1)
