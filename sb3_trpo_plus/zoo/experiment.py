@@ -5,7 +5,8 @@ rl_zoo3's experiment manager, with this package's defaults and fault-tolerant di
 three ways, none of which changes anything for rl_zoo3's own algorithms unless asked for:
 
 1. For the algorithms of this package, the default hyperparameter file is the package's
-   ``zoo_configs/<algo>.yml`` instead of rl_zoo3's ``hyperparams/<algo>.yml`` (``-conf`` still wins).
+   ``zoo_configs/<algo>.yml`` instead of rl_zoo3's ``hyperparams/<algo>.yml`` (``-conf`` still wins,
+   and names the shipped files as ``pkg:trpo_plus_vine``, see :func:`~sb3_trpo_plus.zoo.configs.resolve_config`).
 2. Every trial records which worker ran it (user attribute ``worker``: ``host:pid``).
 3. With :attr:`TRPOPlusExperimentManager.heartbeat` set (the ``trpo-plus-zoo`` command line does
    it for database storages), a study on a relational database (``sqlite:///...``,
@@ -36,7 +37,7 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from rl_zoo3.exp_manager import ExperimentManager
 
-from sb3_trpo_plus.zoo.configs import default_config
+from sb3_trpo_plus.zoo.configs import default_config, resolve_config
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,8 @@ class TRPOPlusExperimentManager(ExperimentManager):
             config = default_config(bound.arguments["algo"])
             if config is not None:
                 bound.arguments["config"] = config
+        else:
+            bound.arguments["config"] = resolve_config(bound.arguments["config"])
         ExperimentManager.__init__(*bound.args, **bound.kwargs)
         self._study: optuna.Study | None = None
 
