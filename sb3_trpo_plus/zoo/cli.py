@@ -11,8 +11,11 @@ still accepts every algorithm of rl_zoo3.
 (``sqlite:///...``, ``postgresql://...``): ``--heartbeat-interval`` (seconds, default 10; 0
 turns heartbeat and retries off), ``--grace-period`` (seconds without heartbeat before a running
 trial is declared dead, default 60) and ``--max-retry`` (re-queues of a dead trial, default 3);
-and ``--search-vine``, which adds vine sampling (rollout-set size, branches, horizon, state
-selection, q) to the ``-optimize`` search space, for environments vine mode can branch.
+``--search-vine``, which adds vine sampling (rollout-set size, branches, horizon, state
+selection, q) to the ``-optimize`` search space, for environments vine mode can branch; and
+``--trial-seeds K`` with ``--trial-aggregate mean|median`` (default mean): each ``-optimize`` trial
+trains K seeds in lockstep and reports their aggregate, the pruner seeing the running aggregate
+(:mod:`sb3_trpo_plus.zoo.multiseed`; K = 1, the default, is rl_zoo3's single unseeded run).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ def _heartbeat_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grace-period", type=int, default=60)
     parser.add_argument("--max-retry", type=int, default=3)
     parser.add_argument("--search-vine", action="store_true")
+    parser.add_argument("--trial-seeds", type=int, default=1)
+    parser.add_argument("--trial-aggregate", choices=("mean", "median"), default="mean")
     return parser
 
 
@@ -51,9 +56,14 @@ def _train() -> None:
     from rl_zoo3.train import train
 
     from sb3_trpo_plus.zoo.experiment import HeartbeatSettings, TRPOPlusExperimentManager
+    from sb3_trpo_plus.zoo.multiseed import TrialSeeds
 
     own, rest = _heartbeat_parser().parse_known_args(sys.argv[1:])
     sys.argv[1:] = rest
+    if own.trial_seeds > 1:
+        TRPOPlusExperimentManager.trial_seeds = TrialSeeds(own.trial_seeds, own.trial_aggregate)
+    elif own.trial_seeds < 1:
+        raise SystemExit(f"trpo-plus-zoo train: --trial-seeds must be >= 1, got {own.trial_seeds}")
     if own.search_vine:
         from sb3_trpo_plus.zoo import hyperparams_opt
 
