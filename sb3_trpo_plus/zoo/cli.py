@@ -2,10 +2,12 @@
 ``trpo-plus-zoo``: rl_zoo3's scripts with ``trpo_plus`` registered.
 
 Usage: ``trpo-plus-zoo <command> [flags of the rl_zoo3 script]``, with the commands ``train``,
-``enjoy``, ``record_video``, ``record_training``, ``plot_train``, ``all_plots`` and
-``plot_from_file``. Every flag is handed unchanged to the rl_zoo3 script of the same name;
-``--algo`` (``--algos`` for ``all_plots``) defaults to ``trpo_plus`` instead of ``ppo``, and
-still accepts every algorithm of rl_zoo3.
+``enjoy``, ``record_video``, ``record_training``, ``plot_train``, ``all_plots``,
+``plot_from_file``, ``push_to_hub``, ``load_from_hub`` and ``benchmark``. Every flag is handed
+unchanged to the rl_zoo3 script of the same name; ``--algo`` (``--algos`` for ``all_plots``)
+defaults to ``trpo_plus`` instead of ``ppo``, and still accepts every algorithm of rl_zoo3.
+``push_to_hub --local-only`` packages a model into its local repository folder without network,
+``load_from_hub --local-repo DIR`` reads such a folder (:mod:`sb3_trpo_plus.zoo.hub`).
 
 ``train`` understands three more flags, for ``-optimize`` with a database ``--storage``
 (``sqlite:///...``, ``postgresql://...``): ``--heartbeat-interval`` (seconds, default 10; 0
@@ -25,7 +27,18 @@ import runpy
 import sys
 from collections.abc import Callable, Sequence
 
-COMMANDS = ("train", "enjoy", "record_video", "record_training", "plot_train", "all_plots", "plot_from_file")
+COMMANDS = (
+    "train",
+    "enjoy",
+    "record_video",
+    "record_training",
+    "plot_train",
+    "all_plots",
+    "plot_from_file",
+    "push_to_hub",
+    "load_from_hub",
+    "benchmark",
+)
 #: flag naming the algorithm, per command (prepended with ``trpo_plus``; a later flag on the command line wins)
 ALGO_FLAGS = {
     "train": "--algo",
@@ -34,6 +47,8 @@ ALGO_FLAGS = {
     "record_training": "--algo",
     "plot_train": "--algo",
     "all_plots": "--algos",
+    "push_to_hub": "--algo",
+    "load_from_hub": "--algo",
 }
 USAGE = (
     "usage: trpo-plus-zoo {" + ",".join(COMMANDS) + "} [flags of the rl_zoo3 script]\n"
@@ -101,6 +116,15 @@ def _plot(name: str) -> Callable[[], None]:
     return run
 
 
+def _hub(name: str) -> Callable[[], None]:
+    def run() -> None:
+        from sb3_trpo_plus.zoo import hub
+
+        getattr(hub, name)(sys.argv[1:])
+
+    return run
+
+
 SCRIPTS: dict[str, Callable[[], None]] = {
     "train": _train,
     "enjoy": _enjoy,
@@ -109,6 +133,9 @@ SCRIPTS: dict[str, Callable[[], None]] = {
     "plot_train": _plot("plot_train"),
     "all_plots": _plot("all_plots"),
     "plot_from_file": _plot("plot_from_file"),
+    "push_to_hub": _hub("push_to_hub"),
+    "load_from_hub": _hub("load_from_hub"),
+    "benchmark": _hub("benchmark"),
 }
 
 
