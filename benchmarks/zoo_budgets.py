@@ -14,7 +14,7 @@ algorithms read the same hyperparameter file, the package's ``trpo_plus.yml``, w
 for MuJoCo and BipedalWalker, 100k-200k for classic control and LunarLander). rl_zoo3's
 EvalCallback evaluates the deterministic policy every ``budget / --eval-points`` steps on
 ``--eval-episodes`` episodes (VecNormalize statistics synced, rewards unnormalised). A finished
-run leaves ``<out>/runs/<algo>__<env>__seed<S>.json`` (its command, evaluation curve, final score
+run leaves ``<out>/per_run/<algo>__<env>__seed<S>.json`` (its command, evaluation curve, final score
 = mean return of the last evaluation, wall time); a run whose file exists is skipped, so an
 interrupted suite resumes by running the same command. ``--workers`` runs that many processes at
 once (one torch/BLAS thread each); a progress line reports finished/running runs, the running
@@ -75,6 +75,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "zoo_budgets"
+#: one result file per finished run, in <out>/per_run/ (committed; the repository ignores runs/ folders)
+RUNS_DIR = "per_run"
 ENVS = (
     "CartPole-v1",
     "Pendulum-v1",
@@ -172,7 +174,7 @@ def run_one(run: Run, out: Path) -> dict[str, Any]:
         "final": float(data["results"][-1].mean()),
         "seconds": seconds,
     }
-    path = out / "runs" / f"{run.name}.json"
+    path = out / RUNS_DIR / f"{run.name}.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(path)  # a run is done once its file exists
@@ -191,8 +193,8 @@ def _progress(run: Run, out: Path) -> float:
 
 def run_all(runs: list[Run], out: Path, workers: int, say: Callable[[str], None] = print) -> list[str]:
     """Run the runs without a result file, ``workers`` at a time, with a progress display; return the failures."""
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    todo = [run for run in runs if not (out / "runs" / f"{run.name}.json").is_file()]
+    (out / RUNS_DIR).mkdir(parents=True, exist_ok=True)
+    todo = [run for run in runs if not (out / RUNS_DIR / f"{run.name}.json").is_file()]
     say(f"{len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to do; {workers} workers (BLAS {BLAS_THREADS})")
     started: dict[str, tuple[Run, float]] = {}
     lock = threading.Lock()
@@ -349,7 +351,7 @@ def normalise(score: np.ndarray | float, env_id: str, random: dict[str, float]) 
 
 
 def load_runs(out: Path) -> pd.DataFrame:
-    records = [json.loads(path.read_text()) for path in sorted((out / "runs").glob("*.json"))]
+    records = [json.loads(path.read_text()) for path in sorted((out / RUNS_DIR).glob("*.json"))]
     return pd.DataFrame(records)
 
 
@@ -359,10 +361,10 @@ def analyze(
     """
     Tables and pictures from the finished runs (see the module docstring).
 
-    :param out: results folder (``runs/`` inside it; outputs written there)
+    :param out: results folder (``per_run/`` inside it; outputs written there)
     :param reps: bootstrap resamples
     :param random: random-policy score per env (default: measured, ``random_scores.json``)
-    :param runs: the runs (default: read from ``out/runs``)
+    :param runs: the runs (default: read from ``out/per_run``)
     :return: the numbers of the report (per env and aggregate)
     """
     runs = load_runs(out) if runs is None else runs

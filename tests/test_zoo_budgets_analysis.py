@@ -141,9 +141,9 @@ def test_plan_uses_the_zoo_budgets_and_skips_finished_runs(tmp_path: Path) -> No
     cartpole = next(run for run in runs if run.env == "CartPole-v1")
     assert cartpole.command(tmp_path)[-2:] == ["-n", "5000"]
     # resumable: a run with a result file is not run again
-    (tmp_path / "runs").mkdir()
+    (tmp_path / zb.RUNS_DIR).mkdir()
     for run in runs:
-        (tmp_path / "runs" / f"{run.name}.json").write_text("{}")
+        (tmp_path / zb.RUNS_DIR / f"{run.name}.json").write_text("{}")
     messages: list[str] = []
     assert zb.run_all(runs, tmp_path, workers=2, say=messages.append) == []
     assert messages[0].startswith("100 runs, 100 already done, 0 to do")
