@@ -106,18 +106,21 @@ def multi_seed_objective(manager: ExperimentManager, trial: optuna.Trial, settin
     seed_rewards: list[list[float]] = []
     seed_timesteps: list[list[int]] = []
     aggregates: list[float] = []
-    base_seed = manager.seed
+    opened: list[Any] = []  # every env created, closed at the end whatever happens
     try:
         for seed in seeds:
-            manager.seed = seed  # rl_zoo3 seeds the envs it creates with manager.seed
             env = manager.create_envs(n_envs, no_log=True)
+            opened.append(env)
             eval_env = manager.create_envs(n_envs=manager.n_eval_envs, eval_env=True)
+            opened.append(eval_env)
+            # the model seeds its training env (and the global generators); the evaluation env is
+            # seeded here (the manager itself is shared by rl_zoo3's --n-jobs threads: left alone)
+            eval_env.seed(seed)
             model = ALGOS[manager.algo](
                 env=env, tensorboard_log=None, seed=seed, verbose=verbose, device=manager.device, **kwargs
             )
             _pin_progress(model, manager.n_timesteps)
             runs.append((model, eval_env, get_callback_list({"callback": manager.specified_callbacks})))
-        manager.seed = base_seed
         for index in range(manager.n_evaluations):
             target = (index + 1) * manager.n_timesteps // manager.n_evaluations
             rewards, timesteps = [], []
@@ -144,10 +147,8 @@ def multi_seed_objective(manager: ExperimentManager, trial: optuna.Trial, settin
         print(f"{error}\n============\nSampled hyperparams: {sampled}")
         raise optuna.TrialPruned() from error
     finally:
-        manager.seed = base_seed
-        for model, eval_env, _ in runs:
-            model.env.close()
-            eval_env.close()
+        for vec_env in opened:
+            vec_env.close()
         _save_evaluations(manager, trial, seeds, seed_rewards, seed_timesteps)
     return aggregates[-1]
 
