@@ -67,11 +67,11 @@ def test_trial_seeds_settings() -> None:
         TrialSeeds(2, "max")
 
 
-def test_cli_refuses_zero_seeds(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [*ZOO, "train", *MULTI, "--trial-seeds", "0"], cwd=tmp_path, env=zoo_env(), capture_output=True, text=True, check=False
-    )
-    assert result.returncode != 0 and "--trial-seeds must be >= 1" in result.stderr
+def test_cli_refuses_zero_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(TRPOPlusExperimentManager, "trial_seeds", None)
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    with pytest.raises(SystemExit, match="--trial-seeds must be >= 1"):
+        cli.main(["train", *MULTI, "--trial-seeds", "0"])
 
 
 def test_two_workers_on_a_journal_file(tmp_path: Path) -> None:
