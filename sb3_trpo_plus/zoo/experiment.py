@@ -5,8 +5,11 @@ rl_zoo3's experiment manager, with this package's defaults and fault-tolerant di
 three ways, none of which changes anything for rl_zoo3's own algorithms unless asked for:
 
 1. For the algorithms of this package, the default hyperparameter file is the package's
-   ``zoo_configs/<algo>.yml`` instead of rl_zoo3's ``hyperparams/<algo>.yml`` (``-conf`` still wins).
-2. Every trial records which worker ran it (user attribute ``worker``: ``host:pid``).
+   ``zoo_configs/<algo>.yml`` instead of rl_zoo3's ``hyperparams/<algo>.yml`` (``-conf`` still wins,
+   and names the shipped files as ``pkg:trpo_plus_vine``, see :func:`~sb3_trpo_plus.zoo.configs.resolve_config`).
+2. Every trial records which worker ran it (user attribute ``worker``: ``host:pid``); with
+   :attr:`TRPOPlusExperimentManager.trial_seeds` (``--trial-seeds K``), a trial trains K seeds and
+   reports their mean or median (:mod:`sb3_trpo_plus.zoo.multiseed`).
 3. With :attr:`TRPOPlusExperimentManager.heartbeat` set (the ``trpo-plus-zoo`` command line does
    it for database storages), a study on a relational database (``sqlite:///...``,
    ``postgresql://...``) uses Optuna's heartbeat: every running trial refreshes a timestamp in the
@@ -36,7 +39,8 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from rl_zoo3.exp_manager import ExperimentManager
 
-from sb3_trpo_plus.zoo.configs import default_config
+from sb3_trpo_plus.zoo.configs import default_config, resolve_config
+from sb3_trpo_plus.zoo.multiseed import TrialSeeds, multi_seed_objective
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,8 @@ class TRPOPlusExperimentManager(ExperimentManager):
 
     #: heartbeat of database storages during ``-optimize`` (None: Optuna's default, no heartbeat)
     heartbeat: ClassVar[HeartbeatSettings | None] = None
+    #: several seeds per tuning trial (None: rl_zoo3's single unseeded run per trial)
+    trial_seeds: ClassVar[TrialSeeds | None] = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         bound = inspect.signature(ExperimentManager.__init__).bind(self, *args, **kwargs)
@@ -127,17 +133,23 @@ class TRPOPlusExperimentManager(ExperimentManager):
             config = default_config(bound.arguments["algo"])
             if config is not None:
                 bound.arguments["config"] = config
+        else:
+            bound.arguments["config"] = resolve_config(bound.arguments["config"])
         ExperimentManager.__init__(*bound.args, **bound.kwargs)
         self._study: optuna.Study | None = None
 
     def objective(self, trial: optuna.Trial) -> float:
         """
-        rl_zoo3's objective, after recording which worker runs the trial.
+        rl_zoo3's objective, after recording which worker runs the trial; with :attr:`trial_seeds`,
+        the trial trains several seeds and returns their aggregate
+        (:func:`~sb3_trpo_plus.zoo.multiseed.multi_seed_objective`).
 
         :param trial: the Optuna trial
-        :return: the last mean evaluation reward
+        :return: the last mean evaluation reward (its aggregate over the seeds)
         """
         trial.set_user_attr("worker", worker_name())
+        if self.trial_seeds is not None:
+            return multi_seed_objective(self, trial, self.trial_seeds)
         return super().objective(trial)
 
     @contextmanager
