@@ -6,6 +6,7 @@ journal file, SQLite and PostgreSQL, with two workers on one study.
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from test_zoo_postgres import HEARTBEAT, postgres_url  # noqa: F401  (fixture: a throw-away PostgreSQL server)
 from zoo_utils import TINY_OPTIMIZE, ZOO, zoo_env
 
-from sb3_trpo_plus.zoo import TRPOPlusExperimentManager, cli
+from sb3_trpo_plus.zoo import TRPOPlusExperimentManager, ZooOptions, cli, current_zoo_options, zoo_options
 from sb3_trpo_plus.zoo.multiseed import TrialSeeds
 
 #: 2 evaluations of 2 episodes, 2048 steps per seed (2 rollouts of CartPole's 2 x 512 steps), no pruning
@@ -68,7 +69,6 @@ def test_trial_seeds_settings() -> None:
 
 
 def test_cli_refuses_zero_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(TRPOPlusExperimentManager, "trial_seeds", None)
     monkeypatch.setattr(sys, "argv", sys.argv[:1])
     with pytest.raises(SystemExit, match="--trial-seeds must be >= 1"):
         cli.main(["train", *MULTI, "--trial-seeds", "0"])
@@ -140,8 +140,6 @@ def test_pruning_acts_on_the_running_aggregate(tmp_path: Path, monkeypatch: pyte
     and no seed trained past that evaluation.
     """
     reported: list[tuple[int, int, float]] = []
-    monkeypatch.setattr(TRPOPlusExperimentManager, "trial_seeds", None)
-    monkeypatch.setattr(TRPOPlusExperimentManager, "heartbeat", None)
     monkeypatch.setattr(
         TRPOPlusExperimentManager, "_create_pruner", lambda self, name: RecordingPruner(reported, lower=1e9, n_warmup_steps=1)
     )
@@ -165,3 +163,39 @@ def test_pruning_acts_on_the_running_aggregate(tmp_path: Path, monkeypatch: pyte
     # the seeds stopped after evaluation 1 (a rollout is n_steps x 2 envs, sampled: 512 to 4096 steps)
     steps = trial.user_attrs["seed_timesteps"]
     assert len(steps) == 2 and all(2048 <= step < 2048 + 4096 for step in steps[1])
+    # the command's options lived only while it ran: nothing of it is left in the package's state
+    assert current_zoo_options() == ZooOptions()
+
+
+def test_zoo_options_are_scoped_and_given_to_the_manager() -> None:
+    options = ZooOptions(trial_seeds=TrialSeeds(3, "median"), search_vine=True)
+    with zoo_options(options):
+        manager = TRPOPlusExperimentManager(argparse.Namespace(), "trpo_plus", "CartPole-v1", "logs")
+        with zoo_options(ZooOptions()):
+            assert current_zoo_options() == ZooOptions()
+        assert current_zoo_options() is options
+    assert manager.options is options and current_zoo_options() == ZooOptions()
+    explicit = TRPOPlusExperimentManager(argparse.Namespace(), "trpo_plus", "CartPole-v1", "logs", options=options)
+    assert explicit.options is options
+    assert TRPOPlusExperimentManager(argparse.Namespace(), "trpo_plus", "CartPole-v1", "logs").options == ZooOptions()
+    # no switch lives on the class or in a module any more
+    assert not hasattr(TRPOPlusExperimentManager, "trial_seeds") and not hasattr(TRPOPlusExperimentManager, "heartbeat")
+    from sb3_trpo_plus.zoo import hyperparams_opt
+
+    assert not hasattr(hyperparams_opt, "SEARCH_VINE")
+
+
+def test_search_vine_reaches_every_trial_through_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # in process: --search-vine is carried by the command's options to each trial (user attribute),
+    # and the sampler then searches the sampling scheme; nothing is left behind for the next command
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    storage = str(tmp_path / "study.log")
+    cli.main(["train", *MULTI, "-n", "1024", "--n-trials", "2", "--seed", "0", "--search-vine",
+              "--storage", storage, "--study-name", "vine"])  # fmt: skip
+    study = optuna.load_study(
+        study_name="vine", storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))
+    )
+    assert len(study.trials) == 2
+    assert all(trial.user_attrs["search_vine"] is True and "sampling" in trial.params for trial in study.trials)
+    assert current_zoo_options() == ZooOptions()

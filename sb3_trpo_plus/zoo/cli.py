@@ -70,26 +70,27 @@ def _heartbeat_parser() -> argparse.ArgumentParser:
 def _train() -> None:
     from rl_zoo3.train import train
 
-    from sb3_trpo_plus.zoo.experiment import HeartbeatSettings, TRPOPlusExperimentManager
+    from sb3_trpo_plus.zoo.experiment import HeartbeatSettings, ZooOptions, zoo_options
     from sb3_trpo_plus.zoo.multiseed import TrialSeeds
 
     own, rest = _heartbeat_parser().parse_known_args(sys.argv[1:])
     sys.argv[1:] = rest
-    if own.trial_seeds > 1:
-        TRPOPlusExperimentManager.trial_seeds = TrialSeeds(own.trial_seeds, own.trial_aggregate)
-    elif own.trial_seeds < 1:
+    if own.trial_seeds < 1:
         raise SystemExit(f"trpo-plus-zoo train: --trial-seeds must be >= 1, got {own.trial_seeds}")
-    if own.search_vine:
-        from sb3_trpo_plus.zoo import hyperparams_opt
-
-        hyperparams_opt.SEARCH_VINE = True
+    heartbeat = None
     if own.heartbeat_interval > 0:
-        TRPOPlusExperimentManager.heartbeat = HeartbeatSettings(
+        heartbeat = HeartbeatSettings(
             interval=own.heartbeat_interval,
             grace_period=own.grace_period,
             max_retry=own.max_retry if own.max_retry >= 0 else None,
         )
-    train()
+    options = ZooOptions(
+        heartbeat=heartbeat,
+        trial_seeds=TrialSeeds(own.trial_seeds, own.trial_aggregate) if own.trial_seeds > 1 else None,
+        search_vine=own.search_vine,
+    )
+    with zoo_options(options):
+        train()
 
 
 def _enjoy() -> None:
@@ -154,9 +155,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"trpo-plus-zoo: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         sys.exit(2)
 
-    import sb3_trpo_plus.zoo  # registers trpo_plus
-
-    sb3_trpo_plus.zoo.register()
+    import sb3_trpo_plus.zoo  # importing it registers trpo_plus (once)
     if command in ALGO_FLAGS:
         flags = [ALGO_FLAGS[command], sb3_trpo_plus.zoo.ALGO_NAME, *flags]
     sys.argv = [f"trpo-plus-zoo {command}", *flags]
