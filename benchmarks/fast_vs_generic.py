@@ -29,17 +29,14 @@ def run(job: tuple[str, str, int, int]) -> tuple[str, int, float]:
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
 
-    import sb3_trpo_plus.critic as critic
-    import sb3_trpo_plus.sampling as sampling
     from sb3_trpo_plus import TRPOPlus
 
     th.set_num_threads(1)
-    if config == "trpo_plus_generic":
-        sampling.make_actor = sampling.TorchActor  # type: ignore[assignment]
-        critic.FusedMlpCritic.from_policy = classmethod(lambda cls, policy: None)  # type: ignore[method-assign, assignment]
     env = VecNormalize(make_vec_env(env_id, n_envs=2, seed=seed))
-    algo = TRPO if config == "sb3_trpo" else TRPOPlus
-    model = algo("MlpPolicy", env, seed=seed, **ZOO_MUJOCO)
+    if config == "sb3_trpo":
+        model = TRPO("MlpPolicy", env, seed=seed, **ZOO_MUJOCO)
+    else:  # the generic torch paths through the public switch
+        model = TRPOPlus("MlpPolicy", env, seed=seed, fast_paths=config == "trpo_plus", **ZOO_MUJOCO)
     model.learn(steps)
     return config, seed, float(np.mean([episode["r"] for episode in model.ep_info_buffer][-10:]))
 

@@ -3,8 +3,8 @@ TRPOPlus: Trust Region Policy Optimization (Schulman et al. 2015) for Stable-Bas
 
 The algorithm box of the paper, as :meth:`TRPOPlus.learn` runs it:
 
-1. Collect state-action pairs with pi_old (:meth:`collect_rollouts`) and estimate their
-   advantages (GAE on a learned value function).
+1. Collect state-action pairs with pi_old (:meth:`collect_rollouts`, by the collector of
+   :mod:`sb3_trpo_plus.sampling`) and estimate their advantages (GAE on a learned value function).
 2. Build the importance-sampled surrogate L(theta) = mean[pi_theta(a|s) / q(a|s) * A] and the
    constraint mean KL(pi_theta || pi_old) <= delta from those samples (:meth:`_surrogate`); the
    KL is measured in that direction as sb3-contrib measures it (the paper writes
@@ -13,14 +13,16 @@ The algorithm box of the paper, as :meth:`TRPOPlus.learn` runs it:
    gradient on Fisher-vector products, maximal step, backtracking line search
    (:meth:`_policy_step`, built on :mod:`sb3_trpo_plus.trust_region`).
 4. Fit the value function by minibatch regression, never moving a parameter the policy
-   depends on (:meth:`_fit_critic`).
+   depends on (:meth:`_fit_critic`, :mod:`sb3_trpo_plus.critic`).
+
+Everything else lives in the rooms below: argument checks (:mod:`sb3_trpo_plus.validation`),
+logged keys (:mod:`sb3_trpo_plus.recording`), the actor's parameters
+(:mod:`sb3_trpo_plus.actor_parameters`), the NumPy fast paths (:mod:`sb3_trpo_plus.fast`).
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -38,10 +40,12 @@ from stable_baselines3.common.utils import explained_variance
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
+from sb3_trpo_plus.actor_parameters import find_actor_parameters
 from sb3_trpo_plus.buffers import VineBatch, default_buffer_class
-from sb3_trpo_plus.critic import FusedMlpCritic, fit_critic_torch
+from sb3_trpo_plus.critic import ValueTargets, fit_critic
 from sb3_trpo_plus.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_trpo_plus.q import make_q, validate_q
+from sb3_trpo_plus.recording import record_branching, record_iteration
 from sb3_trpo_plus.sampling import collect_single_path
 from sb3_trpo_plus.surrogate import (
     detached,
@@ -61,6 +65,8 @@ from sb3_trpo_plus.trust_region import (
     kl_hessian_vector_product,
     natural_gradient_step,
 )
+from sb3_trpo_plus.validation import InvalidArgumentError as InvalidArgumentError  # re-exported: users catch it
+from sb3_trpo_plus.validation import check_batch_size, validate_arguments
 from sb3_trpo_plus.vine import VineSampler, validate_vine_kwargs
 
 SelfTRPOPlus = TypeVar("SelfTRPOPlus", bound="TRPOPlus")
@@ -83,47 +89,10 @@ class Surrogate:
     invalid: str
 
 
-FISHER_MODES = ("analytic", "kl_hessian")
-SAMPLING_SCHEMES = ("single_path", "vine")
-
-
-class InvalidArgumentError(ValueError, AssertionError):
-    """
-    A bad constructor argument. A ``ValueError``, and an ``AssertionError`` too: sb3-contrib's TRPO
-    rejects some of the same arguments with ``assert``, so code (and tests) written for TRPO that
-    catch ``AssertionError`` keep working with TRPOPlus.
-    """
-
-
-def _check(condition: Any, message: str) -> None:
-    if not condition:
-        raise InvalidArgumentError(message)
-
-
 def _index_obs(obs: PyTorchObs, index: th.Tensor | slice) -> PyTorchObs:
     if isinstance(obs, dict):
         return {key: value[index] for key, value in obs.items()}
     return obs[index]
-
-
-def probe_observation(space: spaces.Space) -> Any:
-    """
-    A valid observation of ``space`` built from its structure alone (zero, or the nearest bound,
-    for a Box; the first value of a discrete space), touching no random generator: neither the
-    space's own (``space.sample()`` would advance it) nor a global one.
-    """
-    if isinstance(space, spaces.Box):
-        return np.clip(np.zeros(space.shape), space.low, space.high).astype(space.dtype)
-    if isinstance(space, spaces.Discrete):
-        return space.dtype.type(space.start)
-    if isinstance(space, spaces.MultiDiscrete):
-        return np.array(space.start, dtype=space.dtype)
-    if isinstance(space, spaces.MultiBinary):
-        return np.zeros(space.shape, dtype=space.dtype)
-    if isinstance(space, spaces.Dict):
-        return {key: probe_observation(subspace) for key, subspace in space.spaces.items()}
-    # another kind of space: sample a private copy, whose generator is not the user's
-    return copy.deepcopy(space).sample()
 
 
 def _n_obs(obs: PyTorchObs) -> int:
@@ -200,6 +169,9 @@ class TRPOPlus(OnPolicyAlgorithm):
         distribution's closed-form Fisher M) or "kl_hessian" (double backprop through the mean KL)
     :param fvp_subsample: fraction of the batch, in (0, 1], on which Fisher-vector products
         are computed (the gradient always uses the whole batch)
+    :param fast_paths: whether the NumPy fast paths may serve the policies they compute exactly
+        (the NumPy actor during rollouts, the fused critic fit; see :mod:`sb3_trpo_plus.fast`);
+        ``False`` runs the generic torch paths only (same results up to float rounding, slower)
     :param _init_setup_model: Whether or not to build the network at the creation of the instance
     """
 
@@ -243,28 +215,10 @@ class TRPOPlus(OnPolicyAlgorithm):
         q_kwargs: dict[str, Any] | None = None,
         fisher: str = "analytic",
         fvp_subsample: float = 1.0,
+        fast_paths: bool = True,
         _init_setup_model: bool = True,
     ):
-        self._validate_hyperparameters(
-            learning_rate=learning_rate,
-            n_steps=n_steps,
-            batch_size=batch_size,
-            gamma=gamma,
-            gae_lambda=gae_lambda,
-            cg_max_steps=cg_max_steps,
-            cg_damping=cg_damping,
-            line_search_shrinking_factor=line_search_shrinking_factor,
-            line_search_max_iter=line_search_max_iter,
-            n_critic_updates=n_critic_updates,
-            target_kl=target_kl,
-            sub_sampling_factor=sub_sampling_factor,
-            sde_sample_freq=sde_sample_freq,
-            stats_window_size=stats_window_size,
-            fisher=fisher,
-            fvp_subsample=fvp_subsample,
-            sampling=sampling,
-            vine_kwargs=vine_kwargs,
-        )
+        validate_arguments(dict(locals()))  # every constructor argument, by name
         validate_q(q, q_kwargs, sampling)
         if sampling == "vine":
             validate_vine_kwargs(vine_kwargs, None)
@@ -293,21 +247,7 @@ class TRPOPlus(OnPolicyAlgorithm):
         )
         self.normalize_advantage = normalize_advantage
         if self.env is not None:
-            buffer_size = self.env.num_envs * self.n_steps
-            _check(
-                not normalize_advantage or buffer_size > 1,
-                "n_steps * n_envs must be greater than 1 when normalize_advantage=True "
-                f"(got n_steps={self.n_steps}, n_envs={self.env.num_envs})",
-            )
-            if buffer_size % batch_size > 0:
-                warnings.warn(
-                    f"You have specified a mini-batch size of {batch_size}, but because the rollout buffer "
-                    f"is of size n_steps * n_envs = {buffer_size}, after every {buffer_size // batch_size} "
-                    f"untruncated mini-batches there will be a truncated mini-batch of size "
-                    f"{buffer_size % batch_size}. We recommend a batch_size that is a factor of n_steps * n_envs "
-                    f"(n_steps={self.n_steps}, n_envs={self.env.num_envs}).",
-                    stacklevel=2,
-                )
+            check_batch_size(self.env.num_envs, self.n_steps, batch_size, normalize_advantage)
         self.batch_size = batch_size
         self.cg_max_steps = cg_max_steps
         self.cg_damping = cg_damping
@@ -322,6 +262,7 @@ class TRPOPlus(OnPolicyAlgorithm):
         self.q_kwargs = dict(q_kwargs or {})
         self.fisher = fisher
         self.fvp_subsample = fvp_subsample
+        self.fast_paths = fast_paths
         self.n_rejected_steps = 0
         self._vine: VineSampler | None = None
         if sampling == "vine":
@@ -330,51 +271,6 @@ class TRPOPlus(OnPolicyAlgorithm):
 
         if _init_setup_model:
             self._setup_model()
-
-    @staticmethod
-    def _validate_hyperparameters(**kwargs: Any) -> None:
-        """Reject bad arguments before any environment is built or any training time is spent."""
-        lr = kwargs["learning_rate"]
-        _check(
-            callable(lr) or (isinstance(lr, (int, float)) and lr > 0), f"learning_rate must be > 0 or a schedule, got {lr!r}"
-        )
-        for name in (
-            "n_steps",
-            "batch_size",
-            "cg_max_steps",
-            "line_search_max_iter",
-            "sub_sampling_factor",
-            "stats_window_size",
-        ):
-            value = kwargs[name]
-            _check(isinstance(value, (int, np.integer)) and value >= 1, f"{name} must be an integer >= 1, got {value!r}")
-        n_critic = kwargs["n_critic_updates"]
-        _check(
-            isinstance(n_critic, (int, np.integer)) and n_critic >= 0,
-            f"n_critic_updates must be an integer >= 0, got {n_critic!r}",
-        )
-        _check(
-            isinstance(kwargs["sde_sample_freq"], (int, np.integer)),
-            f"sde_sample_freq must be an integer, got {kwargs['sde_sample_freq']!r}",
-        )
-        for name in ("gamma", "gae_lambda"):
-            _check(0.0 <= kwargs[name] <= 1.0, f"{name} must be in [0, 1], got {kwargs[name]!r}")
-        target_kl = kwargs["target_kl"]
-        _check(math.isfinite(target_kl) and target_kl > 0, f"target_kl must be a finite number > 0, got {target_kl!r}")
-        damping = kwargs["cg_damping"]
-        _check(math.isfinite(damping) and damping >= 0, f"cg_damping must be a finite number >= 0, got {damping!r}")
-        shrink = kwargs["line_search_shrinking_factor"]
-        _check(0.0 < shrink < 1.0, f"line_search_shrinking_factor must be in (0, 1), got {shrink!r}")
-        _check(kwargs["fisher"] in FISHER_MODES, f"fisher must be one of {FISHER_MODES}, got {kwargs['fisher']!r}")
-        subsample = kwargs["fvp_subsample"]
-        _check(0.0 < subsample <= 1.0, f"fvp_subsample must be in (0, 1], got {subsample!r}")
-        _check(
-            kwargs["sampling"] in SAMPLING_SCHEMES, f"sampling must be one of {SAMPLING_SCHEMES}, got {kwargs['sampling']!r}"
-        )
-        _check(
-            kwargs["sampling"] == "vine" or not kwargs["vine_kwargs"],
-            f"vine_kwargs needs sampling='vine', got {kwargs['vine_kwargs']!r}",
-        )
 
     def _setup_model(self) -> None:
         if self.rollout_buffer_class is None:
@@ -402,18 +298,8 @@ class TRPOPlus(OnPolicyAlgorithm):
         return [*super()._excluded_save_params(), "_actor_params", "_vine"]
 
     def _find_actor_parameters(self) -> list[nn.Parameter]:
-        """
-        The parameters the action distribution depends on, found by following the autograd
-        graph from the distribution's parameters on a probe observation (not by names, so
-        custom policies and shared feature extractors are handled). The probe is built from the
-        space's structure: sampling the user's space would advance its random generator, which
-        SB3's identity environments also draw their states from.
-        """
-        obs, _ = self.policy.obs_to_tensor(probe_observation(self.observation_space))
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        outputs = distribution_parameters(self.policy.get_distribution(obs))
-        grads = th.autograd.grad([out.sum() for out in outputs], params, allow_unused=True)
-        return [p for p, g in zip(params, grads, strict=True) if g is not None]
+        """The parameters the action distribution depends on (:func:`sb3_trpo_plus.actor_parameters.find_actor_parameters`)."""
+        return find_actor_parameters(self.policy, self.observation_space)
 
     # ------------------------------------------------------------------ step 1: sampling
 
@@ -421,27 +307,52 @@ class TRPOPlus(OnPolicyAlgorithm):
         self, env: VecEnv, callback: BaseCallback, rollout_buffer: RolloutBuffer, n_rollout_steps: int
     ) -> bool:
         """
-        Run pi_old and store every (s, a) pair with its advantage (single path). In vine mode
+        Run pi_old from the trunk's last observations and store every (s, a) pair with its
+        advantage (single path, :func:`sb3_trpo_plus.sampling.collect_single_path`). In vine mode
         that run is the trunk; its rollout set is then branched to estimate Q-values.
         """
-        if self.sampling == "single_path":
-            return collect_single_path(self, env, callback, rollout_buffer, n_rollout_steps)
-        if self._vine is None:  # loaded without an environment, then given one
-            self._setup_vine()
-        assert self._vine is not None
-        self._vine.start_trunk(n_rollout_steps * env.num_envs)
+        before_step = None
+        if self.sampling == "vine":
+            if self._vine is None:  # loaded without an environment, then given one
+                self._setup_vine()
+            assert self._vine is not None
+            self._vine.start_trunk(n_rollout_steps * env.num_envs)
+            before_step = self._vine.before_trunk_step
         trunk_start = self.num_timesteps
-        if not collect_single_path(self, env, callback, rollout_buffer, n_rollout_steps, self._vine.before_trunk_step):
-            return False
+        assert self._last_obs is not None, "No previous observation was provided"
+        completed = collect_single_path(
+            env,
+            self.policy,
+            callback,
+            rollout_buffer,
+            n_rollout_steps,
+            self._last_obs,
+            self._last_episode_starts,  # type: ignore[arg-type]
+            gamma=self.gamma,
+            use_sde=self.use_sde,
+            sde_sample_freq=self.sde_sample_freq,
+            count_steps=self._count_steps,
+            end_step=self._end_step,
+            fast_paths=self.fast_paths,
+            before_step=before_step,
+        )
+        if not completed or self._vine is None:
+            return completed
         branch_steps = self._vine.branch()
         self.num_timesteps += branch_steps
         _advance_progress_bars(callback, branch_steps)
         trunk_steps = self.num_timesteps - branch_steps - trunk_start
-        self.logger.record("rollout/branch_steps", branch_steps)
-        self.logger.record("rollout/branch_fraction", branch_steps / max(1, branch_steps + trunk_steps))
-        for key in ("rollout_set_size", "branch_length_mean", "replayed_steps", "q_value_mean"):
-            self.logger.record(f"rollout/{key}", self._vine.stats[key])
+        record_branching(self.logger, branch_steps, trunk_steps, self._vine.stats)
         return True
+
+    def _count_steps(self, n_steps: int) -> None:
+        self.num_timesteps += n_steps
+
+    def _end_step(self, new_obs: Any, dones: np.ndarray, infos: list[dict[str, Any]]) -> None:
+        """A step the callbacks let pass: episode statistics, and the trunk moves on."""
+        self._update_info_buffer(infos, dones)
+        self._last_obs = new_obs
+        self._last_episode_starts = dones
 
     # ------------------------------------------------------------------ step 2: surrogate
 
@@ -572,19 +483,13 @@ class TRPOPlus(OnPolicyAlgorithm):
 
     # ------------------------------------------------------------------ step 4: critic
 
-    def _fit_critic(self) -> list[float]:
+    def _fit_critic(self, targets: ValueTargets) -> list[float]:
         """
-        Regress the value function on the returns (:mod:`sb3_trpo_plus.critic`): fused for the
-        standard MLP critic with Adam, through autograd otherwise. Parameters the policy depends
-        on (shared feature extractors included) are never moved.
+        Regress the value function on the returns (:func:`sb3_trpo_plus.critic.fit_critic`): fused
+        for the standard MLP critic with Adam, through autograd otherwise. Parameters the policy
+        depends on (shared feature extractors included) are never moved.
         """
-        fused = FusedMlpCritic.from_policy(self.policy)
-        actor_ids = {id(p) for p in self._actor_params}
-        if fused is not None and self.rollout_buffer.generator_ready and not any(id(p) in actor_ids for p in fused.params):
-            return fused.fit(
-                self.rollout_buffer.observations, self.rollout_buffer.returns, self.n_critic_updates, self.batch_size
-            )
-        return fit_critic_torch(self.policy, self.rollout_buffer, self.n_critic_updates, self.batch_size, self._actor_params)
+        return fit_critic(self.policy, targets, self.n_critic_updates, self.batch_size, self._actor_params, self.fast_paths)
 
     # ------------------------------------------------------------------ one iteration
 
@@ -605,8 +510,9 @@ class TRPOPlus(OnPolicyAlgorithm):
             step = StepResult(False, surrogate.invalid, 0.0, 0.0, 0.0, 0, math.nan, 0, 0.0)
         else:
             step = self._policy_step(surrogate.observations, surrogate.objective)
-        if bool(np.isfinite(self.rollout_buffer.returns).all()):
-            value_losses = self._fit_critic()
+        targets = ValueTargets.from_buffer(self.rollout_buffer)
+        if bool(np.isfinite(targets.returns).all()):
+            value_losses = self._fit_critic(targets)
         else:
             # regressing on NaN or inf returns would make the critic, and every later advantage, non-finite
             value_losses = []
@@ -622,26 +528,8 @@ class TRPOPlus(OnPolicyAlgorithm):
         with th.no_grad():
             ess = surrogate.ess(self.policy.get_distribution(surrogate.observations))
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
-        record = self.logger.record
-        record("train/kl", step.kl)
-        record("train/surrogate_gain", step.surrogate_gain)
-        record("train/expected_gain", step.expected_gain)
-        record("train/line_search_steps", step.line_search_steps)
-        record("train/line_search_success", float(step.accepted))
-        record("train/cg_residual", step.cg_residual)
-        record("train/cg_iterations", step.cg_iterations)
-        record("train/step_fraction", step.step_fraction)
-        record("train/rejected_steps", self.n_rejected_steps)
-        record("train/is_ess", ess)
-        if value_losses:
-            record("train/value_loss", float(np.mean(value_losses)))
-        record("train/explained_variance", explained_var)
-        # sb3-contrib's keys, so dashboards and scripts written for TRPO keep working
-        record("train/kl_divergence_loss", step.kl)
-        record("train/is_line_search_success", float(step.accepted))
-        if hasattr(self.policy, "log_std"):
-            record("train/std", th.exp(self.policy.log_std).mean().item())
-        record("train/n_updates", self._n_updates, exclude="tensorboard")
+        std = th.exp(self.policy.log_std).mean().item() if hasattr(self.policy, "log_std") else None
+        record_iteration(self.logger, step, value_losses, ess, explained_var, self.n_rejected_steps, self._n_updates, std)
 
     def learn(
         self: SelfTRPOPlus,

@@ -26,7 +26,7 @@ from stable_baselines3.common.envs import (
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnvWrapper
 
 from sb3_trpo_plus import TRPOPlus
-from sb3_trpo_plus.trpo_plus import probe_observation
+from sb3_trpo_plus.actor_parameters import probe_observation
 
 
 class SpaceSampledDictEnv(gym.Env):

@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 import torch as th
 from conftest import flat
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.envs import SimpleMultiObsEnv
 from torch.optim import optimizer as optimizer_globals
 
 from sb3_trpo_plus import TRPOPlus
-from sb3_trpo_plus.critic import FusedMlpCritic, fit_critic_torch
-from sb3_trpo_plus.sampling import NumpyActor
+from sb3_trpo_plus.critic import ValueTargets, fit_critic, fit_critic_torch
+from sb3_trpo_plus.fast import FusedMlpCritic, NumpyActor
 
 SMALL = {"n_steps": 64, "batch_size": 32, "n_critic_updates": 2}
 
@@ -37,7 +38,6 @@ def _trained(optimizer_class: Any = th.optim.Adam, **optimizer_kwargs: Any) -> T
     env = make_vec_env("Pendulum-v1", n_envs=2, seed=0)
     model = TRPOPlus("MlpPolicy", env, seed=0, learning_rate=learning_rate, policy_kwargs=policy_kwargs, **SMALL)
     model.learn(2 * 2 * SMALL["n_steps"])  # two iterations: the optimizer has state
-    next(model.rollout_buffer.get(None))  # flatten, as train() does
     return model
 
 
@@ -46,12 +46,13 @@ def _fit_both(model: TRPOPlus, fused: FusedMlpCritic) -> tuple[th.Tensor, th.Ten
     actor_ids = {id(p) for p in model._actor_params}
     pairs = zip(twin.parameters(), model.policy.parameters(), strict=True)
     twin_actor = [p for p, q in pairs if id(q) in actor_ids]
+    targets = ValueTargets.from_buffer(model.rollout_buffer)
     np.random.seed(5)
-    fused.fit(model.rollout_buffer.observations, model.rollout_buffer.returns, 3, 32)
+    fused.fit(targets.observations, targets.returns, 3, 32)
     policy = model.policy
     model.policy = twin
     np.random.seed(5)
-    fit_critic_torch(twin, model.rollout_buffer, 3, 32, twin_actor)
+    fit_critic_torch(twin, targets, 3, 32, twin_actor)
     model.policy = policy
     return flat(policy.parameters()), flat(twin.parameters()), policy.optimizer.state_dict(), twin.optimizer.state_dict()
 
@@ -145,17 +146,16 @@ def test_global_hooks_send_the_critic_fit_to_torch(hook: Callable[[], Any]) -> N
     assert FusedMlpCritic.from_policy(model.policy) is not None
 
 
-def test_fused_critic_with_decoupled_weight_decay_trains_as_torch(monkeypatch: pytest.MonkeyPatch) -> None:
-    # the whole algorithm: one iteration with the fused fit equals one with the torch fit
-    def run() -> th.Tensor:
+def test_fused_critic_with_decoupled_weight_decay_trains_as_torch() -> None:
+    # the whole algorithm: one iteration with the fast paths equals one with the generic torch paths
+    def run(fast_paths: bool) -> th.Tensor:
         policy_kwargs = {"optimizer_kwargs": {"weight_decay": 0.5, "decoupled_weight_decay": True}, "net_arch": [16]}
-        model = TRPOPlus("MlpPolicy", "Pendulum-v1", seed=0, policy_kwargs=policy_kwargs, **SMALL)
+        model = TRPOPlus("MlpPolicy", "Pendulum-v1", seed=0, policy_kwargs=policy_kwargs, fast_paths=fast_paths, **SMALL)
         model.learn(2 * SMALL["n_steps"])
         return flat(model.policy.parameters())
 
-    fused = run()
-    monkeypatch.setattr(FusedMlpCritic, "from_policy", classmethod(lambda cls, policy: None))
-    generic = run()
+    fused = run(True)
+    generic = run(False)
     assert th.allclose(fused, generic, atol=1e-5, rtol=0), float((fused - generic).abs().max())
 
 
@@ -176,18 +176,16 @@ class EditAt(BaseCallback):
         return True
 
 
-def _rollout(env_id: str, setup: Callable[[Any], Any] | None, edit: Callable[[Any], Any] | None) -> dict[str, np.ndarray]:
-    model = TRPOPlus("MlpPolicy", env_id, seed=0, policy_kwargs={"net_arch": [16]}, **SMALL)
+def _rollout(
+    env_id: str, setup: Callable[[Any], Any] | None, edit: Callable[[Any], Any] | None, fast_paths: bool = True
+) -> dict[str, np.ndarray]:
+    model = TRPOPlus("MlpPolicy", env_id, seed=0, policy_kwargs={"net_arch": [16]}, fast_paths=fast_paths, **SMALL)
     if setup is not None:
         setup(model.policy)
     callback = EditAt(edit) if edit is not None else None
     model.learn(SMALL["n_steps"], callback=callback)
     buffer = model.rollout_buffer
     return {"actions": buffer.actions, "log_probs": buffer.log_probs, "values": buffer.values, "rewards": buffer.rewards}
-
-
-def _generic(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(NumpyActor, "from_policy", classmethod(lambda cls, policy: None))
 
 
 def _same_rollout(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
@@ -232,7 +230,7 @@ SETUPS: dict[str, Callable[[Any], Any]] = {
 
 
 @pytest.mark.parametrize("name", SETUPS)
-def test_hooks_and_instance_patches_send_the_rollout_to_torch(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hooks_and_instance_patches_send_the_rollout_to_torch(name: str) -> None:
     handles: list[Any] = []
 
     def setup(policy: Any) -> None:
@@ -245,9 +243,7 @@ def test_hooks_and_instance_patches_send_the_rollout_to_torch(name: str, monkeyp
         fast = _rollout("Pendulum-v1", setup, None)
         for handle in handles:
             handle.remove()
-        with monkeypatch.context() as patch:
-            _generic(patch)
-            generic = _rollout("Pendulum-v1", setup, None)
+        generic = _rollout("Pendulum-v1", setup, None, fast_paths=False)
     finally:
         for handle in handles:
             handle.remove()
@@ -310,15 +306,92 @@ EDITS: dict[str, Callable[[Any], Any]] = {
 
 @pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
 @pytest.mark.parametrize("name", EDITS)
-def test_a_policy_edited_by_a_callback_during_a_rollout_is_followed(
-    name: str, env_id: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_policy_edited_by_a_callback_during_a_rollout_is_followed(name: str, env_id: str) -> None:
     if "log_std" in name and env_id != "Pendulum-v1":
         pytest.skip("no log_std")
     plain = _rollout(env_id, None, None)
     fast = _rollout(env_id, None, EDITS[name])
-    with monkeypatch.context() as patch:
-        _generic(patch)
-        generic = _rollout(env_id, None, EDITS[name])
+    generic = _rollout(env_id, None, EDITS[name], fast_paths=False)
     assert not _same_rollout(plain, generic), "the edit should change the rollout"
     assert _same_rollout(fast, generic)
+
+
+# ----------------------------------------------------------------------------- the switch
+
+
+def _learned(fast_paths: bool = True, **kwargs: Any) -> TRPOPlus:
+    model = TRPOPlus("MlpPolicy", "Pendulum-v1", seed=0, policy_kwargs={"net_arch": [16]}, fast_paths=fast_paths, **SMALL)
+    model.learn(2 * SMALL["n_steps"], **kwargs)
+    return model
+
+
+def _refuse(cls: Any, policy: Any) -> None:
+    raise AssertionError("a fast path was consulted with fast_paths=False")
+
+
+def test_fast_paths_false_runs_the_generic_paths_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = _learned()
+    assert NumpyActor.from_policy(fast.policy) is not None and FusedMlpCritic.from_policy(fast.policy) is not None
+    with monkeypatch.context() as patch:  # the switch never even asks the fast paths
+        patch.setattr(NumpyActor, "from_policy", classmethod(_refuse))
+        patch.setattr(FusedMlpCritic, "from_policy", classmethod(_refuse))
+        generic = _learned(fast_paths=False)
+    with monkeypatch.context() as patch:  # what the benchmarks and tests patched before the switch existed
+        patch.setattr(NumpyActor, "from_policy", classmethod(lambda cls, policy: None))
+        patch.setattr(FusedMlpCritic, "from_policy", classmethod(lambda cls, policy: None))
+        patched = _learned()
+    assert th.equal(flat(generic.policy.parameters()), flat(patched.policy.parameters()))
+    assert np.array_equal(generic.rollout_buffer.actions, patched.rollout_buffer.actions)
+    assert th.allclose(flat(fast.policy.parameters()), flat(generic.policy.parameters()), atol=1e-4)
+
+
+def test_fast_paths_is_saved_and_loaded(tmp_path: Any) -> None:
+    model = _learned(fast_paths=False)
+    model.save(tmp_path / "model.zip")
+    assert TRPOPlus.load(tmp_path / "model.zip").fast_paths is False
+    assert TRPOPlus("MlpPolicy", "Pendulum-v1").fast_paths is True
+    with pytest.raises(ValueError, match="fast_paths"):
+        TRPOPlus("MlpPolicy", "Pendulum-v1", fast_paths="no")  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- no hidden order in the critic fit
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "dict"])
+def test_the_critic_fit_needs_no_prior_flattening_of_the_buffer(env_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the critic fit receives its data explicitly: on a freshly collected buffer (no _policy_batch()
+    # has flattened it) it runs the same path and computes the same fit as on the flattened buffer
+    if env_id == "dict":
+        model = TRPOPlus("MultiInputPolicy", SimpleMultiObsEnv(), seed=0, **SMALL)
+    else:
+        model = TRPOPlus("MlpPolicy", make_vec_env(env_id, n_envs=2, seed=0), seed=0, **SMALL)
+    model.learn(model.n_steps * model.n_envs)  # the optimizer has state
+    callback = CallbackList([])
+    callback.init_callback(model)
+    assert model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)  # type: ignore[arg-type]
+    buffer = model.rollout_buffer
+    assert not buffer.generator_ready
+    fresh = ValueTargets.from_buffer(buffer)
+    assert not buffer.generator_ready, "building the targets leaves the buffer as it is"
+    next(buffer.get(None))
+    flattened = ValueTargets.from_buffer(buffer)
+    if isinstance(fresh.observations, dict):
+        assert all(np.array_equal(fresh.observations[k], flattened.observations[k]) for k in fresh.observations)  # type: ignore[index]
+    else:
+        assert np.array_equal(fresh.observations, flattened.observations)  # type: ignore[arg-type]
+    assert np.array_equal(fresh.returns, flattened.returns)
+
+    fused_fits: list[int] = []
+    original_fit = FusedMlpCritic.fit
+    monkeypatch.setattr(FusedMlpCritic, "fit", lambda self, *a: fused_fits.append(1) or original_fit(self, *a))
+    twin = copy.deepcopy(model.policy)
+    pairs = list(zip(twin.parameters(), model.policy.parameters(), strict=True))
+    actor_ids = {id(p) for p in model._actor_params}
+    twin_actor = [p for p, q in pairs if id(q) in actor_ids]
+    np.random.seed(5)
+    fresh_losses = fit_critic(model.policy, fresh, 2, 32, model._actor_params)
+    np.random.seed(5)
+    flattened_losses = fit_critic(twin, flattened, 2, 32, twin_actor)
+    assert fresh_losses == flattened_losses
+    assert th.equal(flat(model.policy.parameters()), flat(twin.parameters()))
+    assert len(fused_fits) == (0 if env_id == "dict" else 2), "the fused fit serves both, or neither"

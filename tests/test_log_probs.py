@@ -17,13 +17,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from sb3_trpo_plus import TRPOPlus
-from sb3_trpo_plus.sampling import (
-    NumpyActor,
-    TorchActor,
-    bernoulli_log_prob,
-    gaussian_log_prob,
-    log_softmax,
-)
+from sb3_trpo_plus.fast.actor import NumpyActor, bernoulli_log_prob, gaussian_log_prob, log_softmax
+from sb3_trpo_plus.sampling import TorchActor
 
 LOGITS = st.floats(-100.0, 100.0, width=32)
 SHAPES = st.tuples(st.integers(1, 6), st.integers(1, 5))

@@ -29,8 +29,9 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_trpo_plus import TRPOPlus
-from sb3_trpo_plus.critic import FusedMlpCritic, fit_critic_torch
-from sb3_trpo_plus.sampling import NumpyActor, TorchActor
+from sb3_trpo_plus.critic import ValueTargets, fit_critic_torch
+from sb3_trpo_plus.fast import FusedMlpCritic, NumpyActor
+from sb3_trpo_plus.sampling import TorchActor
 
 SMALL = {"n_steps": 64, "batch_size": 32, "n_critic_updates": 2}
 DESIGN_KEYS = [
@@ -346,7 +347,7 @@ def test_critic_never_moves_what_the_policy_depends_on() -> None:
     # one more critic fit on the collected batch leaves every actor parameter untouched
     actor_before = [p.detach().clone() for p in model._actor_params]
     critic_before = model.policy.value_net.weight.detach().clone()
-    model._fit_critic()
+    model._fit_critic(ValueTargets.from_buffer(model.rollout_buffer))
     assert all(th.equal(a, p) for a, p in zip(actor_before, model._actor_params, strict=True))
     assert not th.equal(critic_before, model.policy.value_net.weight)
 
@@ -360,7 +361,7 @@ def test_an_actor_parameter_named_value_is_found_and_trained() -> None:
     model.learn(2 * SMALL["n_steps"])
     assert float(model.policy.value_gain) != gain
     actor_before = _actor(model)
-    model._fit_critic()
+    model._fit_critic(ValueTargets.from_buffer(model.rollout_buffer))
     assert th.equal(actor_before, _actor(model))
 
 
@@ -534,17 +535,17 @@ def test_fused_critic_matches_the_autograd_critic() -> None:
     actor_ids = {id(p) for p in model._actor_params}
     actor_names = [name for name, p in model.policy.named_parameters() if id(p) in actor_ids]
     assert "value_net.weight" not in actor_names and "action_net.weight" in actor_names
-    next(model.rollout_buffer.get(None))  # flatten, as train() does
+    targets = ValueTargets.from_buffer(model.rollout_buffer)
     np.random.seed(5)
     fused = FusedMlpCritic.from_policy(model.policy)
     assert fused is not None
-    fused_losses = fused.fit(model.rollout_buffer.observations, model.rollout_buffer.returns, 3, 32)
+    fused_losses = fused.fit(targets.observations, targets.returns, 3, 32)
     model_fused = _params(model)
     model.policy = twin
     np.random.seed(5)
     twin_params = dict(twin.named_parameters())
     actor = [twin_params[name] for name in actor_names]
-    torch_losses = fit_critic_torch(twin, model.rollout_buffer, 3, 32, actor)
+    torch_losses = fit_critic_torch(twin, targets, 3, 32, actor)
     assert np.allclose(fused_losses, torch_losses, rtol=1e-4)
     assert th.allclose(model_fused, _params(model), atol=1e-5)
     # the optimizer state carries over exactly as torch's Adam keeps it

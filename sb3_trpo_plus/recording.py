@@ -1,0 +1,64 @@
+"""
+What TRPOPlus logs: the keys of one iteration (the trust-region step's diagnostics, the critic
+fit, sb3-contrib's keys so that dashboards written for TRPO keep working) and of vine branching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from stable_baselines3.common.logger import Logger
+
+from sb3_trpo_plus.trust_region import StepResult
+
+
+def record_iteration(
+    logger: Logger,
+    step: StepResult,
+    value_losses: list[float],
+    ess: float,
+    explained_var: float,
+    rejected_steps: int,
+    n_updates: int,
+    std: float | None,
+) -> None:
+    """
+    Record one iteration.
+
+    :param step: the trust-region step
+    :param value_losses: the loss of every minibatch of the critic fit (none when it was skipped)
+    :param ess: effective sample size of the surrogate's importance weights after the step
+    :param explained_var: explained variance of the returns by the values of the rollout
+    :param rejected_steps: number of rejected steps since the model was built
+    :param n_updates: number of updates since the model was built
+    :param std: mean standard deviation of a Gaussian policy (None for other policies)
+    """
+    record = logger.record
+    record("train/kl", step.kl)
+    record("train/surrogate_gain", step.surrogate_gain)
+    record("train/expected_gain", step.expected_gain)
+    record("train/line_search_steps", step.line_search_steps)
+    record("train/line_search_success", float(step.accepted))
+    record("train/cg_residual", step.cg_residual)
+    record("train/cg_iterations", step.cg_iterations)
+    record("train/step_fraction", step.step_fraction)
+    record("train/rejected_steps", rejected_steps)
+    record("train/is_ess", ess)
+    if value_losses:
+        record("train/value_loss", float(np.mean(value_losses)))
+    record("train/explained_variance", explained_var)
+    # sb3-contrib's keys, so dashboards and scripts written for TRPO keep working
+    record("train/kl_divergence_loss", step.kl)
+    record("train/is_line_search_success", float(step.accepted))
+    if std is not None:
+        record("train/std", std)
+    record("train/n_updates", n_updates, exclude="tensorboard")
+
+
+def record_branching(logger: Logger, branch_steps: int, trunk_steps: int, stats: Mapping[str, float]) -> None:
+    """Record a vine rollout: branch steps, their share of the budget, and the sampler's statistics."""
+    logger.record("rollout/branch_steps", branch_steps)
+    logger.record("rollout/branch_fraction", branch_steps / max(1, branch_steps + trunk_steps))
+    for key in ("rollout_set_size", "branch_length_mean", "replayed_steps", "q_value_mean"):
+        logger.record(f"rollout/{key}", stats[key])

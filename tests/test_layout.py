@@ -1,0 +1,157 @@
+"""
+The package's layout (design.md section 2, issue 10): imports only run downhill through a
+declared order of layers, the import graph has no cycle, no module rebinds a module global at
+run time, and no class is longer than about 300 lines of code.
+
+To add a module, put it in the layer it belongs to in :data:`LAYERS` (a module of no layer fails
+the test): it may then import the modules of every layer below its own, and, within its own layer,
+only the modules of its own room (a subpackage such as ``fast``).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = "sb3_trpo_plus"
+ROOT = Path(__file__).resolve().parents[1] / PACKAGE
+
+# From the top down. Each entry is a room: a module, or a subpackage and everything in it.
+LAYERS: list[tuple[str, list[str]]] = [
+    ("entry points", ["zoo", "demo"]),
+    ("package", [""]),  # sb3_trpo_plus/__init__.py: TRPOPlus, the policies, __version__
+    ("algorithm", ["trpo_plus"]),
+    ("rooms the algorithm hands batches to", ["sampling", "vine", "critic", "recording", "validation", "actor_parameters"]),
+    ("data and sampling distributions", ["buffers", "q", "env_state", "policies"]),
+    ("pure functions and the NumPy fast paths", ["surrogate", "trust_region", "fast"]),
+]
+
+MAX_CLASS_LINES = 300  # lines of code: docstrings, comments and blank lines not counted
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {_module_name(path): path for path in sorted(ROOT.rglob("*.py"))}
+
+
+def _room(module: str) -> tuple[int, str]:
+    """(layer index, room) of a module of the package: the room of the longest matching prefix."""
+    relative = module[len(PACKAGE) + 1 :] if module != PACKAGE else ""
+    best: tuple[int, str] | None = None
+    for index, (_, rooms) in enumerate(LAYERS):
+        for room in rooms:
+            if relative == room or (room and relative.startswith(room + ".")):
+                if best is None or len(room) > len(best[1]):
+                    best = (index, room)
+    assert best is not None, f"{module} is in no layer: add it to LAYERS in tests/test_layout.py"
+    return best
+
+
+def _imports(module: str, path: Path) -> set[str]:
+    """The package's modules ``module`` imports (anywhere in it: at the top, in functions, under TYPE_CHECKING)."""
+    found: set[str] = set()
+    is_package = path.name == "__init__.py"
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import
+                anchor = module.split(".")
+                anchor = anchor[: len(anchor) - node.level + (1 if is_package else 0)]
+                base = ".".join([*anchor, *([base] if base else [])])
+            # "from package import submodule" imports the submodule
+            names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base for alias in node.names]
+        else:
+            continue
+        for name in names:
+            while name and name not in MODULES and name.startswith(PACKAGE):
+                name = name.rpartition(".")[0]
+            if name in MODULES and name != module:
+                found.add(name)
+    return found
+
+
+GRAPH = {module: _imports(module, path) for module, path in MODULES.items()}
+
+
+def test_every_module_is_in_a_layer() -> None:
+    for module in MODULES:
+        _room(module)
+
+
+def test_imports_only_run_downhill() -> None:
+    upward = []
+    for module, imported in GRAPH.items():
+        layer, room = _room(module)
+        for target in imported:
+            target_layer, target_room = _room(target)
+            if target_layer < layer or (target_layer == layer and target_room != room):
+                upward.append(f"{module} ({LAYERS[layer][0]}) imports {target} ({LAYERS[target_layer][0]})")
+    assert not upward, "\n".join(sorted(upward))
+
+
+def test_the_import_graph_has_no_cycle() -> None:
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            pytest.fail("import cycle: " + " -> ".join([*path[path.index(module) :], module]))
+        if module in done:
+            return
+        for target in sorted(GRAPH[module]):
+            visit(target, [*path, module])
+        done.add(module)
+
+    for module in GRAPH:
+        visit(module, [])
+
+
+def test_no_module_global_is_rebound_at_run_time() -> None:
+    offenders = [
+        f"{module}:{node.lineno}"
+        for module, path in MODULES.items()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Global)
+    ]
+    assert not offenders, offenders
+
+
+def _code_lines(node: ast.ClassDef, lines: list[str]) -> int:
+    docstrings: set[int] = set()
+    for inner in ast.walk(node):
+        if isinstance(inner, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and ast.get_docstring(inner) is not None:
+            first = inner.body[0]
+            docstrings.update(range(first.lineno, (first.end_lineno or first.lineno) + 1))
+    return sum(
+        1
+        for number in range(node.lineno, (node.end_lineno or node.lineno) + 1)
+        if number not in docstrings and lines[number - 1].strip() and not lines[number - 1].strip().startswith("#")
+    )
+
+
+def test_no_class_is_longer_than_about_300_lines() -> None:
+    long = []
+    for module, path in MODULES.items():
+        source = path.read_text()
+        lines = source.splitlines()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ClassDef) and _code_lines(node, lines) > MAX_CLASS_LINES:
+                long.append(f"{module}.{node.name}: {_code_lines(node, lines)} lines of code")
+    assert not long, long
+
+
+def test_the_layout_test_sees_the_known_edges() -> None:
+    # guards the parser itself: these imports exist, so a test that found none would be blind
+    assert f"{PACKAGE}.sampling" in GRAPH[f"{PACKAGE}.trpo_plus"]
+    assert f"{PACKAGE}.fast" in GRAPH[f"{PACKAGE}.critic"]
+    assert f"{PACKAGE}.fast.plain" in GRAPH[f"{PACKAGE}.fast.actor"]
+    assert f"{PACKAGE}.buffers" in GRAPH[f"{PACKAGE}.vine"]  # imported inside a function
+    assert f"{PACKAGE}.zoo.hyperparams_opt" in GRAPH[f"{PACKAGE}.zoo.cli"]  # "from package import module"
