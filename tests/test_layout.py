@@ -156,4 +156,4 @@ def test_the_layout_test_sees_the_known_edges() -> None:
     assert f"{PACKAGE}.fast" in GRAPH[f"{PACKAGE}.critic"]
     assert f"{PACKAGE}.fast.plain" in GRAPH[f"{PACKAGE}.fast.actor"]
     assert f"{PACKAGE}.buffers" in GRAPH[f"{PACKAGE}.vine"]  # imported inside a function
-    assert f"{PACKAGE}.zoo.hyperparams_opt" in GRAPH[f"{PACKAGE}.zoo.cli"]  # "from package import module"
+    assert f"{PACKAGE}.zoo.hub" in GRAPH[f"{PACKAGE}.zoo.cli"]  # "from package import module"

@@ -417,15 +417,15 @@ def test_vine_configuration_file_builds_vine_models() -> None:
         model.env.close()
 
 
-def test_vine_search_space_is_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sb3_trpo_plus.zoo import hyperparams_opt
+def test_vine_search_space_is_opt_in() -> None:
+    from sb3_trpo_plus.zoo.hyperparams_opt import SEARCH_VINE_ATTR
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
     assert all("sampling" not in sample_trpo_plus_params(study.ask(), 0, 1, {}) for _ in range(20))
-    monkeypatch.setattr(hyperparams_opt, "SEARCH_VINE", True)
     schemes = set()
     for _ in range(40):
         trial = study.ask()
+        trial.set_user_attr(SEARCH_VINE_ATTR, True)  # what the experiment manager does with --search-vine
         hyperparams = sample_trpo_plus_params(trial, 0, 1, {})
         schemes.add(hyperparams.get("sampling", "single_path"))
         assert convert_trpo_plus_params(trial.params) == hyperparams

@@ -2,17 +2,22 @@
 ``trpo-plus-zoo``: rl_zoo3's scripts with ``trpo_plus`` registered.
 
 Usage: ``trpo-plus-zoo <command> [flags of the rl_zoo3 script]``, with the commands ``train``,
-``enjoy``, ``record_video``, ``record_training``, ``plot_train``, ``all_plots`` and
-``plot_from_file``. Every flag is handed unchanged to the rl_zoo3 script of the same name;
-``--algo`` (``--algos`` for ``all_plots``) defaults to ``trpo_plus`` instead of ``ppo``, and
-still accepts every algorithm of rl_zoo3.
+``enjoy``, ``record_video``, ``record_training``, ``plot_train``, ``all_plots``,
+``plot_from_file``, ``push_to_hub``, ``load_from_hub`` and ``benchmark``. Every flag is handed
+unchanged to the rl_zoo3 script of the same name; ``--algo`` (``--algos`` for ``all_plots``)
+defaults to ``trpo_plus`` instead of ``ppo``, and still accepts every algorithm of rl_zoo3.
+``push_to_hub --local-only`` packages a model into its local repository folder without network,
+``load_from_hub --local-repo DIR`` reads such a folder (:mod:`sb3_trpo_plus.zoo.hub`).
 
 ``train`` understands three more flags, for ``-optimize`` with a database ``--storage``
 (``sqlite:///...``, ``postgresql://...``): ``--heartbeat-interval`` (seconds, default 10; 0
 turns heartbeat and retries off), ``--grace-period`` (seconds without heartbeat before a running
 trial is declared dead, default 60) and ``--max-retry`` (re-queues of a dead trial, default 3);
-and ``--search-vine``, which adds vine sampling (rollout-set size, branches, horizon, state
-selection, q) to the ``-optimize`` search space, for environments vine mode can branch.
+``--search-vine``, which adds vine sampling (rollout-set size, branches, horizon, state
+selection, q) to the ``-optimize`` search space, for environments vine mode can branch; and
+``--trial-seeds K`` with ``--trial-aggregate mean|median`` (default mean): each ``-optimize`` trial
+trains K seeds in lockstep and reports their aggregate, the pruner seeing the running aggregate
+(:mod:`sb3_trpo_plus.zoo.multiseed`; K = 1, the default, is rl_zoo3's single unseeded run).
 """
 
 from __future__ import annotations
@@ -22,7 +27,18 @@ import runpy
 import sys
 from collections.abc import Callable, Sequence
 
-COMMANDS = ("train", "enjoy", "record_video", "record_training", "plot_train", "all_plots", "plot_from_file")
+COMMANDS = (
+    "train",
+    "enjoy",
+    "record_video",
+    "record_training",
+    "plot_train",
+    "all_plots",
+    "plot_from_file",
+    "push_to_hub",
+    "load_from_hub",
+    "benchmark",
+)
 #: flag naming the algorithm, per command (prepended with ``trpo_plus``; a later flag on the command line wins)
 ALGO_FLAGS = {
     "train": "--algo",
@@ -31,6 +47,8 @@ ALGO_FLAGS = {
     "record_training": "--algo",
     "plot_train": "--algo",
     "all_plots": "--algos",
+    "push_to_hub": "--algo",
+    "load_from_hub": "--algo",
 }
 USAGE = (
     "usage: trpo-plus-zoo {" + ",".join(COMMANDS) + "} [flags of the rl_zoo3 script]\n"
@@ -44,27 +62,35 @@ def _heartbeat_parser() -> argparse.ArgumentParser:
     parser.add_argument("--grace-period", type=int, default=60)
     parser.add_argument("--max-retry", type=int, default=3)
     parser.add_argument("--search-vine", action="store_true")
+    parser.add_argument("--trial-seeds", type=int, default=1)
+    parser.add_argument("--trial-aggregate", choices=("mean", "median"), default="mean")
     return parser
 
 
 def _train() -> None:
     from rl_zoo3.train import train
 
-    from sb3_trpo_plus.zoo.experiment import HeartbeatSettings, TRPOPlusExperimentManager
+    from sb3_trpo_plus.zoo.experiment import HeartbeatSettings, ZooOptions, zoo_options
+    from sb3_trpo_plus.zoo.multiseed import TrialSeeds
 
     own, rest = _heartbeat_parser().parse_known_args(sys.argv[1:])
     sys.argv[1:] = rest
-    if own.search_vine:
-        from sb3_trpo_plus.zoo import hyperparams_opt
-
-        hyperparams_opt.SEARCH_VINE = True
+    if own.trial_seeds < 1:
+        raise SystemExit(f"trpo-plus-zoo train: --trial-seeds must be >= 1, got {own.trial_seeds}")
+    heartbeat = None
     if own.heartbeat_interval > 0:
-        TRPOPlusExperimentManager.heartbeat = HeartbeatSettings(
+        heartbeat = HeartbeatSettings(
             interval=own.heartbeat_interval,
             grace_period=own.grace_period,
             max_retry=own.max_retry if own.max_retry >= 0 else None,
         )
-    train()
+    options = ZooOptions(
+        heartbeat=heartbeat,
+        trial_seeds=TrialSeeds(own.trial_seeds, own.trial_aggregate) if own.trial_seeds > 1 else None,
+        search_vine=own.search_vine,
+    )
+    with zoo_options(options):
+        train()
 
 
 def _enjoy() -> None:
@@ -91,6 +117,15 @@ def _plot(name: str) -> Callable[[], None]:
     return run
 
 
+def _hub(name: str) -> Callable[[], None]:
+    def run() -> None:
+        from sb3_trpo_plus.zoo import hub
+
+        getattr(hub, name)(sys.argv[1:])
+
+    return run
+
+
 SCRIPTS: dict[str, Callable[[], None]] = {
     "train": _train,
     "enjoy": _enjoy,
@@ -99,6 +134,9 @@ SCRIPTS: dict[str, Callable[[], None]] = {
     "plot_train": _plot("plot_train"),
     "all_plots": _plot("all_plots"),
     "plot_from_file": _plot("plot_from_file"),
+    "push_to_hub": _hub("push_to_hub"),
+    "load_from_hub": _hub("load_from_hub"),
+    "benchmark": _hub("benchmark"),
 }
 
 
@@ -117,9 +155,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"trpo-plus-zoo: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         sys.exit(2)
 
-    import sb3_trpo_plus.zoo  # registers trpo_plus
-
-    sb3_trpo_plus.zoo.register()
+    import sb3_trpo_plus.zoo  # importing it registers trpo_plus (once)
     if command in ALGO_FLAGS:
         flags = [ALGO_FLAGS[command], sb3_trpo_plus.zoo.ALGO_NAME, *flags]
     sys.argv = [f"trpo-plus-zoo {command}", *flags]

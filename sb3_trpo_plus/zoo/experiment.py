@@ -5,10 +5,15 @@ rl_zoo3's experiment manager, with this package's defaults and fault-tolerant di
 three ways, none of which changes anything for rl_zoo3's own algorithms unless asked for:
 
 1. For the algorithms of this package, the default hyperparameter file is the package's
-   ``zoo_configs/<algo>.yml`` instead of rl_zoo3's ``hyperparams/<algo>.yml`` (``-conf`` still wins).
-2. Every trial records which worker ran it (user attribute ``worker``: ``host:pid``).
-3. With :attr:`TRPOPlusExperimentManager.heartbeat` set (the ``trpo-plus-zoo`` command line does
-   it for database storages), a study on a relational database (``sqlite:///...``,
+   ``zoo_configs/<algo>.yml`` instead of rl_zoo3's ``hyperparams/<algo>.yml`` (``-conf`` still wins,
+   and names the shipped files as ``pkg:trpo_plus_vine``, see :func:`~sb3_trpo_plus.zoo.configs.resolve_config`).
+2. Every trial records which worker ran it (user attribute ``worker``: ``host:pid``); with
+   :attr:`ZooOptions.trial_seeds` (``--trial-seeds K``), a trial trains K seeds and reports their
+   mean or median (:mod:`sb3_trpo_plus.zoo.multiseed`); with :attr:`ZooOptions.search_vine`
+   (``--search-vine``) every trial records the user attribute ``search_vine``, which adds vine
+   sampling to its search space (:func:`~sb3_trpo_plus.zoo.hyperparams_opt.sample_trpo_plus_params`).
+3. With :attr:`ZooOptions.heartbeat` set (the ``trpo-plus-zoo`` command line does it for database
+   storages), a study on a relational database (``sqlite:///...``,
    ``postgresql://...``) uses Optuna's heartbeat: every running trial refreshes a timestamp in the
    database; a trial whose worker died (killed, machine lost) stops refreshing it and, after the
    grace period, the next worker that looks at the study marks it FAIL and re-queues its
@@ -16,6 +21,11 @@ three ways, none of which changes anything for rl_zoo3's own algorithms unless a
    for the trials that were still running when it finished; if one of them turns out stale, it
    runs the retry itself, so a study never ends with a lost trial just because the surviving
    workers were done first.
+
+These options are a :class:`ZooOptions`, given to the manager's constructor (``options=``) or, since
+``rl_zoo3.train.train()`` builds the manager itself, set for the duration of a ``with``
+:func:`zoo_options` block (a context variable, restored when the block ends), which is what
+``trpo-plus-zoo train`` does with its own flags.
 """
 
 from __future__ import annotations
@@ -27,8 +37,9 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import optuna
 import sqlalchemy.exc
@@ -36,7 +47,9 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from rl_zoo3.exp_manager import ExperimentManager
 
-from sb3_trpo_plus.zoo.configs import default_config
+from sb3_trpo_plus.zoo.configs import default_config, resolve_config
+from sb3_trpo_plus.zoo.hyperparams_opt import SEARCH_VINE_ATTR
+from sb3_trpo_plus.zoo.multiseed import TrialSeeds, multi_seed_objective
 
 
 @dataclass(frozen=True)
@@ -112,43 +125,90 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+@dataclass(frozen=True)
+class ZooOptions:
+    """
+    What ``trpo-plus-zoo train`` adds to rl_zoo3's experiment manager.
+
+    :param heartbeat: heartbeat of database storages during ``-optimize`` (None: Optuna's default,
+        no heartbeat)
+    :param trial_seeds: several seeds per tuning trial (None: rl_zoo3's single unseeded run per trial)
+    :param search_vine: add vine sampling to the tuning search space
+    """
+
+    heartbeat: HeartbeatSettings | None = None
+    trial_seeds: TrialSeeds | None = None
+    search_vine: bool = False
+
+
+_OPTIONS: ContextVar[ZooOptions | None] = ContextVar("sb3_trpo_plus_zoo_options", default=None)
+
+
+@contextmanager
+def zoo_options(options: ZooOptions) -> Iterator[ZooOptions]:
+    """
+    Within the block, every :class:`TRPOPlusExperimentManager` built without ``options=`` (such as
+    the one ``rl_zoo3.train.train()`` builds) uses ``options``; the previous options come back after.
+
+    :param options: the options
+    """
+    token = _OPTIONS.set(options)
+    try:
+        yield options
+    finally:
+        _OPTIONS.reset(token)
+
+
+def current_zoo_options() -> ZooOptions:
+    """:return: the options in force (those of the innermost :func:`zoo_options` block, or the defaults)"""
+    return _OPTIONS.get() or ZooOptions()
+
+
 class TRPOPlusExperimentManager(ExperimentManager):
     """
     rl_zoo3's experiment manager with the defaults of this package (see the module docstring).
-    Takes exactly the arguments of :class:`rl_zoo3.exp_manager.ExperimentManager`.
+    Takes the arguments of :class:`rl_zoo3.exp_manager.ExperimentManager`, plus:
+
+    :param options: what ``trpo-plus-zoo train`` adds (default: :func:`current_zoo_options`)
     """
 
-    #: heartbeat of database storages during ``-optimize`` (None: Optuna's default, no heartbeat)
-    heartbeat: ClassVar[HeartbeatSettings | None] = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, options: ZooOptions | None = None, **kwargs: Any) -> None:
+        self.options = options if options is not None else current_zoo_options()
         bound = inspect.signature(ExperimentManager.__init__).bind(self, *args, **kwargs)
         if bound.arguments.get("config") is None:
             config = default_config(bound.arguments["algo"])
             if config is not None:
                 bound.arguments["config"] = config
+        else:
+            bound.arguments["config"] = resolve_config(bound.arguments["config"])
         ExperimentManager.__init__(*bound.args, **bound.kwargs)
         self._study: optuna.Study | None = None
 
     def objective(self, trial: optuna.Trial) -> float:
         """
-        rl_zoo3's objective, after recording which worker runs the trial.
+        rl_zoo3's objective, after recording which worker runs the trial; with ``options.trial_seeds``,
+        the trial trains several seeds and returns their aggregate
+        (:func:`~sb3_trpo_plus.zoo.multiseed.multi_seed_objective`).
 
         :param trial: the Optuna trial
-        :return: the last mean evaluation reward
+        :return: the last mean evaluation reward (its aggregate over the seeds)
         """
         trial.set_user_attr("worker", worker_name())
+        if self.options.search_vine:
+            trial.set_user_attr(SEARCH_VINE_ATTR, True)
+        if self.options.trial_seeds is not None:
+            return multi_seed_objective(self, trial, self.options.trial_seeds)
         return super().objective(trial)
 
     @contextmanager
     def _study_storage(self) -> Iterator[None]:
         """
         While active, the study that rl_zoo3 creates on a database URL gets the storage of
-        :func:`database_storage` (with heartbeat if :attr:`heartbeat` is set) instead of a plain
+        :func:`database_storage` (with heartbeat if ``options.heartbeat`` is set) instead of a plain
         one, and is remembered in ``self._study``.
         """
         create_study = optuna.create_study
-        heartbeat = self.heartbeat
+        heartbeat = self.options.heartbeat
 
         def create_study_on_database(*args: Any, **kwargs: Any) -> optuna.Study:
             if is_database_url(kwargs.get("storage")):
@@ -186,7 +246,7 @@ class TRPOPlusExperimentManager(ExperimentManager):
 
     def hyperparameters_optimization(self) -> None:
         """rl_zoo3's optimisation; with a heartbeat, also runs the retries of trials whose worker died."""
-        heartbeat = self.heartbeat
+        heartbeat = self.options.heartbeat
         if not is_database_url(self.storage):
             super().hyperparameters_optimization()
             return

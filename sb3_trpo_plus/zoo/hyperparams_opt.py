@@ -29,8 +29,9 @@ LINE_SEARCH_SHRINKING_FACTORS = (0.5, 0.7, 0.8, 0.9)
 VINE_HORIZONS = (10, 25, 50, 100)
 VINE_QS = ("policy", "mixture")
 # Vine mode only works on environments whose state can be saved and restored, so it is searched
-# only on request (``trpo-plus-zoo train -optimize --search-vine``).
-SEARCH_VINE = False
+# only on request (``trpo-plus-zoo train -optimize --search-vine``), for the trials that carry
+# this user attribute (set by the experiment manager).
+SEARCH_VINE_ATTR = "search_vine"
 
 
 def convert_trpo_plus_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
@@ -74,7 +75,8 @@ def sample_trpo_plus_params(
     """
     Sample ``TRPOPlus`` hyperparameters (rl_zoo3's sampler signature).
 
-    :param trial: the Optuna trial
+    :param trial: the Optuna trial; its user attribute ``search_vine`` (:data:`SEARCH_VINE_ATTR`) adds
+        vine sampling to the search space
     :param n_actions: size of the action space (unused: TRPO has no action noise)
     :param n_envs: number of parallel environments of the trial
     :param additional_args: rl_zoo3's extra arguments (unused)
@@ -101,7 +103,8 @@ def sample_trpo_plus_params(
         "net_arch": trial.suggest_categorical("net_arch", list(NET_ARCHS)),
         "activation_fn": trial.suggest_categorical("activation_fn", list(ACTIVATIONS)),
     }
-    if SEARCH_VINE and trial.suggest_categorical("sampling", ["single_path", "vine"]) == "vine":
+    search_vine = bool(getattr(trial, "user_attrs", {}).get(SEARCH_VINE_ATTR, False))
+    if search_vine and trial.suggest_categorical("sampling", ["single_path", "vine"]) == "vine":
         sampled.update(
             {
                 "sampling": "vine",

@@ -1,0 +1,109 @@
+"""
+``-conf`` names the shipped hyperparameter files (``pkg:trpo_plus_vine``, ``trpo_plus_vine``) in a
+clone, in an editable install and in a wheel installed into a fresh virtual environment.
+
+The fresh environments are ``python -m venv --system-site-packages`` (torch, rl_zoo3 and the other
+dependencies come from this interpreter's site-packages, so nothing big is reinstalled); the package
+itself is installed into the venv with ``--no-deps``, and each test checks that ``sb3_trpo_plus`` is
+imported from the venv's copy, not from this clone or another editable install.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sb3_trpo_plus import TRPOPlus
+from sb3_trpo_plus.zoo import TRPOPlusExperimentManager, resolve_config, shipped_configs, zoo_configs_dir
+
+REPO = Path(__file__).resolve().parent.parent
+TESTS_DIR = REPO / "tests"
+
+
+def test_shipped_names_resolve_in_the_clone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    vine = zoo_configs_dir() / "trpo_plus_vine.yml"
+    assert set(shipped_configs()) >= {"trpo_plus", "trpo_plus_vine"}
+    monkeypatch.chdir(tmp_path)
+    for name in ("pkg:trpo_plus_vine", "pkg:trpo_plus_vine.yml", "trpo_plus_vine", "trpo_plus_vine.yml"):
+        assert resolve_config(name) == str(vine), name
+    # a file of that name in the current folder wins over the bare name, never over pkg:
+    (tmp_path / "trpo_plus_vine.yml").write_text("CartPole-v1: {policy: MlpPolicy}\n")
+    assert resolve_config("trpo_plus_vine.yml") == "trpo_plus_vine.yml"
+    assert resolve_config("pkg:trpo_plus_vine.yml") == str(vine)
+    # paths and Python module names (rl_zoo3's other -conf forms) pass unchanged
+    assert resolve_config("my/own.yml") == "my/own.yml"
+    assert resolve_config("hyperparams.python.ppo_config_example") == "hyperparams.python.ppo_config_example"
+    with pytest.raises(FileNotFoundError, match=r"no shipped configuration 'nope'.*pkg:trpo_plus_vine"):
+        resolve_config("pkg:nope")
+    import argparse
+
+    manager = TRPOPlusExperimentManager(argparse.Namespace(), "trpo_plus", "CartPole-v1", "logs", config="pkg:trpo_plus_vine")
+    assert manager.config == str(vine)
+
+
+def _fresh_venv(path: Path) -> Path:
+    """A venv seeing this interpreter's packages; returns its python."""
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(path)], check=True, capture_output=True)
+    return path / "bin" / "python"
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """No PYTHONPATH pointing at this clone: only the tests folder (for the plot backend module)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": str(TESTS_DIR)})
+    env.update(extra)
+    return env
+
+
+def _train_with_shipped_vine(python: Path, workdir: Path) -> tuple[str, str]:
+    """``trpo-plus-zoo train -conf pkg:trpo_plus_vine`` with the venv's console script; returns (module file, config)."""
+    probe = "import sb3_trpo_plus.zoo as z; print(z.__file__); print(z.resolve_config('pkg:trpo_plus_vine'))"
+    result = subprocess.run([str(python), "-c", probe], cwd=workdir, env=_clean_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    module_file, config = result.stdout.split()
+    train = subprocess.run(
+        [str(python.parent / "trpo-plus-zoo"), "train", "--env", "CartPole-v1", "-conf", "trpo_plus_vine",
+         "-n", "600", "--eval-freq", "-1", "--seed", "0", "--num-threads", "1", "-f", "logs"],
+        cwd=workdir, env=_clean_env(), capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert train.returncode == 0, f"{train.stdout}\n{train.stderr}"
+    assert f"Loading hyperparameters from: {config}" in train.stdout
+    model = TRPOPlus.load(workdir / "logs" / "trpo_plus" / "CartPole-v1_1" / "CartPole-v1.zip")
+    assert model.sampling == "vine" and model.vine_kwargs["all_actions"] is True
+    return module_file, config
+
+
+def test_wheel_in_a_fresh_venv_finds_the_shipped_vine_config(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "-q", "-w", str(tmp_path / "wheel")],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = (tmp_path / "wheel").glob("sb3_trpo_plus-*.whl")
+    python = _fresh_venv(tmp_path / "venv")
+    subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheel)], check=True, capture_output=True)
+    (tmp_path / "work").mkdir()
+    module_file, config = _train_with_shipped_vine(python, tmp_path / "work")
+    site = Path(module_file).parents[2]
+    assert site.is_relative_to(tmp_path / "venv"), module_file
+    assert Path(config) == site / "sb3_trpo_plus" / "zoo_configs" / "trpo_plus_vine.yml"
+    assert yaml.safe_load(Path(config).read_text())["CartPole-v1"]["sampling"] == "vine"
+
+
+def test_editable_install_in_a_fresh_venv_finds_the_shipped_vine_config(tmp_path: Path) -> None:
+    python = _fresh_venv(tmp_path / "venv")
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--no-deps", "-q", "-e", str(REPO)],
+        check=True,
+        capture_output=True,
+    )
+    (tmp_path / "work").mkdir()
+    module_file, config = _train_with_shipped_vine(python, tmp_path / "work")
+    # this clone's package (not another editable install), with the clone's top-level zoo_configs
+    assert Path(module_file).resolve() == REPO / "sb3_trpo_plus" / "zoo" / "__init__.py"
+    assert Path(config) == REPO / "zoo_configs" / "trpo_plus_vine.yml"
