@@ -339,7 +339,7 @@ class CategoricalFamily(Family):
 
     def detach(self, distribution: Any) -> Any:
         old = copy.copy(distribution)
-        old.distribution = Categorical(logits=distribution.distribution.logits.detach(), validate_args=False)
+        old.distribution = detached_torch(distribution.distribution)
         return old
 
     def metric(self, distribution: Any) -> FisherMetric:
@@ -368,9 +368,7 @@ class MultiCategoricalFamily(CategoricalFamily):
 
     def detach(self, distribution: Any) -> Any:
         old = copy.copy(distribution)
-        old.distribution = [
-            Categorical(logits=part.logits.detach(), validate_args=False) for part in distribution.distribution
-        ]
+        old.distribution = [detached_torch(part) for part in distribution.distribution]
         return old
 
     def parts(self, distribution: Any) -> list[Any]:
@@ -398,7 +396,7 @@ class BernoulliFamily(Family):
 
     def detach(self, distribution: Any) -> Any:
         old = copy.copy(distribution)
-        old.distribution = Bernoulli(logits=distribution.distribution.logits.detach(), validate_args=False)
+        old.distribution = detached_torch(distribution.distribution)
         return old
 
     def metric(self, distribution: Any) -> FisherMetric:
@@ -425,6 +423,19 @@ class BernoulliFamily(Family):
 
 
 # --------------------------------------------------------------------------- by distribution
+
+
+def detached_torch(distribution: th.distributions.Distribution) -> th.distributions.Distribution:
+    """
+    A copy of a torch distribution whose tensors are cut from the autograd graph, value for value.
+    Building a new ``Categorical(logits=...)`` instead would normalise the already normalised
+    logits a second time and move them by about 1e-8, enough to make KL(pi_old || pi_old) non-zero.
+    """
+    old = copy.copy(distribution)
+    for name, value in vars(distribution).items():
+        if isinstance(value, th.Tensor):
+            setattr(old, name, value.detach())
+    return old
 
 
 def detached(distribution: Distribution) -> Distribution:

@@ -8,7 +8,7 @@ import pytest
 import torch as th
 from conftest import actor_parameters, build_policy, flat
 from gymnasium import spaces
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -369,6 +369,10 @@ _SPACES = {
     fisher=st.sampled_from(["analytic", "kl_hessian"]),
     advantage_scale=st.floats(0.01, 100.0),
 )
+# found by hypothesis: rejected, parameters restored bit for bit, yet KL(pi_old || pi) was 1.4e-8,
+# because pi_old was a Categorical re-built from (re-normalised) logits
+@example(space="discrete", seed=1258, n=20, target_kl=0.5, shrink=0.890625, damping=0.015625, fisher="analytic",
+         advantage_scale=1.0)  # fmt: skip
 def test_a_step_never_leaves_the_trust_region(
     space: str, seed: int, n: int, target_kl: float, shrink: float, damping: float, fisher: str, advantage_scale: float
 ) -> None:
