@@ -304,11 +304,13 @@ EDITS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
-@pytest.mark.parametrize("name", EDITS)
+# log_std exists only on the Gaussian policy (Pendulum)
+_EDIT_CASES = [(name, env_id) for name in EDITS for env_id in ("Pendulum-v1", "CartPole-v1")
+               if "log_std" not in name or env_id == "Pendulum-v1"]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "env_id"), _EDIT_CASES)
 def test_a_policy_edited_by_a_callback_during_a_rollout_is_followed(name: str, env_id: str) -> None:
-    if "log_std" in name and env_id != "Pendulum-v1":
-        pytest.skip("no log_std")
     plain = _rollout(env_id, None, None)
     fast = _rollout(env_id, None, EDITS[name])
     generic = _rollout(env_id, None, EDITS[name], fast_paths=False)
