@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -43,60 +42,24 @@ from torch import nn
 from sb3_trpo_plus.actor_parameters import find_actor_parameters
 from sb3_trpo_plus.buffers import VineBatch
 from sb3_trpo_plus.critic import ValueTargets, fit_critic
-from sb3_trpo_plus.distributions import detached, distribution_metric, distribution_parameters
 from sb3_trpo_plus.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
+from sb3_trpo_plus.policy_step import (
+    StepSettings,
+    Surrogate,
+    index_obs,
+    single_path_surrogate,
+    trust_region_step,
+    vine_surrogate,
+)
 from sb3_trpo_plus.q import SamplingDistribution, SamplingSettings
 from sb3_trpo_plus.recording import record_branching, record_iteration
 from sb3_trpo_plus.sampling import collect_single_path
-from sb3_trpo_plus.surrogate import (
-    effective_sample_size,
-    exact_sum_surrogate,
-    importance_sampled_surrogate,
-    importance_weights,
-    mean_kl,
-    self_normalized_surrogate,
-)
-from sb3_trpo_plus.trust_region import (
-    MatVec,
-    StepResult,
-    analytic_fisher_vector_product,
-    kl_hessian_vector_product,
-    natural_gradient_step,
-)
+from sb3_trpo_plus.trust_region import StepResult
 from sb3_trpo_plus.validation import InvalidArgumentError as InvalidArgumentError  # re-exported: users catch it
 from sb3_trpo_plus.validation import check_batch_size, validate_arguments
 from sb3_trpo_plus.vine import VineSampler
 
 SelfTRPOPlus = TypeVar("SelfTRPOPlus", bound="TRPOPlus")
-
-
-@dataclass
-class Surrogate:
-    """
-    The estimated objective of one iteration.
-
-    :param observations: the states the objective and the KL constraint are evaluated on
-    :param objective: the surrogate L(theta) as a function of pi_theta's distribution on them
-    :param ess: effective sample size of the importance weights under a distribution
-    :param invalid: why the batch cannot be used ("" when it can)
-    """
-
-    observations: PyTorchObs
-    objective: Callable[[Distribution], th.Tensor]
-    ess: Callable[[Distribution], float]
-    invalid: str
-
-
-def _index_obs(obs: PyTorchObs, index: th.Tensor | slice) -> PyTorchObs:
-    if isinstance(obs, dict):
-        return {key: value[index] for key, value in obs.items()}
-    return obs[index]
-
-
-def _n_obs(obs: PyTorchObs) -> int:
-    if isinstance(obs, dict):
-        return len(next(iter(obs.values())))
-    return len(obs)
 
 
 def _advance_progress_bars(callback: BaseCallback, steps: int) -> None:
@@ -377,7 +340,7 @@ class TRPOPlus(OnPolicyAlgorithm):
         if self.sub_sampling_factor > 1:
             every = slice(None, None, self.sub_sampling_factor)
             batch = batch._replace(
-                observations=_index_obs(batch.observations, every),
+                observations=index_obs(batch.observations, every),
                 actions=batch.actions[every],
                 old_log_prob=batch.old_log_prob[every],
                 advantages=batch.advantages[every],
@@ -399,110 +362,32 @@ class TRPOPlus(OnPolicyAlgorithm):
         trunk = self._policy_batch()
         return self._vine_batch if self.sampling == "vine" else trunk
 
-    def _actions_for_log_prob(self, actions: th.Tensor) -> th.Tensor:
-        if isinstance(self.action_space, spaces.Discrete):
-            return actions.long().flatten()
-        return actions
-
     def _surrogate(self, batch: Any) -> Surrogate:
-        """
-        The single-path importance-sampled surrogate mean[pi_theta / q * A] as a function of the
-        policy's action distribution on the batch's states (weights truncated at
-        ``q_kwargs['max_weight']`` when given; without it, sb3-contrib's objective).
-        """
-        actions = self._actions_for_log_prob(batch.actions)
-        log_q = batch.old_log_prob  # single path: q = pi_old
-        advantages = batch.advantages
-        if self.normalize_advantage:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-
-        max_weight = self.max_weight
-
-        def objective(distribution: Distribution) -> th.Tensor:
-            return importance_sampled_surrogate(distribution.log_prob(actions), log_q, advantages, max_weight)
-
-        def ess(distribution: Distribution) -> float:
-            return effective_sample_size(importance_weights(distribution.log_prob(actions), log_q, max_weight))
-
-        finite = bool(th.isfinite(advantages).all())
-        return Surrogate(batch.observations, objective, ess, "" if finite else "non-finite advantages")
+        """The single-path surrogate mean[pi_theta / pi_old * A] (:func:`~sb3_trpo_plus.policy_step.single_path_surrogate`)."""
+        return single_path_surrogate(batch, self.action_space, self.normalize_advantage, self.max_weight)
 
     def _vine_surrogate(self, batch: VineBatch) -> Surrogate:
-        """
-        The vine surrogate on the rollout set: the exact sum over actions when every action of a
-        finite space was branched, the self-normalised importance-sampled estimator otherwise
-        (its weights, and those of the logged effective sample size, truncated at
-        ``q_kwargs['max_weight']`` when given).
-        """
-        actions = self._actions_for_log_prob(batch.actions)
-        max_weight = None if batch.all_actions else self.max_weight
-
-        def objective(distribution: Distribution) -> th.Tensor:
-            log_prob = distribution.log_prob(actions)
-            if batch.all_actions:
-                return exact_sum_surrogate(log_prob, batch.q_values, batch.group, batch.n_states)
-            return self_normalized_surrogate(log_prob, batch.log_q, batch.q_values, batch.group, batch.n_states, max_weight)
-
-        def ess(distribution: Distribution) -> float:
-            weights = importance_weights(distribution.log_prob(actions), batch.log_q, max_weight).view(batch.n_states, -1)
-            return float(np.mean([effective_sample_size(row) for row in weights]))
-
-        finite = bool(th.isfinite(batch.q_values).all())
-        return Surrogate(batch.observations, objective, ess, "" if finite else "non-finite Q-values")
+        """The vine surrogate on the rollout set (:func:`~sb3_trpo_plus.policy_step.vine_surrogate`)."""
+        return vine_surrogate(batch, self.action_space, self.max_weight)
 
     # ------------------------------------------------------------------ step 3: trust region
 
-    def _fisher_product(self, obs: PyTorchObs, distribution: Distribution, old_distribution: Distribution) -> MatVec:
-        """Fisher-vector products at theta_old, on a random ``fvp_subsample`` share of ``obs``."""
-        if self.fvp_subsample < 1.0:
-            n_obs = _n_obs(obs)
-            size = max(1, math.ceil(self.fvp_subsample * n_obs))
-            index = th.randperm(n_obs, device=self.device)[:size]
-            sub_obs = _index_obs(obs, index)
-            distribution = self.policy.get_distribution(sub_obs)
-            old_distribution = detached(distribution)
-        if self.fisher == "kl_hessian":
-            kl = mean_kl(distribution, old_distribution)  # its Hessian at theta_old is the Fisher matrix
-            return kl_hessian_vector_product(kl, self._actor_params, self.cg_damping)
-        outputs = distribution_parameters(distribution)
-        return analytic_fisher_vector_product(
-            outputs,
-            distribution_metric(old_distribution),
-            self._actor_params,
-            self.cg_damping,
-            n_samples=len(outputs[0]),
-        )
-
     def _policy_step(self, obs: PyTorchObs, objective: Callable[[Distribution], th.Tensor]) -> StepResult:
         """
-        Maximise the surrogate under the KL constraint: natural-gradient direction by conjugate
-        gradient, maximal step sqrt(2 delta / s^T F s), backtracking line search. A rejected
-        step leaves the policy exactly as it was.
+        Maximise the surrogate under the KL constraint (:func:`~sb3_trpo_plus.policy_step.trust_region_step`):
+        natural-gradient direction by conjugate gradient, maximal step, backtracking line search;
+        a rejected step leaves the policy exactly as it was.
         """
-        distribution = self.policy.get_distribution(obs)
-        old_distribution = detached(distribution)
-        surrogate = objective(distribution)
-        fisher_product = self._fisher_product(obs, distribution, old_distribution)
-
-        def evaluate() -> tuple[float, float]:
-            new_distribution = self.policy.get_distribution(obs)
-            # the constraint as sb3-contrib measures it, KL(pi_theta || pi_old), so that target_kl
-            # means the same (the paper's KL(pi_old || pi_theta) agrees to second order)
-            return float(objective(new_distribution)), float(mean_kl(new_distribution, old_distribution))
-
-        # Start CG from small noise rather than zero, as sb3-contrib does (same random stream).
-        x0 = 1e-4 * th.randn(sum(p.numel() for p in self._actor_params), device=self.device)
-        return natural_gradient_step(
-            self._actor_params,
-            surrogate,
-            fisher_product,
-            evaluate,
-            max_kl=self.target_kl,
-            cg_max_iter=self.cg_max_steps,
-            shrinking_factor=self.line_search_shrinking_factor,
-            line_search_max_iter=self.line_search_max_iter,
-            cg_x0=x0,
+        settings = StepSettings(
+            self.target_kl,
+            self.cg_max_steps,
+            self.cg_damping,
+            self.line_search_shrinking_factor,
+            self.line_search_max_iter,
+            self.fisher,
+            self.fvp_subsample,
         )
+        return trust_region_step(self.policy, self._actor_params, obs, objective, settings)
 
     # ------------------------------------------------------------------ step 4: critic
 

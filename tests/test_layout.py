@@ -23,7 +23,10 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("entry points", ["zoo", "demo"]),
     ("package", [""]),  # sb3_trpo_plus/__init__.py: TRPOPlus, the policies, __version__
     ("algorithm", ["trpo_plus"]),
-    ("rooms the algorithm hands batches to", ["sampling", "vine", "critic", "recording", "validation", "actor_parameters"]),
+    (
+        "rooms the algorithm hands batches to",
+        ["sampling", "vine", "critic", "recording", "validation", "actor_parameters", "policy_step"],
+    ),
     ("data and sampling distributions", ["buffers", "q", "env_state", "policies"]),
     ("pure functions and the NumPy fast paths", ["surrogate", "trust_region", "fast"]),
     ("typed settings", ["settings"]),

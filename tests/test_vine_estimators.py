@@ -21,6 +21,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_trpo_plus import TRPOPlus
 from sb3_trpo_plus.distributions import enumerate_actions
+from sb3_trpo_plus.policy_step import actions_for_log_prob
 from sb3_trpo_plus.settings import VineSettings
 from sb3_trpo_plus.vine import TrunkStates
 
@@ -88,7 +89,7 @@ def test_all_actions_runs_a_vine_iteration_on_every_finite_space(action_space: s
     # the exact sum over actions: sum_a pi(a|s) = 1 at every state
     with th.no_grad():
         dist = model.policy.get_distribution(batch.observations)
-        probs = th.exp(dist.log_prob(model._actions_for_log_prob(batch.actions))).view(4, n_actions)
+        probs = th.exp(dist.log_prob(actions_for_log_prob(batch.actions, model.action_space))).view(4, n_actions)
     assert th.allclose(probs.sum(dim=1), th.ones(4), atol=1e-5)
     assert model.logger.name_to_value["train/line_search_steps"] >= 1
 
