@@ -156,8 +156,14 @@ class Family:
         raise NotImplementedError
 
     def detach(self, distribution: Any) -> Any:
-        """A copy of ``distribution`` cut from the autograd graph."""
-        raise NotImplementedError
+        """
+        A copy of ``distribution`` cut from the autograd graph, value for value (see
+        :func:`detached_torch`): its torch distribution, or each one of a list of them.
+        """
+        old = copy.copy(distribution)
+        inner = distribution.distribution
+        old.distribution = [detached_torch(part) for part in inner] if isinstance(inner, list) else detached_torch(inner)
+        return old
 
     def metric(self, distribution: Any) -> FisherMetric:
         """The Fisher information in the parameters of :meth:`parameters` (from detached probabilities)."""
@@ -266,12 +272,6 @@ class DiagGaussianFamily(Family):
     def parameters(self, distribution: Any) -> list[th.Tensor]:
         return [distribution.distribution.loc, distribution.distribution.scale]
 
-    def detach(self, distribution: Any) -> Any:
-        old = copy.copy(distribution)
-        dist = distribution.distribution
-        old.distribution = Normal(dist.loc.detach(), dist.scale.detach(), validate_args=False)
-        return old
-
     def metric(self, distribution: Any) -> FisherMetric:
         """diag(1 / std^2) and diag(2 / std^2), divided by the number of action dimensions."""
         scale = distribution.distribution.scale
@@ -337,11 +337,6 @@ class CategoricalFamily(Family):
     def parameters(self, distribution: Any) -> list[th.Tensor]:
         return [distribution.distribution.logits]
 
-    def detach(self, distribution: Any) -> Any:
-        old = copy.copy(distribution)
-        old.distribution = detached_torch(distribution.distribution)
-        return old
-
     def metric(self, distribution: Any) -> FisherMetric:
         """diag(p) - p p^T."""
         return FisherMetric([part.probs.detach() for part in self.parts(distribution)], kind="categorical")
@@ -366,11 +361,6 @@ class MultiCategoricalFamily(CategoricalFamily):
     def parameters(self, distribution: Any) -> list[th.Tensor]:
         return [part.logits for part in distribution.distribution]
 
-    def detach(self, distribution: Any) -> Any:
-        old = copy.copy(distribution)
-        old.distribution = [detached_torch(part) for part in distribution.distribution]
-        return old
-
     def parts(self, distribution: Any) -> list[Any]:
         return list(distribution.distribution)
 
@@ -393,11 +383,6 @@ class BernoulliFamily(Family):
 
     def parameters(self, distribution: Any) -> list[th.Tensor]:
         return [distribution.distribution.logits]
-
-    def detach(self, distribution: Any) -> Any:
-        old = copy.copy(distribution)
-        old.distribution = detached_torch(distribution.distribution)
-        return old
 
     def metric(self, distribution: Any) -> FisherMetric:
         """diag(p (1 - p)), divided by the number of action dimensions."""
