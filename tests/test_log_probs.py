@@ -15,6 +15,7 @@ import torch as th
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from test_trpo_plus import BoxObsEnv
 
 from sb3_trpo_plus import TRPOPlus
 from sb3_trpo_plus.distributions import bernoulli_log_prob, gaussian_log_prob, log_softmax
@@ -59,20 +60,6 @@ def test_gaussian_log_prob_matches_torch_for_extreme_means_and_stds(data: Any, s
     theirs = normal.log_prob(th.from_numpy(actions)).sum(-1).numpy()
     assert np.all(np.isfinite(ours))
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)
-
-
-class BoxObsEnv(gym.Env):
-    observation_space = gym.spaces.Box(-1.0, 1.0, (4,))
-
-    def __init__(self, action_space: gym.spaces.Space) -> None:
-        self.action_space = action_space
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
-        return self.observation_space.sample(), {}
-
-    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
-        return self.observation_space.sample(), 0.0, False, False, {}
 
 
 @pytest.mark.parametrize(
