@@ -30,18 +30,24 @@ go to ``<out>/logs/`` (not committed).
   published TRPO score (``report.md``);
 - aggregates over envs, on scores normalised per env as (score - random) / (published - random),
   random = mean return of a uniform random policy (measured once per env, ``random_scores.json``),
-  published = rl-baselines3-zoo's TRPO score: IQM, median, mean and optimality gap with 95%
-  *stratified* bootstrap CIs (runs resampled within each env), and the probability that a TRPOPlus
-  run beats an sb3-contrib run on the same env, with its CI (``aggregates.png``);
+  published = rl-baselines3-zoo's TRPO score: IQM, median (of the per-env means), mean and
+  optimality gap with 95% *stratified* bootstrap CIs (runs resampled within each env), and the
+  probability that a TRPOPlus run beats an sb3-contrib run on the same env, with its CI
+  (``aggregates.png``);
 - performance profiles: fraction of runs whose normalised score exceeds tau, with CI bands
   (``performance_profile.png``);
 - sample-efficiency curves: IQM of the normalised evaluation score at 5%, 10%, ..., 100% of each
   env's budget, with CIs (``sample_efficiency.png``), and per-env mean curves (``curves.png``).
 
-rliable 1.2's ``metrics`` (IQM, optimality gap) and ``plot_utils`` are used; its ``library`` module
-(the bootstrap) needs ``arch < 8``, which does not import under pandas 3, so the stratified
-bootstrap is re-implemented here (``stratified_bootstrap_ci``: the same percentile method, runs
-resampled with replacement within each task).
+The statistics and pictures are rliable's: ``library.get_interval_estimates`` (stratified
+bootstrap, percentile CIs) over ``metrics.aggregate_iqm`` / ``aggregate_median`` /
+``aggregate_mean`` / ``aggregate_optimality_gap`` / ``probability_of_improvement``,
+``library.create_performance_profile``, and ``plot_utils`` for the figures.
+
+Partial results: an (algorithm, env) with fewer than 2 runs gets no CI, and its env is left out of
+the aggregates, profiles and curves (a note in ``report.md`` says so); the aggregates use, per
+algorithm, the seeds it has on every aggregated env (rliable's arrays have as many runs on every
+env).
 
 Published numbers: rl-baselines3-zoo ``benchmark.md`` (github.com/DLR-RM/rl-baselines3-zoo, commit
 0088472b): one trained agent per env, deterministic evaluation over ~150k steps, mean +- std over
@@ -65,13 +71,15 @@ import shlex
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import yaml
+from rliable import library as rly
+from rliable import metrics
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "zoo_budgets"
@@ -271,74 +279,49 @@ def random_scores(envs: Sequence[str], out: Path, episodes: int = 10) -> dict[st
 
 # ----------------------------------------------------------------------------- statistics
 
+#: an (algorithm, env) with fewer runs gets no CI, and its env leaves the aggregates (report.md says so)
+MIN_RUNS = 2
+#: the aggregate metrics, in the order of :func:`aggregate_metrics`
+AGGREGATES = ("IQM", "Median", "Mean", "Optimality gap")
+
 
 def iqm(values: np.ndarray) -> float:
     """Interquartile mean (rliable's ``aggregate_iqm``: the mean of the middle 50%)."""
-    from rliable import metrics
-
     return float(metrics.aggregate_iqm(np.asarray(values, dtype=float).reshape(-1)))
 
 
-def stratified_bootstrap_ci(
-    tasks: Sequence[np.ndarray],
-    statistic: Callable[[list[np.ndarray]], np.ndarray],
-    reps: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
+def interval_estimates(
+    score_dict: Mapping[str, Any], func: Callable[..., Any], reps: int, seed: int = 0
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """
-    Point estimate and percentile confidence interval of ``statistic`` under the stratified
-    bootstrap: each resample draws, within every task, as many runs as it has, with replacement.
+    rliable's ``library.get_interval_estimates``: point estimates and 95% percentile CIs under the
+    stratified bootstrap (within each task, i.e. each column, runs resampled with replacement).
+    rliable draws the resampled indices from NumPy's global generator, so it is seeded here.
 
-    :param tasks: one array of run scores per task (strata; sizes may differ)
-    :param statistic: maps a list of per-task arrays to a vector
-    :return: (estimate, interval of shape (2, len(estimate)))
+    :param score_dict: name -> (runs, tasks, ...) array, or a tuple of such arrays (e.g. a pair for
+        ``metrics.probability_of_improvement``, each resampled independently)
+    :param func: maps the array(s) to a 1D array (or a scalar)
+    :return: (name -> estimate, name -> interval of shape (2, ...))
     """
-    rng = np.random.default_rng(seed)
-    tasks = [np.asarray(task, dtype=float) for task in tasks]
-    estimate = np.atleast_1d(statistic(tasks))
-    samples = np.empty((reps, estimate.size))
-    for rep in range(reps):
-        samples[rep] = np.atleast_1d(statistic([task[rng.integers(0, len(task), len(task))] for task in tasks]))
-    tail = 100 * (1 - confidence) / 2
-    return estimate, np.percentile(samples, [tail, 100 - tail], axis=0)
+    np.random.seed(seed)
+    return rly.get_interval_estimates(score_dict, func, method="percentile", reps=reps)
 
 
-def flat(statistic: Callable[[np.ndarray], float]) -> Callable[[list[np.ndarray]], np.ndarray]:
-    """A statistic of all runs of all tasks together."""
-    return lambda tasks: np.array([statistic(np.concatenate(tasks))])
-
-
-def optimality_gap(values: np.ndarray) -> float:
-    from rliable import metrics
-
-    return float(metrics.aggregate_optimality_gap(np.asarray(values).reshape(1, -1), gamma=1.0))
-
-
-AGGREGATES: dict[str, Callable[[np.ndarray], float]] = {
-    "IQM": iqm,
-    "Median": lambda values: float(np.median(values)),
-    "Mean": lambda values: float(np.mean(values)),
-    "Optimality gap": optimality_gap,
-}
-
-
-def probability_of_improvement(x_tasks: Sequence[np.ndarray], y_tasks: Sequence[np.ndarray]) -> float:
-    """Mean over tasks of P(X > Y) + P(X = Y) / 2, X a run of the first algorithm, Y of the second."""
-    values = []
-    for x, y in zip(x_tasks, y_tasks, strict=True):
-        diff = np.asarray(x)[:, None] - np.asarray(y)[None, :]
-        values.append(float(np.mean(diff > 0) + 0.5 * np.mean(diff == 0)))
-    return float(np.mean(values))
-
-
-def poi_ci(x_tasks: list[np.ndarray], y_tasks: list[np.ndarray], reps: int, seed: int = 0) -> tuple[float, np.ndarray]:
-    """Probability of improvement and its stratified-bootstrap CI (both algorithms resampled per task)."""
-    n = len(x_tasks)
-    estimate, interval = stratified_bootstrap_ci(
-        [*x_tasks, *y_tasks], lambda tasks: np.array([probability_of_improvement(tasks[:n], tasks[n:])]), reps, seed=seed
+def aggregate_metrics(scores: np.ndarray) -> np.ndarray:
+    """rliable's IQM, median, mean and optimality gap (:data:`AGGREGATES`) of a (runs, envs) score matrix."""
+    return np.array(
+        [
+            metrics.aggregate_iqm(scores),
+            metrics.aggregate_median(scores),
+            metrics.aggregate_mean(scores),
+            metrics.aggregate_optimality_gap(scores, gamma=1.0),
+        ]
     )
-    return float(estimate[0]), interval[:, 0]
+
+
+def iqm_at_each_point(scores: np.ndarray) -> np.ndarray:
+    """IQM over runs and envs at each evaluation point of a (runs, envs, points) array."""
+    return np.array([metrics.aggregate_iqm(scores[..., point]) for point in range(scores.shape[-1])])
 
 
 def normalise(score: np.ndarray | float, env_id: str, random: dict[str, float]) -> np.ndarray:
@@ -355,6 +338,53 @@ def load_runs(out: Path) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
+def common_seeds(runs: pd.DataFrame, algo: str, envs: Sequence[str]) -> list[int]:
+    """The seeds ``algo`` has a run of on every env of ``envs`` (rliable's arrays have as many runs on every task)."""
+    sets = [set(runs[(runs.env == env_id) & (runs.algo == algo)].seed) for env_id in envs]
+    return sorted(int(seed) for seed in set.intersection(*sets)) if sets else []
+
+
+def _run(runs: pd.DataFrame, algo: str, env_id: str, seed: int) -> Any:
+    return next(runs[(runs.env == env_id) & (runs.algo == algo) & (runs.seed == seed)].itertuples())
+
+
+def final_matrix(
+    runs: pd.DataFrame, algo: str, envs: Sequence[str], seeds: Sequence[int], random: dict[str, float]
+) -> np.ndarray:
+    """(runs, envs) normalised final scores of ``algo``, one row per seed."""
+    return np.array([[normalise(_run(runs, algo, e, s).final, e, random) for e in envs] for s in seeds], dtype=float)
+
+
+def curve_array(
+    runs: pd.DataFrame, algo: str, envs: Sequence[str], seeds: Sequence[int], random: dict[str, float]
+) -> np.ndarray:
+    """(runs, envs, len(FRACTIONS)) normalised evaluation scores, interpolated at the fractions of each run's budget."""
+    rows = []
+    for seed in seeds:
+        row = []
+        for env_id in envs:
+            r = _run(runs, algo, env_id, seed)
+            row.append(np.interp(FRACTIONS * r.budget, r.timesteps, normalise(np.array(r.eval_mean), env_id, random)))
+        rows.append(row)
+    return np.array(rows, dtype=float)
+
+
+def analysed_envs(runs: pd.DataFrame, envs: Sequence[str], algos: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The envs on which every algorithm has at least :data:`MIN_RUNS` runs, and a note for each other env."""
+    kept, notes = [], []
+    for env_id in envs:
+        counts = {algo: int(((runs.env == env_id) & (runs.algo == algo)).sum()) for algo in algos}
+        if min(counts.values()) >= MIN_RUNS:
+            kept.append(env_id)
+            continue
+        have = ", ".join(f"{ALGOS[algo]} {n} run{'s' if n != 1 else ''}" for algo, n in counts.items())
+        notes.append(
+            f"{env_id} ({have}): an algorithm with fewer than {MIN_RUNS} runs gets no CI here, and the env is left out of "
+            "the aggregates, the probability of improvement, the performance profiles and the sample-efficiency curves."
+        )
+    return kept, notes
+
+
 def analyze(
     out: Path, reps: int = 2000, random: dict[str, float] | None = None, runs: pd.DataFrame | None = None
 ) -> dict[str, Any]:
@@ -369,7 +399,7 @@ def analyze(
     """
     runs = load_runs(out) if runs is None else runs
     if runs.empty:
-        raise SystemExit(f"no finished runs in {out / 'runs'}")
+        raise SystemExit(f"no finished runs in {out / RUNS_DIR}")
     envs = [env for env in ENVS if env in set(runs.env)]
     algos = [algo for algo in ALGOS if algo in set(runs.algo)]
     random = random if random is not None else random_scores(envs, out)
@@ -384,48 +414,68 @@ def analyze(
     pd.DataFrame(curve_rows).to_csv(out / "curves.csv", index=False)
     (out / "commands.txt").write_text("\n".join(sorted(runs.command)) + "\n")
 
-    # per env: IQM over seeds, bootstrap CI (one stratum)
+    # per env: IQM over seeds with its CI (rliable, one task), for each algorithm with enough runs
     per_env: dict[str, dict[str, Any]] = {}
-    for env_id in envs:
-        per_env[env_id] = {}
-        for index, algo in enumerate(algos):
-            scores = runs[(runs.env == env_id) & (runs.algo == algo)].final.to_numpy()
-            if len(scores) == 0:
-                continue
-            estimate, interval = stratified_bootstrap_ci([scores], flat(iqm), reps, seed=index)
-            per_env[env_id][algo] = {
-                "iqm": float(estimate[0]),
-                "ci": interval[:, 0].tolist(),
-                "seeds": len(scores),
-                "budget": int(runs[(runs.env == env_id) & (runs.algo == algo)].budget.max()),
+    for index, env_id in enumerate(envs):
+        finals = {algo: runs[(runs.env == env_id) & (runs.algo == algo)] for algo in algos}
+        scores = {algo: part.final.to_numpy()[:, None] for algo, part in finals.items() if len(part) >= MIN_RUNS}
+        points, intervals = interval_estimates(scores, lambda s: np.array([metrics.aggregate_iqm(s)]), reps, seed=index)
+        per_env[env_id] = {
+            algo: {
+                "iqm": float(np.asarray(points[algo]).reshape(-1)[0]),
+                "ci": np.asarray(intervals[algo]).reshape(-1).tolist(),
+                "seeds": len(finals[algo]),
+                "budget": int(finals[algo].budget.max()),
             }
+            for algo in scores
+        }
 
-    # aggregates over envs on normalised scores (stratified by env)
-    normalised = {
-        algo: [normalise(runs[(runs.env == e) & (runs.algo == algo)].final.to_numpy(), e, random) for e in envs]
-        for algo in algos
-    }
-    complete = {algo: tasks for algo, tasks in normalised.items() if all(len(task) for task in tasks)}
+    # aggregates over the envs every algorithm has enough runs on, normalised, stratified by env
+    kept, notes = analysed_envs(runs, envs, algos)
+    seeds: dict[str, list[int]] = {}
+    for algo in algos:
+        seeds[algo] = common_seeds(runs, algo, kept)
+        left_out = int(runs[(runs.algo == algo) & runs.env.isin(kept)].shape[0]) - len(seeds[algo]) * len(kept)
+        if kept and left_out:
+            notes.append(
+                f"{ALGOS[algo]}: the aggregates use seeds {seeds[algo]}, the ones it has on every aggregated env; "
+                f"{left_out} other runs are left out of them."
+            )
+        if kept and len(seeds[algo]) < MIN_RUNS:
+            notes.append(f"{ALGOS[algo]}: fewer than {MIN_RUNS} seeds on every aggregated env, no aggregates.")
+            del seeds[algo]
+    matrices = {algo: final_matrix(runs, algo, kept, s, random) for algo, s in seeds.items()} if kept else {}
     aggregates: dict[str, dict[str, Any]] = {}
-    for index, (algo, tasks) in enumerate(complete.items()):
-        aggregates[algo] = {}
-        for name, function in AGGREGATES.items():
-            estimate, interval = stratified_bootstrap_ci(tasks, flat(function), reps, seed=10 + index)
-            aggregates[algo][name] = {"estimate": float(estimate[0]), "ci": interval[:, 0].tolist()}
+    if matrices:
+        points, intervals = interval_estimates(matrices, aggregate_metrics, reps, seed=100)
+        for algo in matrices:
+            aggregates[algo] = {
+                name: {"estimate": float(points[algo][i]), "ci": intervals[algo][:, i].tolist()}
+                for i, name in enumerate(AGGREGATES)
+            }
     poi = None
-    if set(complete) == {"trpo_plus", "trpo"}:
-        value, interval = poi_ci(complete["trpo_plus"], complete["trpo"], reps)
-        poi = {"estimate": value, "ci": interval.tolist()}
+    if {"trpo_plus", "trpo"} <= set(matrices):
+        pair = {"trpo_plus,trpo": (matrices["trpo_plus"], matrices["trpo"])}
+        points, intervals = interval_estimates(pair, metrics.probability_of_improvement, reps, seed=101)
+        poi = {"estimate": float(points["trpo_plus,trpo"]), "ci": np.asarray(intervals["trpo_plus,trpo"]).reshape(-1).tolist()}
 
-    profiles = {
-        algo: stratified_bootstrap_ci(
-            tasks, lambda ts: np.array([np.mean(np.concatenate(ts) > tau) for tau in TAUS]), max(reps // 4, 100), seed=20
-        )
-        for algo, tasks in complete.items()
+    profiles: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if matrices:
+        np.random.seed(102)  # (rliable resamples with NumPy's global generator)
+        profile, profile_cis = rly.create_performance_profile(matrices, TAUS, reps=max(reps // 4, 100))
+        profiles = {algo: (profile[algo], profile_cis[algo]) for algo in matrices}
+    efficiency = sample_efficiency(runs, kept, list(matrices), random, reps)
+
+    report = {
+        "per_env": per_env,
+        "aggregate_envs": kept,
+        "aggregate_seeds": dict(seeds) if kept else {},
+        "aggregates": aggregates,
+        "probability_of_improvement": poi,
+        "notes": notes,
+        "bootstrap_reps": reps,
+        "random_scores": random,
     }
-    efficiency = sample_efficiency(runs, envs, algos, random, reps)
-
-    report = {"per_env": per_env, "aggregates": aggregates, "probability_of_improvement": poi, "random_scores": random}
     (out / "summary.json").write_text(json.dumps(report, indent=1))
     plots(out, runs, envs, algos, aggregates, profiles, efficiency)
     (out / "report.md").write_text(markdown(report, runs, envs, algos))
@@ -436,38 +486,15 @@ def sample_efficiency(
     runs: pd.DataFrame, envs: list[str], algos: list[str], random: dict[str, float], reps: int
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """IQM (and CI) over envs x seeds of the normalised evaluation score at each fraction of the budget."""
-    result = {}
-    for index, algo in enumerate(algos):
-        tasks = []  # per env: (runs, fractions) normalised scores, interpolated at the fractions
-        for env_id in envs:
-            part = runs[(runs.env == env_id) & (runs.algo == algo)]
-            if part.empty:
-                break
-            rows = [
-                np.interp(FRACTIONS * r.budget, r.timesteps, normalise(np.array(r.eval_mean), env_id, random))
-                for r in part.itertuples()
-            ]
-            tasks.append(np.array(rows))
-        else:
-            estimate, interval = stratified_bootstrap_ci_rows(tasks, max(reps // 4, 100), seed=30 + index)
-            result[algo] = (estimate, interval)
-    return result
-
-
-def stratified_bootstrap_ci_rows(tasks: list[np.ndarray], reps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """As :func:`stratified_bootstrap_ci` for a column-wise IQM of per-task (runs, points) arrays."""
-    from scipy.stats import trim_mean
-
-    rng = np.random.default_rng(seed)
-
-    def statistic(parts: list[np.ndarray]) -> np.ndarray:
-        return np.asarray(trim_mean(np.concatenate(parts, axis=0), 0.25, axis=0))
-
-    estimate = statistic(tasks)
-    samples = np.array(
-        [statistic([task[rng.integers(0, len(task), len(task))] for task in tasks]) for _ in range(reps)]
-    )
-    return estimate, np.percentile(samples, [2.5, 97.5], axis=0)
+    arrays = {}
+    for algo in algos:
+        seeds = common_seeds(runs, algo, envs)
+        if envs and len(seeds) >= MIN_RUNS:
+            arrays[algo] = curve_array(runs, algo, envs, seeds, random)
+    if not arrays:
+        return {}
+    points, intervals = interval_estimates(arrays, iqm_at_each_point, max(reps // 4, 100), seed=103)
+    return {algo: (np.asarray(points[algo]), np.asarray(intervals[algo])) for algo in arrays}
 
 
 def plots(
@@ -499,9 +526,12 @@ def plots(
         point = {labels[a]: np.array([aggregates[a][n]["estimate"] for n in names]) for a in aggregates}
         interval = {labels[a]: np.array([aggregates[a][n]["ci"] for n in names]).T for a in aggregates}
         fig, _ = plot_utils.plot_interval_estimates(
-            point, interval, metric_names=names, algorithms=list(point), colors=colors, xlabel="", row_height=0.6
+            point, interval, metric_names=names, algorithms=list(point), colors=colors, xlabel="", row_height=0.6, max_ticks=3
         )
-        fig.suptitle("normalised score (0 random policy, 1 zoo's published TRPO), 95% stratified bootstrap CIs", y=1.12)
+        fig.suptitle(
+            "normalised score (0 random policy, 1 zoo's published TRPO), 95% stratified bootstrap CIs (rliable)",
+            y=1 + 0.5 / fig.get_size_inches()[1],  # above the metric names, whatever the number of algorithms
+        )
         fig.savefig(out / "aggregates.png", dpi=110, bbox_inches="tight")
         plt.close(fig)
     if profiles:
@@ -571,7 +601,9 @@ def markdown(report: dict[str, Any], runs: pd.DataFrame, envs: list[str], algos:
         "",
         "Both algorithms with the zoo's TRPO hyperparameters (the package's `trpo_plus.yml` = rl_zoo3's `trpo.yml`,",
         "Gymnasium 1.x ids), trained by `trpo-plus-zoo train`; score = mean return of the last deterministic evaluation.",
-        "IQM over seeds with a 95% bootstrap CI (percentile, stratified by env for aggregates).",
+        "Statistics: rliable's (`library.get_interval_estimates`: stratified bootstrap, 95% percentile CIs, "
+        f"{report['bootstrap_reps']} resamples).",
+        "Per env: IQM over seeds with its CI; an (algorithm, env) with fewer than 2 runs has none (see Left out below).",
         "Per-seed values: `per_seed.csv`; evaluation curves: `curves.csv`; exact commands: `commands.txt`.",
         "",
         "| env | steps | " + " | ".join(f"{ALGOS[a]} IQM [95% CI] (seeds)" for a in algos) + " | zoo published TRPO |",
@@ -579,18 +611,24 @@ def markdown(report: dict[str, Any], runs: pd.DataFrame, envs: list[str], algos:
     ]
     for env_id in envs:
         cells = []
-        budget = 0
         for algo in algos:
             entry = report["per_env"][env_id].get(algo)
-            cells.append(f"{_ci(entry)} ({entry['seeds']})" if entry else "-")
-            budget = max(budget, entry["budget"] if entry else 0)
+            count = int(((runs.env == env_id) & (runs.algo == algo)).sum())
+            cells.append(f"{_ci(entry)} ({entry['seeds']})" if entry else f"no CI ({count})" if count else "-")
+        budget = int(runs[runs.env == env_id].budget.max())
         mean, std, zoo_id, zoo_budget_text = PUBLISHED[env_id]
         published = f"{mean:.1f} +- {std:.1f} ({zoo_id}, {zoo_budget_text})"
         lines.append(f"| {env_id} | {budget:,} | " + " | ".join(cells) + f" | {published} |")
     lines += ["", f"Published column: {PUBLISHED_SOURCE}; older env versions than ours.", ""]
     if report["aggregates"]:
         lines += [
-            "## Aggregates over the envs (normalised: 0 = uniform random policy, 1 = zoo's published TRPO)",
+            f"## Aggregates over {', '.join(report['aggregate_envs'])}",
+            "",
+            "Scores normalised per env: 0 = uniform random policy, 1 = zoo's published TRPO. rliable's metrics on the",
+            "(runs x envs) matrix, CIs stratified by env: IQM and mean of all runs, median of the per-env mean scores,",
+            "optimality gap = mean shortfall below 1. Seeds: "
+            + "; ".join(f"{ALGOS[a]} {s}" for a, s in report["aggregate_seeds"].items() if a in report["aggregates"])
+            + ".",
             "",
             "| algorithm | " + " | ".join(AGGREGATES) + " |",
             "| --- | " + " | ".join("---:" for _ in AGGREGATES) + " |",
@@ -599,7 +637,14 @@ def markdown(report: dict[str, Any], runs: pd.DataFrame, envs: list[str], algos:
             lines.append(f"| {ALGOS[algo]} | " + " | ".join(_ci(values[name], 3) for name in AGGREGATES) + " |")
         lines.append("")
     if report["probability_of_improvement"]:
-        lines += [f"P(TRPOPlus run > sb3-contrib run), mean over envs: {_ci(report['probability_of_improvement'], 3)}", ""]
+        lines += [
+            "P(TRPOPlus run > sb3-contrib run on the same env, ties counting half), mean over these envs "
+            "(rliable's `probability_of_improvement`, both resampled per env): "
+            + _ci(report["probability_of_improvement"], 3),
+            "",
+        ]
+    if report["notes"]:
+        lines += ["## Left out", "", *(f"- {note}" for note in report["notes"]), ""]
     lines += [
         "Pictures: `aggregates.png`, `performance_profile.png`, `sample_efficiency.png`, `curves.png`.",
         "Random-policy scores (10 episodes): "

@@ -1,7 +1,8 @@
 """
-The analysis of ``benchmarks/zoo_budgets.py`` on synthetic per-seed data: IQM, stratified bootstrap
-CIs, probability of improvement, performance profiles, sample-efficiency curves, the report and its
-pictures; and the plan of runs (zoo budgets, resumable result files, exact commands).
+The analysis of ``benchmarks/zoo_budgets.py`` on synthetic per-run files: IQM, rliable's stratified
+bootstrap CIs, probability of improvement, performance profiles, sample-efficiency curves, the
+report and its pictures, partial results (too few runs on an env, uneven seeds); and the plan of
+runs (zoo budgets, resumable result files, exact commands).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import trim_mean
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,64 +41,102 @@ zb = _load_module()
 def test_iqm_and_stratified_bootstrap() -> None:
     values = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 100.0])
     assert zb.iqm(values) == pytest.approx(np.mean([2.0, 3.0, 4.0, 5.0]))  # the middle half: outliers do not count
-    tasks = [np.array([1.0, 2.0, 3.0]), np.array([10.0, 20.0])]
-    estimate, interval = zb.stratified_bootstrap_ci(tasks, zb.flat(np.mean), reps=500)
-    assert estimate[0] == pytest.approx(np.mean([1, 2, 3, 10, 20]))
-    # stratified: every resample keeps 3 runs of task 1 and 2 of task 2, so the mean stays within
-    # (3*1 + 2*10)/5 and (3*3 + 2*20)/5
-    assert 23 / 5 <= interval[0, 0] <= estimate[0] <= interval[1, 0] <= 49 / 5
+    # rliable's stratified bootstrap: a (runs, tasks) matrix, runs resampled within each task (column)
+    tasks = np.array([[1.0, 100.0], [2.0, 200.0], [3.0, 300.0]])
+    points, intervals = zb.interval_estimates({"a": tasks}, lambda s: np.array([np.mean(s)]), reps=500)
+    estimate, interval = points["a"][0], intervals["a"][:, 0]
+    assert estimate == pytest.approx(np.mean([1, 2, 3, 100, 200, 300]))
+    # stratified: every resample keeps 3 runs of each task, so the mean stays within (3*1 + 3*100)/6 and
+    # (3*3 + 3*300)/6 (resampling the 6 runs together would reach down to 1)
+    assert 303 / 6 <= interval[0] < estimate < interval[1] <= 909 / 6
+    # reproducible: rliable resamples with NumPy's global generator, which interval_estimates seeds
+    again = zb.interval_estimates({"a": tasks}, lambda s: np.array([np.mean(s)]), reps=500)[1]["a"][:, 0]
+    assert again.tolist() == interval.tolist()
     # one value per task: nothing to resample, a zero-width interval
-    estimate, interval = zb.stratified_bootstrap_ci([np.array([2.0]), np.array([4.0])], zb.flat(np.mean), reps=50)
-    assert interval[:, 0].tolist() == [3.0, 3.0]
+    points, intervals = zb.interval_estimates({"a": np.array([[2.0, 4.0]])}, lambda s: np.array([np.mean(s)]), reps=50)
+    assert intervals["a"][:, 0].tolist() == [3.0, 3.0]
 
 
 def test_probability_of_improvement() -> None:
-    better, worse = [np.array([3.0, 4.0])], [np.array([1.0, 2.0])]
-    assert zb.probability_of_improvement(better, worse) == 1.0
-    assert zb.probability_of_improvement(worse, better) == 0.0
-    assert zb.probability_of_improvement([np.array([1.0])], [np.array([1.0])]) == 0.5
+    """rliable's ``probability_of_improvement`` on (runs, tasks) matrices, as the report uses it."""
+    from rliable import metrics
+
+    better, worse = np.array([[3.0], [4.0]]), np.array([[1.0], [2.0]])
+    assert metrics.probability_of_improvement(better, worse) == 1.0
+    assert metrics.probability_of_improvement(worse, better) == 0.0
+    assert metrics.probability_of_improvement(np.array([[1.0]]), np.array([[1.0]])) == 0.5
+    # ties count half: (1 vs 1) 0.5, (1 vs 3) 0, (2 vs 1) 1, (2 vs 3) 0
+    assert metrics.probability_of_improvement(np.array([[1.0], [2.0]]), np.array([[1.0], [3.0]])) == 0.375
     # mean over tasks
-    assert zb.probability_of_improvement([*better, np.array([0.0])], [*worse, np.array([1.0])]) == 0.5
+    x, y = np.array([[3.0, 0.0], [4.0, 0.0]]), np.array([[1.0, 1.0], [2.0, 1.0]])
+    assert metrics.probability_of_improvement(x, y) == 0.5
+    # the interval: both algorithms resampled within each task, independently
+    points, intervals = zb.interval_estimates({"x,y": (better, worse)}, metrics.probability_of_improvement, reps=100)
+    assert points["x,y"] == 1.0 and intervals["x,y"].reshape(-1).tolist() == [1.0, 1.0]
+
+
+ENVS3 = ("CartPole-v1", "Hopper-v5", "Swimmer-v5")
+RANDOM3 = {"CartPole-v1": 0.0, "Hopper-v5": 0.0, "Swimmer-v5": 0.0}
 
 
 def _synthetic_runs(rng: np.random.Generator) -> pd.DataFrame:
     """TRPOPlus reaches the published score on every env, sb3-contrib half of it; 5 seeds, 5 evaluations."""
     rows = []
-    for env in ("CartPole-v1", "Hopper-v5", "Swimmer-v5"):
+    for env in ENVS3:
         published = zb.PUBLISHED[env][0]
         for algo, level in (("trpo_plus", 1.0), ("trpo", 0.5)):
             for seed in range(5):
-                final = level * published * (1 + 0.01 * rng.standard_normal())
-                timesteps = [200_000 * (i + 1) for i in range(5)]
-                curve = [final * (i + 1) / 5 for i in range(5)]
-                rows.append({"algo": algo, "env": env, "seed": seed, "budget": 1_000_000, "eval_points": 5,
-                             "eval_episodes": 10, "budget_is_zoo": True, "final": curve[-1], "timesteps": timesteps,
-                             "eval_mean": curve, "seconds": 1.0,
-                             "command": f"trpo-plus-zoo train --algo {algo} --env {env} --seed {seed}"})  # fmt: skip
+                rows.append(_synthetic_run(algo, env, seed, level * published * (1 + 0.01 * rng.standard_normal())))
     return pd.DataFrame(rows)
+
+
+def _synthetic_run(algo: str, env: str, seed: int, final: float, budget: int = 1_000_000) -> dict:
+    timesteps = [budget // 5 * (i + 1) for i in range(5)]
+    curve = [final * (i + 1) / 5 for i in range(5)]
+    return {"algo": algo, "env": env, "seed": seed, "budget": budget, "eval_points": 5, "eval_episodes": 10,
+            "budget_is_zoo": True, "final": curve[-1], "timesteps": timesteps, "eval_mean": curve, "seconds": 1.0,
+            "command": f"trpo-plus-zoo train --algo {algo} --env {env} --seed {seed}"}  # fmt: skip
+
+
+def _write_runs(out: Path, runs: pd.DataFrame, random: dict[str, float]) -> None:
+    """Per-run files as ``run`` leaves them, and the random-policy scores (so that none is measured)."""
+    (out / zb.RUNS_DIR).mkdir(parents=True)
+    for record in runs.to_dict("records"):
+        (out / zb.RUNS_DIR / f"{record['algo']}__{record['env']}__seed{record['seed']}.json").write_text(json.dumps(record))
+    (out / "random_scores.json").write_text(json.dumps(random))
 
 
 def test_analysis_on_synthetic_runs(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     runs = _synthetic_runs(rng)
-    random = {"CartPole-v1": 0.0, "Hopper-v5": 0.0, "Swimmer-v5": 0.0}
-    report = zb.analyze(tmp_path, reps=200, random=random, runs=runs)
+    random = dict(RANDOM3)
+    _write_runs(tmp_path, runs, random)
+    zb.main(["analyze", "--out", str(tmp_path), "--reps", "200"])  # the command line, on the per-run files
+    report = json.loads((tmp_path / "summary.json").read_text())
 
-    # per env: the IQM of the finals, inside its CI
+    # per env: the IQM of the finals (scipy's 25%-trimmed mean), inside its CI, which has a width
     for env in random:
         for algo in ("trpo_plus", "trpo"):
             entry = report["per_env"][env][algo]
             finals = runs[(runs.env == env) & (runs.algo == algo)].final.to_numpy()
             assert entry["iqm"] == pytest.approx(zb.iqm(finals)) and entry["seeds"] == 5
+            assert entry["iqm"] == pytest.approx(float(trim_mean(finals, 0.25)))
             assert entry["ci"][0] <= entry["iqm"] <= entry["ci"][1]
+            assert entry["ci"][0] < entry["ci"][1]
     # normalised aggregates: ~1 for TRPOPlus, ~0.5 for sb3-contrib, CIs apart
+    assert report["aggregate_envs"] == list(ENVS3) and report["notes"] == []
     plus, contrib = report["aggregates"]["trpo_plus"], report["aggregates"]["trpo"]
     assert plus["IQM"]["estimate"] == pytest.approx(1.0, abs=0.02)
     assert contrib["IQM"]["estimate"] == pytest.approx(0.5, abs=0.02)
+    for entry in (plus["IQM"], contrib["IQM"]):
+        assert entry["ci"][0] < entry["estimate"] < entry["ci"][1]
     assert contrib["IQM"]["ci"][1] < plus["IQM"]["ci"][0]
     assert plus["Optimality gap"]["estimate"] == pytest.approx(0.0, abs=0.02)
     assert contrib["Optimality gap"]["estimate"] == pytest.approx(0.5, abs=0.02)
-    assert report["probability_of_improvement"]["estimate"] == 1.0
+    # TRPOPlus better on every env: every resample says so
+    poi = report["probability_of_improvement"]
+    assert poi["estimate"] == 1.0
+    assert 0.5 < poi["ci"][0] <= poi["estimate"] <= poi["ci"][1]
 
     # outputs: per-seed values, curves, commands, pictures, the report
     per_seed = pd.read_csv(tmp_path / "per_seed.csv")
@@ -109,13 +149,47 @@ def test_analysis_on_synthetic_runs(tmp_path: Path) -> None:
     hopper_plus = report["per_env"]["Hopper-v5"]["trpo_plus"]
     assert f"{hopper_plus['iqm']:.1f} [{hopper_plus['ci'][0]:.1f}, {hopper_plus['ci'][1]:.1f}] (5)" in text
     assert "3618.4 +- 356.8 (Hopper-v3, 1M)" in text
-    assert json.loads((tmp_path / "summary.json").read_text())["random_scores"] == random
+    assert f"{poi['estimate']:.3f} [{poi['ci'][0]:.3f}, {poi['ci'][1]:.3f}]" in text
+    assert report["random_scores"] == random
+    # reproducible: the same files give the same numbers
+    first = (tmp_path / "summary.json").read_text()
+    zb.analyze(tmp_path, reps=200)
+    assert (tmp_path / "summary.json").read_text() == first
+
+
+def test_analysis_of_partial_results(tmp_path: Path) -> None:
+    """Too few runs on an env: no CI and out of the aggregates, said in the report; uneven seeds: the common ones."""
+    runs = _synthetic_runs(np.random.default_rng(2))
+    runs = runs[~((runs.algo == "trpo") & (runs.env == "Hopper-v5") & (runs.seed == 4))]  # trpo: 4 seeds on Hopper
+    lunar = _synthetic_run("trpo_plus", "LunarLander-v3", 0, 100.0, budget=200_000)  # one run, none of sb3-contrib
+    runs = pd.concat([runs, pd.DataFrame([lunar])], ignore_index=True)
+    random = {**RANDOM3, "LunarLander-v3": -200.0}
+    _write_runs(tmp_path, runs, random)
+    report = zb.analyze(tmp_path, reps=100)
+
+    assert report["aggregate_envs"] == list(ENVS3)
+    assert report["per_env"]["LunarLander-v3"] == {}
+    assert report["per_env"]["Hopper-v5"]["trpo"]["seeds"] == 4
+    assert report["aggregate_seeds"] == {"trpo_plus": [0, 1, 2, 3, 4], "trpo": [0, 1, 2, 3]}
+    lunar_note, seeds_note = report["notes"]
+    assert lunar_note.startswith("LunarLander-v3 (TRPOPlus 1 run, sb3-contrib TRPO 0 runs)")
+    assert "left out of the aggregates" in lunar_note
+    assert seeds_note.startswith("sb3-contrib TRPO: the aggregates use seeds [0, 1, 2, 3]") and "2 other runs" in seeds_note
+    assert report["aggregates"]["trpo"]["IQM"]["estimate"] == pytest.approx(0.5, abs=0.02)
+    assert report["probability_of_improvement"]["ci"][0] > 0.5
+    text = (tmp_path / "report.md").read_text()
+    assert "| LunarLander-v3 | 200,000 | no CI (1) | - |" in text
+    assert "## Aggregates over CartPole-v1, Hopper-v5, Swimmer-v5" in text
+    assert "## Left out" in text and lunar_note in text
+    # the single run still shows in the per-seed table and the curves
+    assert "LunarLander-v3" in (tmp_path / "per_seed.csv").read_text()
+    for picture in ("aggregates.png", "performance_profile.png", "sample_efficiency.png", "curves.png"):
+        assert (tmp_path / picture).read_bytes().startswith(b"\x89PNG"), picture
 
 
 def test_sample_efficiency_curve_follows_the_runs() -> None:
     runs = _synthetic_runs(np.random.default_rng(1))
-    random = {"CartPole-v1": 0.0, "Hopper-v5": 0.0, "Swimmer-v5": 0.0}
-    curves = zb.sample_efficiency(runs, ["CartPole-v1", "Hopper-v5", "Swimmer-v5"], ["trpo_plus"], random, reps=100)
+    curves = zb.sample_efficiency(runs, list(ENVS3), ["trpo_plus"], dict(RANDOM3), reps=100)
     estimate, interval = curves["trpo_plus"]
     # the synthetic curves rise linearly from 0.2 (20% of the budget) to 1.0
     at = {float(f): i for i, f in enumerate(zb.FRACTIONS)}
