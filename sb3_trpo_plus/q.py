@@ -163,10 +163,11 @@ class SamplingSettings:
 
     def checked(self, action_space: spaces.Space) -> SamplingSettings:
         """These settings, after the checks that need the environment's action space (vine mode)."""
-        if self.vine is not None:
-            self.vine.check_action_space(action_space)
-            self.q.check_action_space(action_space)
-        return self
+        if self.vine is None:
+            return self
+        vine = self.vine.resolved(action_space, q_is_policy=isinstance(self.q, PolicyQ))
+        self.q.check_action_space(action_space)
+        return dataclasses.replace(self, vine=vine)
 
     def built_from(self, sampling: str, q: Any, q_kwargs: dict[str, Any], vine_kwargs: dict[str, Any]) -> bool:
         """Whether these settings are those of the plain arguments (a loaded model, or an edited attribute, may differ)."""
