@@ -6,8 +6,10 @@ SB3's rollout samples: there q = pi_old, so log q is the stored ``old_log_prob``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
+import numpy as np
 import torch as th
 from stable_baselines3.common.type_aliases import TensorDict
 
@@ -25,6 +27,17 @@ class VineBatch:
     :param group: n, the rollout-set state of every row
     :param n_states: N
     :param all_actions: whether the K actions are the whole finite action space (exact sum estimator)
+    :param partial_returns: every row's discounted branch rewards (its Q without the bootstrap)
+    :param bootstrap_discount: gamma^L of every row whose branch is bootstrapped, 0 for the others
+    :param bootstrap_rows: the rows whose branch is bootstrapped
+    :param bootstrap_observations: the states those branches stopped in (NumPy, as the policy
+        sees them; None when no branch is bootstrapped)
+    :param critic_observations: value-function targets from the branches: the rollout-set states
+        and every state a branch continued from (NumPy; None when not recorded)
+    :param critic_returns: their targets (V(s_n) = E_{a ~ pi_old} Q(s_n, a) for a rollout-set
+        state, the discounted return-to-go for a visited state)
+    :param trunk: the trunk's samples (SB3's rollout samples), set by the algorithm for the
+        estimators that also use the trunk
     """
 
     observations: th.Tensor | TensorDict
@@ -34,3 +47,23 @@ class VineBatch:
     group: th.Tensor
     n_states: int
     all_actions: bool
+    partial_returns: th.Tensor | None = None
+    bootstrap_discount: th.Tensor | None = None
+    bootstrap_rows: th.Tensor | None = None
+    bootstrap_observations: np.ndarray | dict[str, np.ndarray] | None = None
+    critic_observations: np.ndarray | dict[str, np.ndarray] | None = None
+    critic_returns: np.ndarray | None = None
+    trunk: Any = None
+
+    def rebootstrapped(self, bootstrap_values: th.Tensor) -> VineBatch:
+        """
+        This batch with every bootstrapped Q-value completed by ``bootstrap_values`` (the values
+        of :attr:`bootstrap_observations`, e.g. from a refitted critic) instead of the values it
+        was completed with during the branches.
+        """
+        if self.partial_returns is None or self.bootstrap_discount is None or self.bootstrap_rows is None:
+            return self
+        q_values = self.partial_returns.clone()
+        rows = self.bootstrap_rows
+        q_values[rows] += self.bootstrap_discount[rows] * bootstrap_values.reshape(-1).to(q_values.dtype)
+        return replace(self, q_values=q_values)

@@ -61,6 +61,19 @@ class ValueTargets:
             observations = flatten(observations)
         return cls(observations, flatten(buffer.returns).reshape(-1))
 
+    def extended(self, observations: np.ndarray | dict[str, np.ndarray], returns: np.ndarray) -> ValueTargets:
+        """These targets followed by more (e.g. the vine branches' returns), in this batch's dtypes."""
+        if isinstance(self.observations, dict):
+            assert isinstance(observations, dict)
+            merged: Any = {
+                key: np.concatenate([value, np.asarray(observations[key], dtype=value.dtype).reshape(-1, *value.shape[1:])])
+                for key, value in self.observations.items()
+            }
+        else:
+            mine = self.observations
+            merged = np.concatenate([mine, np.asarray(observations, dtype=mine.dtype).reshape(-1, *mine.shape[1:])])
+        return ValueTargets(merged, np.concatenate([self.returns, np.asarray(returns, dtype=self.returns.dtype).reshape(-1)]))
+
     def minibatch(self, indices: np.ndarray, device: th.device) -> tuple[Any, th.Tensor]:
         """Observations and returns at ``indices`` as tensors on ``device`` (copies, as ``RolloutBuffer`` makes them)."""
         if isinstance(self.observations, dict):

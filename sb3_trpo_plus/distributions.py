@@ -523,3 +523,10 @@ def action_shape(action_space: spaces.Space) -> tuple[int, ...]:
     if isinstance(action_space, spaces.MultiDiscrete):
         return (len(action_space.nvec.ravel()),)
     return (int(np.prod(action_space.shape or ())),)
+
+
+def actions_for_log_prob(actions: th.Tensor, action_space: spaces.Space) -> th.Tensor:
+    """Buffer actions in the shape SB3's ``Distribution.log_prob`` takes (flat indices for Discrete)."""
+    if isinstance(action_space, spaces.Discrete):
+        return actions.long().flatten()
+    return actions

@@ -59,7 +59,7 @@ from stable_baselines3.common.vec_env import (
 )
 
 from sb3_trpo_plus.buffers import VineBatch
-from sb3_trpo_plus.distributions import distribution_parameters, find_family, sample_with_noise
+from sb3_trpo_plus.distributions import actions_for_log_prob, distribution_parameters, find_family, sample_with_noise
 from sb3_trpo_plus.env_state import (
     BranchableEnv,
     BranchWorkerError,
@@ -345,15 +345,17 @@ def _branchable(env: gym.Env) -> BranchableEnv:
     return env if isinstance(env, BranchableEnv) else BranchableEnv(env)
 
 
-def _branch_worker(remote: Connection, parent_remote: Connection, payload: bytes) -> None:
+def _branch_worker(remote: Connection, parent_remote: Connection, payload: bytes, count: int = 1) -> None:
     """
-    The loop of a subprocess branch copy: restore / step (no auto-reset) / replayed_steps / chain.
-    An exception is sent back as a :class:`WorkerFailure` and the worker carries on.
+    The loop of a subprocess holding ``count`` branch copies: restore / step (no auto-reset) /
+    replayed_steps / chain, each command for all of its copies at once. An exception is sent back
+    as a :class:`WorkerFailure` and the worker carries on.
     """
     parent_remote.close()
-    env: gym.Env | None = None
+    envs: list[gym.Env] = []
     try:
-        env = _branchable(cloudpickle.loads(payload)())
+        make_env = cloudpickle.loads(payload)
+        envs = [_branchable(make_env()) for _ in range(count)]
     except Exception as error:
         remote.send(WorkerFailure.capture("the branch copy", "building it", error))
     while True:
@@ -362,24 +364,30 @@ def _branch_worker(remote: Connection, parent_remote: Connection, payload: bytes
         except (EOFError, KeyboardInterrupt):
             break
         if command == "close":
-            if env is not None:
+            for env in envs:
                 env.close()
             remote.close()
             break
-        if env is None:
+        if not envs:
             continue
+        env = envs[0]
         try:
             if command == "restore":
-                state, seed = data
-                env.set_state(state)  # type: ignore[attr-defined]
-                if seed is not None:
-                    env.unwrapped.np_random = np.random.default_rng(int(seed))
+                state, seeds = data
+                for env, seed in zip(envs, seeds, strict=True):
+                    env.set_state(state)  # type: ignore[attr-defined]
+                    if seed is not None:
+                        env.unwrapped.np_random = np.random.default_rng(int(seed))
                 remote.send(None)
             elif command == "step":
-                obs, reward, terminated, truncated, _ = env.step(data)
-                remote.send((obs, float(reward), bool(terminated), bool(truncated)))
+                results = []
+                for local, action in data:
+                    env = envs[local]
+                    obs, reward, terminated, truncated, _ = env.step(action)
+                    results.append((obs, float(reward), bool(terminated), bool(truncated)))
+                remote.send(results)
             elif command == "replayed_steps":
-                remote.send(int(getattr(env, "replayed_steps", 0)))
+                remote.send(int(sum(getattr(env, "replayed_steps", 0) for env in envs)))
             elif command == "chain":
                 remote.send(wrapper_chain(env))
             else:
@@ -391,7 +399,8 @@ def _branch_worker(remote: Connection, parent_remote: Connection, payload: bytes
 class BranchPool:
     """
     K dedicated copies of the environment that run the K branches of one rollout-set state
-    side by side, in-process (``"dummy"``) or one subprocess each (``"subproc"``). A copy never
+    side by side, in-process (``"dummy"``) or in worker processes (``"subproc"``: copy k lives in
+    worker k mod W, W = ``n_workers``, one worker per copy by default). A copy never
     auto-resets: a branch ends with its episode. An exception in a subprocess copy is raised in
     the caller as :class:`~sb3_trpo_plus.env_state.BranchWorkerError`, naming the environment
     and chained to the original exception.
@@ -400,23 +409,26 @@ class BranchPool:
         with cloudpickle for ``"subproc"``
     :param size: K, the number of copies
     :param backend: "dummy" or "subproc"
+    :param n_workers: with "subproc", the number of worker processes (None: one per copy; at most K)
     """
 
-    def __init__(self, make_env: Callable[[], gym.Env], size: int, backend: str) -> None:
+    def __init__(self, make_env: Callable[[], gym.Env], size: int, backend: str, n_workers: int | None = None) -> None:
         self.size = size
         self.backend = backend
         self.envs: list[gym.Env] = []
         self.remotes: list[Connection] = []
         self.processes: list[Any] = []
         self.env_name = "the branch copy"
+        self.n_workers = min(size, n_workers or size)
         if backend == "subproc":
             methods = mp.get_all_start_methods()
             context = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
             payload = cloudpickle.dumps(make_env)
-            for _ in range(size):
+            for worker in range(self.n_workers):
+                count = len(range(worker, size, self.n_workers))
                 remote, work_remote = context.Pipe()
                 process = context.Process(  # type: ignore[attr-defined]
-                    target=_branch_worker, args=(work_remote, remote, payload), daemon=True
+                    target=_branch_worker, args=(work_remote, remote, payload, count), daemon=True
                 )
                 process.start()
                 work_remote.close()
@@ -424,6 +436,10 @@ class BranchPool:
                 self.processes.append(process)
         else:
             self.envs = [_branchable(make_env()) for _ in range(size)]
+
+    def _copies(self, worker: int) -> range:
+        """The copies worker ``worker`` holds (its local copy j is copy worker + j * W)."""
+        return range(worker, self.size, self.n_workers)
 
     def _receive(self, index: int) -> Any:
         try:
@@ -449,10 +465,11 @@ class BranchPool:
     def restore(self, state: Any, seeds: np.ndarray | None) -> None:
         """Put every copy into ``state``; with ``seeds``, give copy k a fresh random generator (no common random numbers)."""
         if self.remotes:
-            for index, remote in enumerate(self.remotes):
-                remote.send(("restore", (state, None if seeds is None else int(seeds[index]))))
-            for index in range(self.size):
-                self._receive(index)
+            for worker, remote in enumerate(self.remotes):
+                mine = [None if seeds is None else int(seeds[k]) for k in self._copies(worker)]
+                remote.send(("restore", (state, mine)))
+            for worker in range(len(self.remotes)):
+                self._receive(worker)
             return
         for index, env in enumerate(self.envs):
             env.set_state(state)  # type: ignore[attr-defined]
@@ -469,13 +486,18 @@ class BranchPool:
         rewards = np.zeros(self.size)
         terminated = np.zeros(self.size, dtype=bool)
         truncated = np.zeros(self.size, dtype=bool)
-        indices = [int(index) for index in np.flatnonzero(active)]
+        results: dict[int, Any] = {}
         if self.remotes:
-            for index in indices:
-                self.remotes[index].send(("step", actions[index]))
-            results = {index: self._receive(index) for index in indices}
+            asked: dict[int, list[int]] = {}
+            for worker, remote in enumerate(self.remotes):
+                mine = [(local, k) for local, k in enumerate(self._copies(worker)) if active[k]]
+                if mine:
+                    remote.send(("step", [(local, actions[k]) for local, k in mine]))
+                    asked[worker] = [k for _, k in mine]
+            for worker, copies in asked.items():
+                results.update(zip(copies, self._receive(worker), strict=True))
         else:
-            results = {index: self.envs[index].step(actions[index])[:4] for index in indices}
+            results = {int(k): self.envs[k].step(actions[k])[:4] for k in np.flatnonzero(active)}
         for position, (obs, reward, term, trunc) in results.items():
             observations[position], rewards[position], terminated[position], truncated[position] = obs, reward, term, trunc
         return observations, rewards, terminated, truncated
@@ -485,7 +507,7 @@ class BranchPool:
         if self.remotes:
             for remote in self.remotes:
                 remote.send(("replayed_steps", None))
-            return int(sum(self._receive(index) for index in range(self.size)))
+            return int(sum(self._receive(worker) for worker in range(len(self.remotes))))
         return int(sum(getattr(env, "replayed_steps", 0) for env in self.envs))
 
     def close(self) -> None:
@@ -520,11 +542,30 @@ class GsdeNoise:
 
 @dataclass
 class BranchResult:
-    """Q estimates of one rollout-set state and the environment steps they cost."""
+    """
+    Q estimates of one rollout-set state, the environment steps they cost, and what refitting the
+    critic needs.
+
+    :param q_values: the K bootstrapped discounted returns, Q(s_n, a_k)
+    :param env_steps: environment steps of the K branches
+    :param lengths: the length of every branch
+    :param partial_returns: the discounted rewards alone (Q without its bootstrap)
+    :param bootstrap_discount: gamma^L for a bootstrapped branch, 0 for one that is not
+    :param bootstrap_observations: the state each bootstrapped branch stopped in (None for the others)
+    :param visited_observations: with ``record_states``, every state a branch continued from
+        after its first action (s_1 .. s_{L-1})
+    :param visited_returns: their discounted returns-to-go, bootstrapped as Q is (Monte Carlo
+        targets of V under pi_old)
+    """
 
     q_values: np.ndarray
     env_steps: int
     lengths: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    partial_returns: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    bootstrap_discount: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    bootstrap_observations: list[Any] = field(default_factory=list)
+    visited_observations: list[Any] = field(default_factory=list)
+    visited_returns: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def bootstraps(terminated: np.ndarray, truncated: np.ndarray, cut: np.ndarray) -> np.ndarray:
@@ -636,7 +677,9 @@ class BranchRunner:
             rows = [rows[index] if active[index] else previous[index] for index in range(self.pool.size)]
         return rows, np.where(active, rewards, 0.0), terminated, truncated
 
-    def run(self, state: BranchState, first_actions: np.ndarray, noise: GsdeNoise | None = None) -> BranchResult:
+    def run(
+        self, state: BranchState, first_actions: np.ndarray, noise: GsdeNoise | None = None, record_states: bool = False
+    ) -> BranchResult:
         """
         Restore every copy to ``state``, take ``first_actions[k]`` in copy k, then follow pi_old;
         Q is the discounted return, bootstrapped by :func:`bootstraps`.
@@ -645,23 +688,26 @@ class BranchRunner:
         :param first_actions: K actions in the policy's action format
         :param noise: with a gSDE policy, the trunk's noise process at the rollout-set state
             (without it, a gSDE branch starts from a new exploration matrix)
+        :param record_states: keep every state the branches visit with its return-to-go
+            (value-function targets)
         """
         size = len(first_actions)
         self._start_noise(noise, size)
         seeds = None if self.crn else self.rng.integers(0, 2**31 - 1, size=size)
         self.restore(state, seeds)
-        returns = np.zeros(size)
+        rewards_log = np.zeros((self.horizon, size))
         discount = np.ones(size)
         active = np.ones(size, dtype=bool)
         lengths = np.zeros(size, dtype=np.int64)
         actions = first_actions
         last_obs: list[Any] | None = None
         bootstrap = np.zeros(size, dtype=bool)
+        visited: list[tuple[int, int, Any]] = []  # (time t of s_t, branch, s_t)
         env_steps = 0
         for step in range(self.horizon):
             last_obs, rewards, terminated, truncated = self.step(self._to_env(actions), active, last_obs)
             env_steps += int(active.sum())
-            returns += np.where(active, discount * rewards, 0.0)
+            rewards_log[step] = np.where(active, rewards, 0.0)
             discount = np.where(active, discount * self.gamma, discount)
             lengths += active
             ended = active & (terminated | truncated)
@@ -670,13 +716,37 @@ class BranchRunner:
             active &= ~(ended | cut)
             if not active.any():
                 break
+            if record_states:
+                visited.extend((step + 1, int(index), copy.deepcopy(last_obs[index])) for index in np.flatnonzero(active))
             actions = self._policy_actions(last_obs)
-        if bootstrap.any():
+        index = np.flatnonzero(bootstrap)
+        end_values = np.zeros(size)
+        bootstrap_observations: list[Any] = [None] * size
+        if len(index):
             assert last_obs is not None
-            index = np.flatnonzero(bootstrap)
-            values = self._values([last_obs[i] for i in index])
-            returns[index] += discount[index] * values
-        return BranchResult(returns, env_steps, lengths)
+            for i in index:
+                bootstrap_observations[i] = last_obs[i]
+            end_values[index] = self._values([last_obs[i] for i in index])
+        # returns-to-go, backwards: G_t = r_t + gamma G_{t+1} while t < L, G_L = the bootstrap
+        to_go = np.zeros((self.horizon + 1, size))
+        partial = np.zeros(size)
+        running, running_partial = end_values.copy(), np.zeros(size)
+        for t in reversed(range(self.horizon)):
+            inside = t < lengths
+            running = np.where(inside, rewards_log[t] + self.gamma * running, running)
+            running_partial = np.where(inside, rewards_log[t] + self.gamma * running_partial, running_partial)
+            to_go[t] = running
+        partial = running_partial
+        return BranchResult(
+            q_values=to_go[0].copy(),
+            env_steps=env_steps,
+            lengths=lengths,
+            partial_returns=partial,
+            bootstrap_discount=np.where(bootstrap, discount, 0.0),
+            bootstrap_observations=bootstrap_observations,
+            visited_observations=[obs for _, _, obs in visited],
+            visited_returns=np.array([to_go[t, k] for t, k, _ in visited]),
+        )
 
     def _start_noise(self, noise: GsdeNoise | None, size: int) -> None:
         """Put the K branches' gSDE noise process where the trunk's was at the rollout-set state."""
@@ -763,7 +833,7 @@ class VineSampler:
         self.all_actions = None if all_actions is None else all_actions.to(policy.device)
         n_branches = len(self.all_actions) if self.all_actions is not None else settings.n_actions
         factory = _branch_env_factory(env, settings.make_branch_env)
-        self.pool = BranchPool(factory, n_branches, settings.branch_vec_env)
+        self.pool = BranchPool(factory, n_branches, settings.branch_vec_env, settings.n_branch_workers)
         try:  # the branches must simulate the trunk's MDP: the same wrappers, in the same order
             check_same_chain(_trunk_chains(_base_vec_env(env)[0])[0], self.pool.chain())
         except Exception:
@@ -808,7 +878,7 @@ class VineSampler:
 
     def start_trunk(self, trunk_size: int) -> None:
         """Begin a new rollout set for a trunk of ``trunk_size`` states."""
-        self.trunk.size = self.settings.rollout_set_size(trunk_size)
+        self.trunk.size = self.settings.rollout_set_size(trunk_size, self.pool.size)
         self.trunk.reset()
         self.trunk_step = 0
 
@@ -839,33 +909,59 @@ class VineSampler:
                 log_q = sampler.log_prob(actions)
         replayed_before = self.pool.replayed_steps()
         actions_np = actions.cpu().numpy()
-        q_values = np.zeros(actions.shape[:2])
-        env_steps, lengths = 0, []
-        for index, state in enumerate(states):
-            result = self.runner.run(state, actions_np[index], noises[index])
-            q_values[index] = result.q_values
-            env_steps += result.env_steps
-            lengths.append(result.lengths)
+        record_states = self.settings.critic_targets == "trunk_and_branches"
+        results = [
+            self.runner.run(state, actions_np[index], noises[index], record_states) for index, state in enumerate(states)
+        ]
         n_actions = actions.shape[1]
+        device = self.policy.device
+        q_values = np.stack([result.q_values for result in results]) if results else np.zeros((0, n_actions))
         if isinstance(obs_tensor, dict):
             repeated: Any = {key: value.repeat_interleave(n_actions, dim=0) for key, value in obs_tensor.items()}
         else:
             repeated = obs_tensor.repeat_interleave(n_actions, dim=0)
+        flat_actions = actions.reshape(n_states * n_actions, *actions.shape[2:])
+        with th.no_grad():  # V(s_n) = E_{a ~ pi_old} Q(s_n, a): exact over every action, self-normalised from q
+            pi_rows = self.policy.get_distribution(repeated)  # type: ignore[arg-type]
+            log_pi = pi_rows.log_prob(actions_for_log_prob(flat_actions, self.policy.action_space)).view(n_states, n_actions)
+            weights = th.softmax(log_pi if self.all_actions is not None else log_pi - log_q, dim=1).cpu().numpy()
+        critic_obs, critic_returns = [], []
+        if record_states:
+            critic_obs = [*observations, *(obs for result in results for obs in result.visited_observations)]
+            visited_returns = (ret for result in results for ret in result.visited_returns)
+            critic_returns = [*(weights * q_values).sum(axis=1), *visited_returns]
+        bootstrap_rows = [
+            n * n_actions + k for n, result in enumerate(results) for k in np.flatnonzero(result.bootstrap_discount)
+        ]
+        bootstrap_obs = [results[row // n_actions].bootstrap_observations[row % n_actions] for row in bootstrap_rows]
+
+        def tensor(values: Any) -> th.Tensor:
+            return th.as_tensor(np.asarray(values, dtype=np.float32).reshape(-1), device=device)
+
         batch = VineBatch(
             observations=repeated,
-            actions=actions.reshape(n_states * n_actions, *actions.shape[2:]),
+            actions=flat_actions,
             log_q=log_q.reshape(-1).float(),
-            q_values=th.as_tensor(q_values.reshape(-1), dtype=th.float32, device=self.policy.device),
-            group=th.arange(n_states, device=self.policy.device).repeat_interleave(n_actions),
+            q_values=tensor(q_values),
+            group=th.arange(n_states, device=device).repeat_interleave(n_actions),
             n_states=n_states,
             all_actions=self.all_actions is not None,
+            partial_returns=tensor([result.partial_returns for result in results]),
+            bootstrap_discount=tensor([result.bootstrap_discount for result in results]),
+            bootstrap_rows=th.as_tensor(bootstrap_rows, dtype=th.long, device=device),
+            bootstrap_observations=_stack(bootstrap_obs) if bootstrap_obs else None,
+            critic_observations=_stack(critic_obs) if critic_obs else None,
+            critic_returns=np.asarray(critic_returns, dtype=np.float32),
         )
+        env_steps = sum(result.env_steps for result in results)
+        lengths = [result.lengths for result in results]
         self.stats = {
             "branch_steps": float(env_steps),
             "rollout_set_size": float(n_states),
             "branch_length_mean": float(np.mean(np.concatenate(lengths))) if lengths else 0.0,
             "replayed_steps": float(self.pool.replayed_steps() - replayed_before),
             "q_value_mean": float(q_values.mean()) if q_values.size else 0.0,
+            "critic_targets_from_branches": float(len(critic_returns)),
         }
         return batch, env_steps
 
