@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -27,14 +27,16 @@ from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
 
 from sb3_trpo_plus.buffers import VineBatch
-from sb3_trpo_plus.distributions import detached, distribution_metric, distribution_parameters
+from sb3_trpo_plus.distributions import actions_for_log_prob, detached, distribution_metric, distribution_parameters
 from sb3_trpo_plus.surrogate import (
     effective_sample_size,
     exact_sum_surrogate,
     importance_sampled_surrogate,
     importance_weights,
+    inverse_variance_weight,
     mean_kl,
     self_normalized_surrogate,
+    variance_of_mean,
 )
 from sb3_trpo_plus.trust_region import (
     MatVec,
@@ -54,12 +56,17 @@ class Surrogate:
     :param objective: the surrogate L(theta) as a function of pi_theta's distribution on them
     :param ess: effective sample size of the importance weights under a distribution
     :param invalid: why the batch cannot be used ("" when it can)
+    :param constraint_observations: the states of the KL constraint and the Fisher matrix, when
+        they are not ``observations`` (vine: the trunk's states)
+    :param stats: what the estimator measured, logged under ``train/``
     """
 
     observations: PyTorchObs
     objective: Callable[[Distribution], th.Tensor]
     ess: Callable[[Distribution], float]
     invalid: str
+    constraint_observations: PyTorchObs | None = None
+    stats: dict[str, float] = field(default_factory=dict)
 
 
 def index_obs(obs: PyTorchObs, index: th.Tensor | slice) -> PyTorchObs:
@@ -73,13 +80,6 @@ def _n_obs(obs: PyTorchObs) -> int:
     if isinstance(obs, dict):
         return len(next(iter(obs.values())))
     return len(obs)
-
-
-def actions_for_log_prob(actions: th.Tensor, action_space: spaces.Space) -> th.Tensor:
-    """Buffer actions in the shape SB3's ``Distribution.log_prob`` takes (flat indices for Discrete)."""
-    if isinstance(action_space, spaces.Discrete):
-        return actions.long().flatten()
-    return actions
 
 
 def single_path_surrogate(
@@ -110,6 +110,29 @@ def single_path_surrogate(
     return Surrogate(batch.observations, objective, ess, "" if finite else "non-finite advantages")
 
 
+def vine_value(log_prob: th.Tensor, batch: VineBatch, max_weight: float | None, states: th.Tensor | None = None) -> th.Tensor:
+    """
+    The vine surrogate from pi_theta's log-probabilities of the batch's rows: the exact sum over
+    actions when every action was branched, the self-normalised estimator otherwise.
+
+    :param states: only these rollout-set states (sorted indices; None: all of them)
+    """
+    q_values, log_q, group, n_groups = batch.q_values, batch.log_q, batch.group, batch.n_states
+    if states is not None:
+        rows = th.isin(group, states)
+        log_prob, q_values, log_q = log_prob[rows], q_values[rows], log_q[rows]
+        group, n_groups = th.searchsorted(states, group[rows]), len(states)
+    if batch.all_actions:
+        return exact_sum_surrogate(log_prob, q_values, group, n_groups)
+    return self_normalized_surrogate(log_prob, log_q, q_values, group, n_groups, max_weight)
+
+
+def vine_ess(log_prob: th.Tensor, batch: VineBatch, max_weight: float | None) -> float:
+    """Mean over rollout-set states of the effective sample size of their K importance weights."""
+    weights = importance_weights(log_prob, batch.log_q, max_weight).view(batch.n_states, -1)
+    return float(np.mean([effective_sample_size(row) for row in weights]))
+
+
 def vine_surrogate(batch: VineBatch, action_space: spaces.Space, max_weight: float | None) -> Surrogate:
     """
     The vine surrogate on the rollout set: the exact sum over actions when every action of a
@@ -124,17 +147,117 @@ def vine_surrogate(batch: VineBatch, action_space: spaces.Space, max_weight: flo
     max_weight = None if batch.all_actions else max_weight
 
     def objective(distribution: Distribution) -> th.Tensor:
-        log_prob = distribution.log_prob(actions)
-        if batch.all_actions:
-            return exact_sum_surrogate(log_prob, batch.q_values, batch.group, batch.n_states)
-        return self_normalized_surrogate(log_prob, batch.log_q, batch.q_values, batch.group, batch.n_states, max_weight)
+        return vine_value(distribution.log_prob(actions), batch, max_weight)
 
     def ess(distribution: Distribution) -> float:
-        weights = importance_weights(distribution.log_prob(actions), batch.log_q, max_weight).view(batch.n_states, -1)
-        return float(np.mean([effective_sample_size(row) for row in weights]))
+        return vine_ess(distribution.log_prob(actions), batch, max_weight)
 
     finite = bool(th.isfinite(batch.q_values).all())
     return Surrogate(batch.observations, objective, ess, "" if finite else "non-finite Q-values")
+
+
+def concat_obs(first: PyTorchObs, second: PyTorchObs) -> PyTorchObs:
+    """The rows of ``first`` followed by those of ``second`` (dict observations included)."""
+    if isinstance(first, dict):
+        assert isinstance(second, dict)
+        return {key: th.cat([value, second[key]]) for key, value in first.items()}
+    assert isinstance(second, th.Tensor)
+    return th.cat([first, second])
+
+
+def _chunk_gradient_variance(estimates: list[th.Tensor], params: list[nn.Parameter]) -> float:
+    """Total variance of the mean of the chunk estimates' gradients (:func:`~sb3_trpo_plus.surrogate.variance_of_mean`)."""
+    gradients = []
+    for estimate in estimates:
+        pieces = th.autograd.grad(estimate, params, retain_graph=True, allow_unused=True)
+        flat = [
+            p.new_zeros(p.numel()).cpu() if g is None else g.detach().cpu().flatten()
+            for g, p in zip(pieces, params, strict=True)
+        ]
+        gradients.append(th.cat(flat))
+    return variance_of_mean(th.stack(gradients))
+
+
+def vine_and_trunk_surrogate(
+    vine: VineBatch,
+    trunk: Any,
+    policy: ActorCriticPolicy,
+    actor_params: list[nn.Parameter],
+    action_space: spaces.Space,
+    normalize_advantage: bool,
+    max_weight: float | None,
+    estimator: str,
+    trust_region_states: str,
+    n_chunks: int = 16,
+) -> Surrogate:
+    """
+    The vine iteration's surrogate, with the trunk's states and samples put to work (each part
+    an option of ``vine_kwargs``, see :class:`~sb3_trpo_plus.settings.VineSettings`):
+
+    - ``trust_region_states="trunk"``: the KL constraint and the Fisher matrix are measured on
+      every trunk state (samples of the same state distribution as the rollout set, and many
+      more of them) rather than on the rollout set;
+    - ``estimator="combined"``: the objective is (1 - w) L_trunk + w L_vine / sigma, the
+      single-path surrogate of the trunk (advantages normalised as sb3-contrib does, by sigma)
+      and the vine surrogate of the rollout set, both estimates of the same policy gradient. The
+      weight w = var_trunk / (var_trunk + var_vine) minimises the variance of the combination;
+      each variance is that of the estimator's gradient at theta_old, measured on the batch
+      itself from ``n_chunks`` interleaved chunks of its samples (rollout-set states for the vine).
+
+    :param vine: the rollout set's batch
+    :param trunk: the trunk's samples (SB3's rollout samples)
+    :param policy: the policy (pi_theta at its current parameters is pi_old)
+    :param actor_params: the parameters the gradients are taken in
+    :param action_space: the environment's action space
+    :param normalize_advantage: normalise the trunk's advantages (sigma = their standard deviation)
+    :param max_weight: truncation of the importance weights (``q_kwargs['max_weight']``)
+    :param estimator: "combined" or "vine"
+    :param trust_region_states: "trunk" or "rollout_set"
+    :param n_chunks: chunks per estimator for the variances
+    """
+    vine_part = vine_surrogate(vine, action_space, max_weight)
+    constraint = trunk.observations if trust_region_states == "trunk" else None
+    if estimator == "vine" or vine_part.invalid:
+        return replace(vine_part, constraint_observations=constraint)
+    trunk_part = single_path_surrogate(trunk, action_space, normalize_advantage, max_weight)
+    if trunk_part.invalid:
+        return replace(vine_part, constraint_observations=constraint)
+    raw = trunk.advantages
+    scale = float(raw.std()) + 1e-8 if normalize_advantage and len(raw) > 1 else 1.0
+    n_vine = len(vine.actions)
+    trunk_actions = actions_for_log_prob(trunk.actions, action_space)
+    vine_actions = actions_for_log_prob(vine.actions, action_space).to(trunk_actions.dtype)
+    actions = th.cat([vine_actions, trunk_actions])
+    observations = concat_obs(vine.observations, trunk.observations)
+
+    advantages = trunk.advantages
+    if normalize_advantage:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    log_q = trunk.old_log_prob
+    vine_cap = None if vine.all_actions else max_weight
+
+    def trunk_value(log_prob: th.Tensor, rows: slice = slice(None)) -> th.Tensor:
+        return importance_sampled_surrogate(log_prob[n_vine:][rows], log_q[rows], advantages[rows], max_weight)
+
+    # the two variances, from chunk gradients at theta_old (interleaved chunks: no random draw)
+    log_prob = policy.get_distribution(observations).log_prob(actions)
+    trunk_chunks = [trunk_value(log_prob, slice(c, None, n_chunks)) for c in range(min(n_chunks, len(advantages)))]
+    states = th.arange(vine.n_states, device=vine.group.device)
+    chunk_states = [states[c::n_chunks].contiguous() for c in range(min(n_chunks, vine.n_states))]
+    vine_chunks = [vine_value(log_prob[:n_vine], vine, vine_cap, chosen) / scale for chosen in chunk_states]
+    var_trunk = _chunk_gradient_variance(trunk_chunks, actor_params) if len(trunk_chunks) >= 2 else math.inf
+    var_vine = _chunk_gradient_variance(vine_chunks, actor_params) if len(vine_chunks) >= 2 else math.inf
+    weight = inverse_variance_weight(var_trunk, var_vine)
+
+    def objective(distribution: Distribution) -> th.Tensor:
+        log_prob = distribution.log_prob(actions)
+        return (1.0 - weight) * trunk_value(log_prob) + weight * vine_value(log_prob[:n_vine], vine, vine_cap) / scale
+
+    def ess(distribution: Distribution) -> float:
+        return vine_ess(distribution.log_prob(actions)[:n_vine], vine, vine_cap)
+
+    stats = {"vine_weight": weight, "grad_variance_trunk": var_trunk, "grad_variance_vine": var_vine}
+    return Surrogate(observations, objective, ess, "", constraint, stats)
 
 
 @dataclass(frozen=True)
@@ -182,6 +305,7 @@ def trust_region_step(
     obs: PyTorchObs,
     objective: Callable[[Distribution], th.Tensor],
     settings: StepSettings,
+    constraint_obs: PyTorchObs | None = None,
 ) -> StepResult:
     """
     Maximise the surrogate under the KL constraint: natural-gradient direction by conjugate
@@ -190,20 +314,31 @@ def trust_region_step(
 
     :param policy: the policy (pi_theta at its current parameters is pi_old)
     :param actor_params: the parameters the action distribution depends on (moved by the step)
-    :param obs: the states of the objective and of the KL constraint
+    :param obs: the states of the objective (and of the KL constraint, unless ``constraint_obs``)
     :param objective: the surrogate as a function of pi_theta's distribution on ``obs``
     :param settings: the step's arguments
+    :param constraint_obs: the states of the KL constraint, the Fisher matrix and the line
+        search's KL (None: ``obs``)
     """
+    # SB3 policies keep one distribution object per policy, so each is used before the next is made
     distribution = policy.get_distribution(obs)
     old_distribution = detached(distribution)
     surrogate = objective(distribution)
-    product = fisher_product(policy, actor_params, obs, distribution, old_distribution, settings)
+    separate = constraint_obs is not None
+    if constraint_obs is None:
+        constraint_obs, constrained, old_constrained = obs, distribution, old_distribution
+    else:
+        constrained = policy.get_distribution(constraint_obs)
+        old_constrained = detached(constrained)
+    product = fisher_product(policy, actor_params, constraint_obs, constrained, old_constrained, settings)
 
     def evaluate() -> tuple[float, float]:
         new_distribution = policy.get_distribution(obs)
+        value = float(objective(new_distribution))
+        new_constrained = policy.get_distribution(constraint_obs) if separate else new_distribution
         # the constraint as sb3-contrib measures it, KL(pi_theta || pi_old), so that target_kl
         # means the same (the paper's KL(pi_old || pi_theta) agrees to second order)
-        return float(objective(new_distribution)), float(mean_kl(new_distribution, old_distribution))
+        return value, float(mean_kl(new_constrained, old_constrained))
 
     # Start CG from small noise rather than zero, as sb3-contrib does (same random stream).
     x0 = 1e-4 * th.randn(sum(p.numel() for p in actor_params), device=policy.device)

@@ -15,6 +15,7 @@ goes with which sampling scheme.
 
 from __future__ import annotations
 
+import numpy as np
 import torch as th
 from stable_baselines3.common.distributions import Distribution, kl_divergence
 
@@ -73,6 +74,35 @@ def self_normalized_surrogate(
     numerator = th.zeros(n_groups, dtype=weights.dtype, device=weights.device).index_add_(0, group, weights * q_values)
     denominator = th.zeros(n_groups, dtype=weights.dtype, device=weights.device).index_add_(0, group, weights)
     return (numerator / denominator).mean()
+
+
+def variance_of_mean(chunk_estimates: th.Tensor) -> float:
+    """
+    Total variance (trace of the covariance) of the mean of B independent, equally sized chunk
+    estimates of a vector: sum_j ||g_j - g_bar||^2 / (B (B - 1)), g_j the estimate of chunk j
+    (row j of ``chunk_estimates``, shape (B, d), B >= 2). It is the variance of the estimate the
+    whole batch gives, measured from the batch itself.
+    """
+    count = chunk_estimates.shape[0]
+    if count < 2:
+        raise ValueError(f"variance_of_mean needs at least 2 chunk estimates, got {count}")
+    deviations = chunk_estimates - chunk_estimates.mean(dim=0, keepdim=True)
+    return float((deviations * deviations).sum()) / (count * (count - 1))
+
+
+def inverse_variance_weight(variance_a: float, variance_b: float) -> float:
+    """
+    The weight w of estimate b in (1 - w) a + w b that minimises the variance of the combination
+    of two independent unbiased estimates of the same vector: w = var_a / (var_a + var_b)
+    (0.5 when both variances are 0; a non-finite variance gets no weight).
+    """
+    finite_a, finite_b = bool(np.isfinite(variance_a)), bool(np.isfinite(variance_b))
+    if not finite_b:
+        return 0.0
+    if not finite_a:
+        return 1.0
+    total = variance_a + variance_b
+    return 0.5 if total <= 0.0 else variance_a / total
 
 
 def effective_sample_size(weights: th.Tensor) -> float:

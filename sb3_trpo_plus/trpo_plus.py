@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -35,7 +36,7 @@ from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
-from stable_baselines3.common.utils import explained_variance
+from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
@@ -49,6 +50,7 @@ from sb3_trpo_plus.policy_step import (
     index_obs,
     single_path_surrogate,
     trust_region_step,
+    vine_and_trunk_surrogate,
     vine_surrogate,
 )
 from sb3_trpo_plus.q import SamplingDistribution, SamplingSettings
@@ -360,19 +362,38 @@ class TRPOPlus(OnPolicyAlgorithm):
         if self.sampling == "vine" and self._vine_batch is None:
             raise RuntimeError("sampling='vine' but no vine batch was collected for this iteration (no fallback)")
         trunk = self._policy_batch()
-        return self._vine_batch if self.sampling == "vine" else trunk
+        return replace(self._vine_batch, trunk=trunk) if self._vine_batch is not None else trunk
 
     def _surrogate(self, batch: Any) -> Surrogate:
         """The single-path surrogate mean[pi_theta / pi_old * A] (:func:`~sb3_trpo_plus.policy_step.single_path_surrogate`)."""
         return single_path_surrogate(batch, self.action_space, self.normalize_advantage, self.max_weight)
 
     def _vine_surrogate(self, batch: VineBatch) -> Surrogate:
-        """The vine surrogate on the rollout set (:func:`~sb3_trpo_plus.policy_step.vine_surrogate`)."""
-        return vine_surrogate(batch, self.action_space, self.max_weight)
+        """
+        The vine surrogate on the rollout set, combined with the trunk's as ``vine_kwargs`` says
+        (:func:`~sb3_trpo_plus.policy_step.vine_and_trunk_surrogate`; without the trunk's samples,
+        :func:`~sb3_trpo_plus.policy_step.vine_surrogate` alone).
+        """
+        vine = self._settings().vine
+        if batch.trunk is None or vine is None:
+            return vine_surrogate(batch, self.action_space, self.max_weight)
+        return vine_and_trunk_surrogate(
+            batch,
+            batch.trunk,
+            self.policy,
+            self._actor_params,
+            self.action_space,
+            self.normalize_advantage,
+            self.max_weight,
+            vine.estimator,
+            vine.trust_region_states,
+        )
 
     # ------------------------------------------------------------------ step 3: trust region
 
-    def _policy_step(self, obs: PyTorchObs, objective: Callable[[Distribution], th.Tensor]) -> StepResult:
+    def _policy_step(
+        self, obs: PyTorchObs, objective: Callable[[Distribution], th.Tensor], constraint_obs: PyTorchObs | None = None
+    ) -> StepResult:
         """
         Maximise the surrogate under the KL constraint (:func:`~sb3_trpo_plus.policy_step.trust_region_step`):
         natural-gradient direction by conjugate gradient, maximal step, backtracking line search;
@@ -387,7 +408,7 @@ class TRPOPlus(OnPolicyAlgorithm):
             self.fisher,
             self.fvp_subsample,
         )
-        return trust_region_step(self.policy, self._actor_params, obs, objective, settings)
+        return trust_region_step(self.policy, self._actor_params, obs, objective, settings, constraint_obs)
 
     # ------------------------------------------------------------------ step 4: critic
 
@@ -399,31 +420,55 @@ class TRPOPlus(OnPolicyAlgorithm):
         """
         return fit_critic(self.policy, targets, self.n_critic_updates, self.batch_size, self._actor_params, self.fast_paths)
 
+    def _update_critic(self, batch: Any) -> list[float] | None:
+        """
+        Fit the critic on the trunk's returns and, in vine mode, the branches' (when recorded);
+        skipped (None) when a return is not finite: regressing on it would make the critic, and
+        every later advantage, non-finite.
+        """
+        targets = ValueTargets.from_buffer(self.rollout_buffer)
+        if isinstance(batch, VineBatch) and batch.critic_observations is not None and batch.critic_returns is not None:
+            targets = targets.extended(batch.critic_observations, batch.critic_returns)
+        if not bool(np.isfinite(targets.returns).all()):
+            return None
+        return self._fit_critic(targets)
+
+    def _rebootstrapped(self, batch: VineBatch) -> VineBatch:
+        """The vine batch with its cut and truncated branches completed by the (refitted) critic."""
+        if batch.bootstrap_observations is None:
+            return batch
+        with th.no_grad():
+            values = self.policy.predict_values(obs_as_tensor(batch.bootstrap_observations, self.device))  # type: ignore[arg-type]
+        return batch.rebootstrapped(values)
+
     # ------------------------------------------------------------------ one iteration
 
     def train(self) -> None:
         """
         Update the policy with one trust-region step on the collected batch, then fit the value
-        function.
+        function (vine, by default: fit the value function first, on the trunk's and the
+        branches' returns, and complete the branches' Q-values with it).
         """
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
 
         batch = self._iteration_batch()
+        vine = self._settings().vine
+        critic_first = isinstance(batch, VineBatch) and vine is not None and vine.refit_critic_first
+        if critic_first:
+            value_losses = self._update_critic(batch)
+            batch = self._rebootstrapped(batch)
         surrogate = self._vine_surrogate(batch) if isinstance(batch, VineBatch) else self._surrogate(batch)
         if surrogate.invalid:
             step = StepResult(False, surrogate.invalid, 0.0, 0.0, 0.0, 0, math.nan, 0, 0.0)
         else:
-            step = self._policy_step(surrogate.observations, surrogate.objective)
-        targets = ValueTargets.from_buffer(self.rollout_buffer)
-        if bool(np.isfinite(targets.returns).all()):
-            value_losses = self._fit_critic(targets)
-        else:
-            # regressing on NaN or inf returns would make the critic, and every later advantage, non-finite
-            value_losses = []
+            step = self._policy_step(surrogate.observations, surrogate.objective, surrogate.constraint_observations)
+        if not critic_first:
+            value_losses = self._update_critic(batch)
+        if value_losses is None:
             self.logger.record("train/critic_fit_skipped", 1)
         self._n_updates += 1
-        self._record(step, value_losses, surrogate)
+        self._record(step, value_losses or [], surrogate)
 
     def _record(self, step: StepResult, value_losses: list[float], surrogate: Surrogate) -> None:
         if not step.accepted:
@@ -435,6 +480,8 @@ class TRPOPlus(OnPolicyAlgorithm):
         explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
         std = th.exp(self.policy.log_std).mean().item() if hasattr(self.policy, "log_std") else None
         record_iteration(self.logger, step, value_losses, ess, explained_var, self.n_rejected_steps, self._n_updates, std)
+        for key, value in surrogate.stats.items():
+            self.logger.record(f"train/{key}", value)
 
     def learn(
         self: SelfTRPOPlus,
