@@ -148,6 +148,10 @@ def test_vine_kwargs_validation(kwargs: dict, match: str) -> None:
 def test_vine_kwargs_defaults() -> None:
     settings = VineSettings.from_kwargs({"n_states": 0.25})
     assert settings.n_states == 0.25 and settings.common_random_numbers is True
-    assert settings.rollout_set_size(10) == 3 and VineSettings().rollout_set_size(10) == 10
+    assert settings.rollout_set_size(10) == 3 and VineSettings(n_states=32).rollout_set_size(10) == 10
+    defaults = VineSettings()
+    assert defaults.n_states == "auto" and defaults.all_actions == "auto"
+    levers = (defaults.trust_region_states, defaults.estimator, defaults.critic_targets, defaults.refit_critic_first)
+    assert levers == ("trunk", "combined", "trunk_and_branches", True)
     with pytest.raises(ValueError, match="all_actions"):
         VineSettings.from_kwargs({"all_actions": True}).check_action_space(spaces.Box(-1, 1, (2,)))

@@ -56,9 +56,9 @@ class RecomputeBranchQ(BaseCallback):
             steps.append((np.array(actions, copy=True), np.array(active, copy=True)))
             return pool_step(actions, active)
 
-        def run(state: Any, first_actions: np.ndarray, noise: Any = None) -> Any:
+        def run(state: Any, first_actions: np.ndarray, noise: Any = None, record_states: bool = False) -> Any:
             steps.clear()
-            result = runner_run(state, first_actions, noise)
+            result = runner_run(state, first_actions, noise, record_states)
             if self.states < self.max_states:
                 self.states += 1
                 self._compare(state, list(steps), result.q_values)
