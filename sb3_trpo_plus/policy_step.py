@@ -37,6 +37,7 @@ from sb3_trpo_plus.surrogate import (
     mean_kl,
     self_normalized_surrogate,
     variance_of_mean,
+    variance_upper_bound,
 )
 from sb3_trpo_plus.trust_region import (
     MatVec,
@@ -202,7 +203,8 @@ def vine_and_trunk_surrogate(
       and the vine surrogate of the rollout set, both estimates of the same policy gradient. The
       weight w = var_trunk / (var_trunk + var_vine) minimises the variance of the combination;
       each variance is that of the estimator's gradient at theta_old, measured on the batch
-      itself from ``n_chunks`` interleaved chunks of its samples (rollout-set states for the vine).
+      itself from ``n_chunks`` interleaved chunks of its samples (rollout-set states for the
+      vine), the vine's taken at its 90% upper confidence bound (it rests on few states).
 
     :param vine: the rollout set's batch
     :param trunk: the trunk's samples (SB3's rollout samples)
@@ -247,7 +249,9 @@ def vine_and_trunk_surrogate(
     vine_chunks = [vine_value(log_prob[:n_vine], vine, vine_cap, chosen) / scale for chosen in chunk_states]
     var_trunk = _chunk_gradient_variance(trunk_chunks, actor_params) if len(trunk_chunks) >= 2 else math.inf
     var_vine = _chunk_gradient_variance(vine_chunks, actor_params) if len(vine_chunks) >= 2 else math.inf
-    weight = inverse_variance_weight(var_trunk, var_vine)
+    # the rollout set has few states: its variance is weighed at its 90% upper bound, so that a
+    # small sample that happens to look precise does not take over the step
+    weight = inverse_variance_weight(var_trunk, variance_upper_bound(var_vine, len(vine_chunks)))
 
     def objective(distribution: Distribution) -> th.Tensor:
         log_prob = distribution.log_prob(actions)

@@ -78,9 +78,9 @@ class VineSettings:
 
     n_states: int | float | str = "auto"
     n_actions: int = 4
-    horizon: int = 20
+    horizon: int = 10
     all_actions: bool | str = "auto"
-    branch_share: float = 0.5
+    branch_share: float = 0.2
     common_random_numbers: bool = True
     state_selection: str = "uniform"
     branch_vec_env: str = "dummy"

@@ -23,7 +23,7 @@ from sb3_trpo_plus import TRPOPlus
 from sb3_trpo_plus.buffers import VineBatch
 from sb3_trpo_plus.policy_step import StepSettings, trust_region_step
 from sb3_trpo_plus.settings import AUTO_ALL_ACTIONS_MAX, PAPER_VINE_KWARGS, VineSettings
-from sb3_trpo_plus.surrogate import inverse_variance_weight, variance_of_mean
+from sb3_trpo_plus.surrogate import chi2_quantile, inverse_variance_weight, variance_of_mean, variance_upper_bound
 
 # ----------------------------------------------------------------------------- defaults
 
@@ -100,6 +100,24 @@ def test_inverse_variance_weight() -> None:
     assert inverse_variance_weight(1.0, float("inf")) == 0.0
     assert inverse_variance_weight(float("inf"), 1.0) == 1.0
     assert inverse_variance_weight(1.0, float("nan")) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("probability", "dof", "exact"), [(0.1, 4, 1.063623), (0.1, 15, 8.546756), (0.9, 7, 12.017037), (0.1, 31, 21.433565)]
+)
+def test_chi2_quantile_matches_the_tables(probability: float, dof: int, exact: float) -> None:
+    assert chi2_quantile(probability, dof) == pytest.approx(exact, rel=0.01)
+
+
+def test_variance_upper_bound_covers_the_true_variance_90_percent_of_the_time() -> None:
+    """Sample variances of 6 Gaussian chunks: the bound lies above the true variance in 90% of draws."""
+    rng = np.random.default_rng(2)
+    samples = rng.normal(0.0, 2.0, (20_000, 6))
+    estimates = samples.var(axis=1, ddof=1)
+    covered = np.mean([variance_upper_bound(v, 6) >= 4.0 for v in estimates])
+    assert covered == pytest.approx(0.9, abs=0.01)
+    assert variance_upper_bound(1.0, 1) == float("inf")
+    assert variance_upper_bound(1.0, 200) == pytest.approx(1.14, abs=0.02)  # many chunks: close to the estimate
 
 
 def test_the_inverse_variance_combination_has_the_smallest_variance() -> None:
@@ -317,9 +335,9 @@ def test_default_vine_combines_estimators_on_the_trunks_trust_region(monkeypatch
     assert seen["n_obs"] == 512 + 2 * n_states  # the rollout set's rows, then the trunk's
     assert 0.0 <= values["train/vine_weight"] <= 1.0
     assert values["train/grad_variance_trunk"] > 0 and values["train/grad_variance_vine"] > 0
-    assert values["train/vine_weight"] == pytest.approx(
-        inverse_variance_weight(values["train/grad_variance_trunk"], values["train/grad_variance_vine"])
-    )
+    bound = variance_upper_bound(values["train/grad_variance_vine"], min(16, n_states))  # 16 chunks at most
+    assert bound > values["train/grad_variance_vine"]
+    assert values["train/vine_weight"] == pytest.approx(inverse_variance_weight(values["train/grad_variance_trunk"], bound))
     assert values["rollout/branch_fraction"] <= settings.branch_share + 1e-9  # the bounded share
 
 

@@ -156,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
 
     import sb3_trpo_plus.zoo  # importing it registers trpo_plus (once)
+
     if command in ALGO_FLAGS:
         flags = [ALGO_FLAGS[command], sb3_trpo_plus.zoo.ALGO_NAME, *flags]
     sys.argv = [f"trpo-plus-zoo {command}", *flags]

@@ -175,4 +175,3 @@ def benchmark(argv: Sequence[str]) -> None:
     sys.argv = [sys.argv[0], *argv]
     with _patched(subprocess, "call", call_enjoy):
         runpy.run_module("rl_zoo3.benchmark", run_name="__main__", alter_sys=True)
-
