@@ -4,12 +4,19 @@ Vine against single path at equal total environment steps (branch steps counted)
 Both schemes use the same base hyperparameters (the RL Zoo's tuned TRPO settings for the env);
 vine adds its ``vine_kwargs``. Budgets are total environment steps, trunk and branches.
 
-    python benchmarks/vine_vs_single_path.py                       # 4 envs x 2 schemes x 3 seeds, 2 processes
+    python benchmarks/vine_vs_single_path.py                       # every row x 2 schemes x 5 seeds, 2 processes
     python benchmarks/vine_vs_single_path.py --envs CartPole-v1 --seeds 1 --scale 0.1
+    python benchmarks/vine_vs_single_path.py --vine-kwargs '{"branch_share": 0.25}' --out /tmp/share25
+
+Vine runs with ``vine_kwargs`` left to their defaults (plus ``--vine-kwargs``, which every vine run
+of the invocation gets). Finished runs are kept in ``<out>/results.json`` and skipped when the
+command is run again (same env, scheme, seed and settings), so an interrupted run resumes.
+The row ``CartPole-v1-defaults`` is the issue's new-user check: every TRPOPlus argument at its
+default (one env, n_steps 2048), vine against single path.
 
 Outputs in ``benchmarks/results/vine/``: ``curves.csv`` (per run and iteration: total steps,
 mean return of the last 10 training episodes), ``final_eval.csv`` (deterministic evaluation,
-10 episodes on a separately seeded env), ``vine_vs_single_path.png`` and ``vine_vs_single_path.md``.
+20 episodes on a separately seeded env), ``vine_vs_single_path.png`` and ``vine_vs_single_path.md``.
 """
 
 from __future__ import annotations
@@ -27,24 +34,32 @@ from typing import Any
 import numpy as np
 
 ENVS: dict[str, dict[str, Any]] = {
-    # rl_zoo3 hyperparams/trpo.yml entries; vine settings chosen here (see docs/vine.md and docs/benchmarks.md)
+    # rl_zoo3 hyperparams/trpo.yml entries; vine: its defaults (see docs/vine.md and docs/benchmarks.md)
+    "CartPole-v1-defaults": {
+        "env_id": "CartPole-v1",
+        "budget": 150_000,
+        "normalize": False,
+        "n_envs": 1,
+        "kwargs": {},
+        "vine": {},
+    },
     "CartPole-v1": {
         "budget": 150_000,
         "normalize": False,
         "kwargs": {"n_steps": 512, "batch_size": 512, "cg_damping": 1e-3, "gae_lambda": 0.98, "n_critic_updates": 20},
-        "vine": {"n_states": 32, "horizon": 25, "all_actions": True},
+        "vine": {},
     },
     "Acrobot-v1": {
         "budget": 200_000,
         "normalize": True,
         "kwargs": {"n_steps": 1024},
-        "vine": {"n_states": 32, "horizon": 50, "all_actions": True},
+        "vine": {},
     },
     "Pendulum-v1": {
         "budget": 400_000,
         "normalize": False,
         "kwargs": {"n_steps": 1024, "gamma": 0.9, "n_critic_updates": 15, "use_sde": True, "sde_sample_freq": 4},
-        "vine": {"n_states": 128, "n_actions": 4, "horizon": 10},
+        "vine": {},
     },
     "Hopper-v5": {
         "budget": 300_000,
@@ -58,24 +73,27 @@ ENVS: dict[str, dict[str, Any]] = {
             "gae_lambda": 0.95,
             "learning_rate": 1e-3,
         },
-        "vine": {"n_states": 64, "n_actions": 4, "horizon": 25},
+        "vine": {},
     },
 }
 
 
-def _make_env(env_id: str, seed: int, normalize: bool, training: bool = True) -> Any:
+def _make_env(env_id: str, seed: int, normalize: bool, training: bool = True, n_envs: int = 2) -> Any:
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import VecNormalize
 
-    env = make_vec_env(env_id, n_envs=2 if training else 1, seed=seed)
+    env = make_vec_env(env_id, n_envs=n_envs if training else 1, seed=seed)
     if normalize:
         env = VecNormalize(env, training=training, norm_reward=training)
     return env
 
 
+EVAL_EPISODES = 20
+
+
 def run(job: tuple[str, str, int, float, str]) -> dict[str, Any]:
-    """Train one (env, scheme, seed) and return its curve and final evaluation."""
-    env_id, scheme, seed, scale, _out = job
+    """Train one (row, scheme, seed) and return its curve and final evaluation."""
+    row, scheme, seed, scale, vine_json = job
     import torch as th
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.evaluation import evaluate_policy
@@ -83,9 +101,11 @@ def run(job: tuple[str, str, int, float, str]) -> dict[str, Any]:
     from sb3_trpo_plus import TRPOPlus
 
     th.set_num_threads(1)
-    spec = ENVS[env_id]
-    env = _make_env(env_id, seed, spec["normalize"])
-    extra = {"sampling": "vine", "vine_kwargs": dict(spec["vine"])} if scheme == "vine" else {}
+    spec = ENVS[row]
+    env_id = spec.get("env_id", row)
+    env = _make_env(env_id, seed, spec["normalize"], n_envs=spec.get("n_envs", 2))
+    vine_kwargs = {**spec["vine"], **json.loads(vine_json)}
+    extra = {"sampling": "vine", "vine_kwargs": vine_kwargs} if scheme == "vine" else {}
     model = TRPOPlus("MlpPolicy", env, seed=seed, **spec["kwargs"], **extra)
     curve: list[tuple[int, float]] = []
 
@@ -105,11 +125,12 @@ def run(job: tuple[str, str, int, float, str]) -> dict[str, Any]:
     eval_env = _make_env(env_id, seed + 10_000, spec["normalize"], training=False)
     if spec["normalize"]:
         eval_env.obs_rms = env.obs_rms  # training statistics, frozen
-    mean, std = evaluate_policy(model, eval_env, n_eval_episodes=10, deterministic=True)
+    mean, std = evaluate_policy(model, eval_env, n_eval_episodes=EVAL_EPISODES, deterministic=True)
     return {
-        "env": env_id,
+        "env": row,
         "scheme": scheme,
         "seed": seed,
+        "vine_kwargs": vine_json if scheme == "vine" else "",
         "timesteps": model.num_timesteps,
         "eval_mean": float(mean),
         "eval_std": float(std),
@@ -143,17 +164,20 @@ def report(results: list[dict[str, Any]], out: Path, command: str) -> None:
     lines = [
         "# Vine against single path at equal total environment steps",
         "",
-        f"Command: `{command}`. Both schemes: the RL Zoo's TRPO settings for the env; vine adds the",
-        "settings below. Steps are total environment steps, vine's branch steps included. Final",
-        "evaluation: deterministic policy, 10 episodes, separately seeded env; mean over seeds (+- std over seeds).",
+        f"Command: `{command}`. Both schemes: the RL Zoo's TRPO settings for the env (the row",
+        "`CartPole-v1-defaults`: every argument at its default); vine adds `sampling='vine'` and the",
+        "`vine_kwargs` shown (`{}`: all defaults). Steps are total environment steps, vine's branch steps",
+        f"included. Final evaluation: deterministic policy, {EVAL_EPISODES} episodes on a separately seeded env;",
+        "mean +- std over seeds, and the 95% confidence interval of the difference of the means (Welch's t).",
         "",
-        "| env | total steps | vine settings | single path | vine | single path final returns | vine final returns |",
-        "| --- | ---: | --- | ---: | ---: | --- | --- |",
+        "| env | total steps | vine_kwargs | seeds | single path | vine | vine - single path [95% CI] | "
+        "within 1 std of single path | single path per seed | vine per seed |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- | --- | --- |",
     ]
     for axis, env_id in zip(axes[0], envs, strict=True):
         finals = {}
         for scheme, color in (("single_path", "tab:blue"), ("vine", "tab:orange")):
-            runs = [r for r in results if r["env"] == env_id and r["scheme"] == scheme]
+            runs = sorted((r for r in results if r["env"] == env_id and r["scheme"] == scheme), key=lambda r: r["seed"])
             finals[scheme] = [r["eval_mean"] for r in runs]
             if not runs:
                 continue
@@ -171,11 +195,24 @@ def report(results: list[dict[str, Any]], out: Path, command: str) -> None:
         def cell(values: list[float]) -> str:
             return f"{np.mean(values):.1f} +- {np.std(values):.1f}" if values else "-"
 
+        single, vine = finals["single_path"], finals["vine"]
+        difference, within = "-", "-"
+        if len(single) >= 2 and len(vine) >= 2:
+            from scipy import stats
+
+            delta = float(np.mean(vine) - np.mean(single))
+            if np.std(single) == 0 and np.std(vine) == 0:
+                difference = f"{delta:+.1f} [{delta:+.1f}, {delta:+.1f}]"
+            else:
+                low, high = stats.ttest_ind(vine, single, equal_var=False).confidence_interval(0.95)
+                difference = f"{delta:+.1f} [{low:+.1f}, {high:+.1f}]"
+            within = "yes" if delta >= -np.std(single) else "no"
         budget = max((r["timesteps"] for r in results if r["env"] == env_id), default=0)
+        settings = sorted({r.get("vine_kwargs", "") for r in results if r["env"] == env_id and r["scheme"] == "vine"})
+        shown = ", ".join(json.dumps({**ENVS[env_id]["vine"], **json.loads(text or "{}")}) for text in settings) or "-"
         lines.append(
-            f"| {env_id} | {budget:,} | `{json.dumps(ENVS[env_id]['vine'])}` | {cell(finals['single_path'])} | "
-            f"{cell(finals['vine'])} | {', '.join(f'{v:.1f}' for v in finals['single_path'])} | "
-            f"{', '.join(f'{v:.1f}' for v in finals['vine'])} |"
+            f"| {env_id} | {budget:,} | `{shown}` | {len(single)} / {len(vine)} | {cell(single)} | {cell(vine)} | "
+            f"{difference} | {within} | {', '.join(f'{v:.1f}' for v in single)} | {', '.join(f'{v:.1f}' for v in vine)} |"
         )
     figure.tight_layout()
     figure.savefig(out / "vine_vs_single_path.png", dpi=110)
@@ -185,7 +222,9 @@ def report(results: list[dict[str, Any]], out: Path, command: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", nargs="+", default=list(ENVS), choices=list(ENVS))
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--schemes", nargs="+", default=["single_path", "vine"], choices=["single_path", "vine"])
+    parser.add_argument("--vine-kwargs", default="{}", help="JSON merged into every vine run's vine_kwargs")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every budget")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default="benchmarks/results/vine")
@@ -198,16 +237,21 @@ def main() -> None:
         command = (out / "vine_vs_single_path.md").read_text().split("Command: `")[1].split("`")[0]
         report(saved, out, command)
         return
+    saved = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else []
+    vine_json = json.dumps(json.loads(args.vine_kwargs), sort_keys=True)
+    done = {(r["env"], r["scheme"], r["seed"], r.get("vine_kwargs", "")) for r in saved}
     jobs = [
-        (env, scheme, seed, args.scale, str(out))
+        (env, scheme, seed, args.scale, vine_json)
         for env in args.envs
         for seed in range(args.seeds)
-        for scheme in ("single_path", "vine")
+        for scheme in args.schemes
+        if (env, scheme, seed, vine_json if scheme == "vine" else "") not in done
     ]
-    # longest first, so that the two processes finish together
-    jobs.sort(key=lambda job: -ENVS[job[0]]["budget"] * (3 if job[1] == "vine" else 1))
+    print(f"{len(jobs)} runs to do ({len(saved)} kept from {out / 'results.json'})", flush=True)
+    # longest first, so that the processes finish together
+    jobs.sort(key=lambda job: -ENVS[job[0]]["budget"] * (1.5 if job[0].startswith(("Hopper", "Pendulum")) else 1))
+    results = list(saved)
     with mp.get_context("spawn").Pool(args.jobs) as pool:
-        results = []
         for result in pool.imap_unordered(run, jobs):
             summary = f"{result['eval_mean']:.1f} after {result['timesteps']} steps ({result['seconds']:.0f} s)"
             print(f"{result['env']} {result['scheme']} seed {result['seed']}: {summary}", flush=True)
