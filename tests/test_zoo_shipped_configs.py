@@ -74,7 +74,9 @@ def _train_with_shipped_vine(python: Path, workdir: Path) -> tuple[str, str]:
     assert train.returncode == 0, f"{train.stdout}\n{train.stderr}"
     assert f"Loading hyperparameters from: {config}" in train.stdout
     model = TRPOPlus.load(workdir / "logs" / "trpo_plus" / "CartPole-v1_1" / "CartPole-v1.zip")
-    assert model.sampling == "vine" and model.vine_kwargs["all_actions"] is True
+    assert model.sampling == "vine" and model.vine_kwargs == {}  # the vine defaults
+    vine = model._settings().vine
+    assert vine is not None and vine.all_actions is True  # "auto" on CartPole's 2 actions: both branched
     return module_file, config
 
 
