@@ -10,7 +10,8 @@ from the batch the sampling scheme returned, and the trust-region step that maxi
   on an ``fvp_subsample`` share of the states); the analytic product takes J v by forward-mode
   differentiation on convolutional policies (:func:`forward_mode_fisher_product`);
 - :func:`trust_region_step`: conjugate gradient, maximal step and line search
-  (:func:`sb3_trpo_plus.trust_region.natural_gradient_step`).
+  (:func:`sb3_trpo_plus.trust_region.natural_gradient_step`), on images in the channels_last
+  layout when the products take forward mode (:func:`step_distribution`).
 """
 
 from __future__ import annotations
@@ -274,49 +275,53 @@ def _rng_states(device: th.device) -> list[th.Tensor]:
     return states
 
 
+def _restore_rng_states(states: list[th.Tensor], device: th.device) -> None:
+    th.random.set_rng_state(states[0])
+    if len(states) > 1:
+        th.cuda.set_rng_state(states[1], device)
+
+
 def forward_mode_fisher_product(
     policy: ActorCriticPolicy,
     actor_params: list[nn.Parameter],
     obs: PyTorchObs,
+    outputs: list[th.Tensor],
     metric: MetricFn,
     damping: float,
-    n_samples: int,
 ) -> MatVec | None:
     """
     The analytic product F = J^T M J / N with J v by forward mode
-    (:func:`~sb3_trpo_plus.trust_region.linearized_fisher_vector_product`), image observations
-    in the channels_last format. ``None`` when the policy's forward pass cannot be linearised
-    (an operation without a forward-mode derivative, control flow on tensor values...) or draws
-    random numbers; the generators and the policy's distribution object are then as they were.
+    (:func:`~sb3_trpo_plus.trust_region.linearized_fisher_vector_product`). ``None`` when the
+    policy's forward pass cannot be linearised (an operation without a forward-mode derivative,
+    control flow on tensor values...) or draws random numbers; the generators and the policy's
+    distribution object are then as they were.
 
     :param policy: the policy at theta_old
     :param actor_params: the parameters the action distribution depends on
     :param obs: the states of the product
+    :param outputs: the distribution parameters on ``obs``, attached to the graph of ``actor_params``
     :param metric: the Fisher information M of pi_old on ``obs``
     :param damping: c in (F + c I) v
-    :param n_samples: N, the number of states in ``obs``
     """
     states = _rng_states(policy.device)
     saved = dict(vars(policy.action_dist))  # get_distribution rebinds the distribution object's attributes
-    product: MatVec | None = None
-    converted = channels_last(obs)
-    # channels_last first; the observations as given if that fails (a custom extractor may .view() its input)
-    candidates = [converted] if _same_tensors(converted, obs) else [converted, obs]
-    for candidate in candidates:
-        outputs_of = distribution_parameters_function(policy, actor_params, candidate)
-        try:
-            product = linearized_fisher_vector_product(outputs_of, metric, actor_params, damping, n_samples)
-            break
-        except Exception:  # any failure of forward mode or tracing: fall back to the next candidate
-            continue
+    outputs_of = distribution_parameters_function(policy, actor_params, obs)
+    product: MatVec | None
+    try:
+        product = linearized_fisher_vector_product(outputs, outputs_of, metric, actor_params, damping, len(outputs[0]))
+    except Exception:  # any failure to differentiate in forward mode or to trace: the caller falls back
+        product = None
     vars(policy.action_dist).update(saved)
     if any(not th.equal(before, after) for before, after in zip(states, _rng_states(policy.device), strict=True)):
         # a random forward pass (noise layers...): its linearisation would not match J
-        th.random.set_rng_state(states[0])
-        if len(states) > 1:
-            th.cuda.set_rng_state(states[1], policy.device)
+        _restore_rng_states(states, policy.device)
         return None
     return product
+
+
+def uses_forward_mode(policy: ActorCriticPolicy, actor_params: list[nn.Parameter], settings: StepSettings) -> bool:
+    """Whether the step's Fisher-vector products try forward mode (:func:`fisher_product`)."""
+    return settings.fisher == "analytic" and forward_mode_pays(policy, actor_params) and forward_mode_supported(policy)
 
 
 def fisher_product(
@@ -331,7 +336,8 @@ def fisher_product(
     Fisher-vector products at theta_old, on a random ``fvp_subsample`` share of ``obs``: by
     double backprop through the mean KL (``fisher="kl_hessian"``) or as J^T M J / N
     (``"analytic"``), with J v by forward mode on convolutional policies that support it
-    (:func:`forward_mode_fisher_product`) and by the double-backward trick otherwise.
+    (:func:`uses_forward_mode`, :func:`forward_mode_fisher_product`) and by the
+    double-backward trick otherwise.
     """
     if settings.fvp_subsample < 1.0:
         n_obs = _n_obs(obs)
@@ -345,12 +351,31 @@ def fisher_product(
         return kl_hessian_vector_product(kl, actor_params, settings.cg_damping)
     outputs = distribution_parameters(distribution)  # before forward mode evaluates the policy again
     metric = distribution_metric(old_distribution)
-    n_samples = len(outputs[0])
-    if forward_mode_pays(policy, actor_params) and forward_mode_supported(policy):
-        product = forward_mode_fisher_product(policy, actor_params, obs, metric, settings.cg_damping, n_samples)
+    if uses_forward_mode(policy, actor_params, settings):
+        product = forward_mode_fisher_product(policy, actor_params, obs, outputs, metric, settings.cg_damping)
         if product is not None:
             return product
-    return analytic_fisher_vector_product(outputs, metric, actor_params, settings.cg_damping, n_samples)
+    return analytic_fisher_vector_product(outputs, metric, actor_params, settings.cg_damping, len(outputs[0]))
+
+
+def step_distribution(
+    policy: ActorCriticPolicy, obs: PyTorchObs, prefer_channels_last: bool
+) -> tuple[PyTorchObs, Distribution]:
+    """
+    pi_theta on the step's states, and those states: in the channels_last layout when
+    ``prefer_channels_last`` (the same values; convolutions on CPU are faster in it, and every
+    forward and backward pass of the step takes it), unless the policy fails on that layout
+    (a custom extractor calling ``.view()`` on an image, say): then as given.
+    """
+    if prefer_channels_last:
+        converted = channels_last(obs)
+        if not _same_tensors(converted, obs):
+            states = _rng_states(policy.device)
+            try:
+                return converted, policy.get_distribution(converted)
+            except RuntimeError:
+                _restore_rng_states(states, policy.device)
+    return obs, policy.get_distribution(obs)
 
 
 def trust_region_step(
@@ -371,7 +396,7 @@ def trust_region_step(
     :param objective: the surrogate as a function of pi_theta's distribution on ``obs``
     :param settings: the step's arguments
     """
-    distribution = policy.get_distribution(obs)
+    obs, distribution = step_distribution(policy, obs, uses_forward_mode(policy, actor_params, settings))
     old_distribution = detached(distribution)
     surrogate = objective(distribution)
     product = fisher_product(policy, actor_params, obs, distribution, old_distribution, settings)

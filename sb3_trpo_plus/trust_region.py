@@ -197,6 +197,7 @@ OutputsFn = Callable[[Sequence[th.Tensor]], Sequence[th.Tensor]]
 
 
 def linearized_fisher_vector_product(
+    outputs: Sequence[th.Tensor],
     outputs_of: OutputsFn,
     metric: MetricFn,
     params: Sequence[nn.Parameter],
@@ -208,15 +209,17 @@ def linearized_fisher_vector_product(
     :func:`analytic_fisher_vector_product`, with J v by forward-mode differentiation.
 
     ``outputs_of`` is linearised once at the current parameter values (:func:`torch.func.linearize`:
-    traced once, its primal part folded into constants), and its outputs are computed once more
-    on ``params`` themselves for the backward pass. Each product then costs one pass of tangents
-    through the network (J v) and one backward pass (J^T w), instead of the two backward passes
-    of the double-backward trick, which are slow through convolutions.
+    traced once, its primal part folded into constants at the first product). Each product then
+    costs one pass of tangents through the network (J v) and one backward pass through the
+    retained graph of ``outputs`` (J^T w), instead of the two backward passes of the
+    double-backward trick, which are slow through convolutions.
 
+    :param outputs: distribution parameters, attached to the graph of ``params``: ``outputs_of``
+        evaluated on ``params`` themselves
     :param outputs_of: function mapping values of ``params`` (a sequence, in their order) to the
-        distribution parameters on N states. It is evaluated several times and traced with
-        ``make_fx``, so it must be deterministic, free of side effects and without control flow
-        on tensor values (so no argument validation of torch distributions)
+        distribution parameters. It is evaluated again and traced with ``make_fx``, so it must be
+        deterministic, free of side effects and without control flow on tensor values (so no
+        argument validation of torch distributions)
     :param metric: function mapping tangents J v (one tensor per output) to M J v
     :param params: actor parameters theta
     :param damping: c in (F + c I) v
@@ -225,7 +228,7 @@ def linearized_fisher_vector_product(
     :raises Exception: whatever :func:`torch.func.linearize` raises on a function it cannot
         differentiate in forward mode or trace (the caller falls back to another product)
     """
-    outputs = list(outputs_of(list(params)))
+    outputs = list(outputs)
     primals = [param.detach() for param in params]
     with warnings.catch_warnings():
         # torch.fx's constant folding warns about the attributes it creates itself
@@ -235,10 +238,7 @@ def linearized_fisher_vector_product(
 
     def product(vector: th.Tensor) -> th.Tensor:
         tangents = [piece.view_as(p) for piece, p in zip(vector.split(sizes), params, strict=True)]
-        with warnings.catch_warnings():  # the folding runs at the first call
-            warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node", category=UserWarning)
-            jv = jvp(*tangents)
-        weighted = [m / n_samples for m in metric(list(jv))]
+        weighted = [m / n_samples for m in metric(list(jvp(*tangents)))]
         return flat_grad(outputs, params, grad_outputs=weighted, retain_graph=True) + damping * vector
 
     return product

@@ -119,8 +119,10 @@ def test_forward_mode_fisher_equals_kl_hessian(name: str) -> None:
     # J v by forward mode (taken on convolutional policies) is the same product, on every family
     policy, params, _, hessian = _products(name, 0)
     obs = 2.0 * th.randn(32, 5, generator=th.Generator().manual_seed(0))  # _products' states
-    metric = distribution_metric(detached(policy.get_distribution(obs)))
-    forward = linearized_fisher_vector_product(distribution_parameters_function(policy, params, obs), metric, params, 0.0, 32)
+    distribution = policy.get_distribution(obs)
+    outputs, metric = distribution_parameters(distribution), distribution_metric(detached(distribution))
+    outputs_of = distribution_parameters_function(policy, params, obs)
+    forward = linearized_fisher_vector_product(outputs, outputs_of, metric, params, 0.0, 32)
     vector = th.randn(sum(p.numel() for p in params), generator=th.Generator().manual_seed(100))
     expected = hessian(vector)
     assert float(th.linalg.norm(forward(vector) - expected)) <= 2e-5 * float(th.linalg.norm(expected)), name

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch as th
-from conftest import actor_parameters, build_policy
+from conftest import actor_parameters, build_policy, flat
 from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
@@ -26,15 +26,20 @@ from sb3_trpo_plus import policy_step
 from sb3_trpo_plus.distributions import detached, distribution_metric, distribution_parameters
 from sb3_trpo_plus.policy_step import (
     StepSettings,
+    channels_last,
     distribution_parameters_function,
     fisher_product,
     forward_mode_fisher_product,
     forward_mode_pays,
     forward_mode_supported,
+    step_distribution,
+    trust_region_step,
 )
+from sb3_trpo_plus.surrogate import importance_sampled_surrogate
 from sb3_trpo_plus.trust_region import analytic_fisher_vector_product, linearized_fisher_vector_product
 
-IMAGE = spaces.Box(0, 255, (1, 36, 36), np.uint8)  # the smallest image SB3's NatureCNN takes
+# the smallest image SB3's NatureCNN takes; two channels, so that channels_last is another layout
+IMAGE = spaces.Box(0, 255, (2, 36, 36), np.uint8)
 
 
 def _dense_jacobian(outputs: Sequence[th.Tensor], params: Sequence[nn.Parameter]) -> th.Tensor:
@@ -70,11 +75,10 @@ def _dense_product(policy: ActorCriticPolicy, params: list[nn.Parameter], obs: t
 
 
 def _forward_product(policy: ActorCriticPolicy, params: list[nn.Parameter], obs: Any, damping: float = 0.0):  # type: ignore[no-untyped-def]
-    old = detached(policy.get_distribution(obs))
-    n = len(distribution_parameters(old)[0])
-    return linearized_fisher_vector_product(
-        distribution_parameters_function(policy, params, obs), distribution_metric(old), params, damping, n
-    )
+    distribution = policy.get_distribution(obs)
+    outputs, metric = distribution_parameters(distribution), distribution_metric(detached(distribution))
+    outputs_of = distribution_parameters_function(policy, params, obs)
+    return linearized_fisher_vector_product(outputs, outputs_of, metric, params, damping, len(outputs[0]))
 
 
 def _cnn_policy(seed: int, policy_class: type[ActorCriticPolicy] = ActorCriticCnnPolicy, **kwargs: Any) -> ActorCriticPolicy:
@@ -125,9 +129,10 @@ def test_forward_mode_product_is_the_dense_jtmj_on_a_cnn(share_features_extracto
     params = actor_parameters(policy, obs)
     dense = _dense_product(policy, params, obs)
     before = [(p, p.detach().clone()) for p in policy.parameters()]
-    product = forward_mode_fisher_product(
-        policy, params, obs, distribution_metric(detached(policy.get_distribution(obs))), 0.0, 4
-    )
+    images = channels_last(obs)  # as the trust-region step lays them out
+    distribution = policy.get_distribution(images)
+    outputs, metric = distribution_parameters(distribution), distribution_metric(detached(distribution))
+    product = forward_mode_fisher_product(policy, params, images, outputs, metric, 0.0)
     assert product is not None
     for trial in range(2):
         vector = th.randn(sum(p.numel() for p in params), generator=th.Generator().manual_seed(trial))
@@ -228,7 +233,7 @@ class _Extractor(BaseFeaturesExtractor):
 
     def __init__(self, observation_space: spaces.Box, middle: str = "relu") -> None:
         super().__init__(observation_space, features_dim=8)
-        self.conv = nn.Conv2d(1, 4, 8, stride=4)
+        self.conv = nn.Conv2d(observation_space.shape[0], 4, 8, stride=4)
         self.middle = middle
         self.norm = nn.BatchNorm2d(4) if middle == "batch_norm" else nn.Identity()
         self.dropout = nn.Dropout(0.5) if middle == "dropout" else nn.Identity()
@@ -242,6 +247,8 @@ class _Extractor(BaseFeaturesExtractor):
             x = th.relu(x + 0.01 * th.randn_like(x))
         elif self.middle == "branch":
             x = th.relu(x) if float(x.detach().sum()) > 0 else th.tanh(x)  # control flow on tensor values
+        elif self.middle == "view":
+            return th.tanh(self.linear(th.relu(x).view(len(x), -1)))  # .view() needs the contiguous layout
         else:
             x = th.relu(self.dropout(self.norm(x)))
         return th.tanh(self.linear(x.flatten(1)))
@@ -291,10 +298,11 @@ def test_forward_mode_refuses_what_it_cannot_linearise(middle: str) -> None:
     obs = _images(3, 3)
     params = actor_parameters(policy, obs)
     assert forward_mode_pays(policy, params) and forward_mode_supported(policy)  # not visible from the modules
-    metric = distribution_metric(detached(policy.get_distribution(obs)))
+    distribution = policy.get_distribution(obs)
+    outputs, metric = distribution_parameters(distribution), distribution_metric(detached(distribution))
     rng = th.random.get_rng_state()
     saved = dict(vars(policy.action_dist))
-    assert forward_mode_fisher_product(policy, params, obs, metric, 0.1, 3) is None
+    assert forward_mode_fisher_product(policy, params, obs, outputs, metric, 0.1) is None
     assert th.equal(rng, th.random.get_rng_state())
     assert vars(policy.action_dist).keys() == saved.keys()
     assert all(vars(policy.action_dist)[key] is value for key, value in saved.items())
@@ -310,3 +318,59 @@ def test_unsupported_modules_are_seen_before_any_forward_pass(middle: str) -> No
     # batch normalisation and dropout are deterministic and stateless in evaluation mode
     policy.set_training_mode(False)
     assert forward_mode_supported(policy) == (middle != "hook")
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+def _step(policy: ActorCriticPolicy, obs: th.Tensor, seed: int) -> Any:
+    th.manual_seed(seed)
+    distribution = policy.get_distribution(obs)
+    gen = th.Generator().manual_seed(seed)
+    with th.no_grad():
+        actions = detached(distribution).distribution.sample()
+        log_q = distribution.log_prob(actions)
+    advantages = th.randn(len(obs), generator=gen)
+
+    def objective(dist: Any) -> th.Tensor:
+        return importance_sampled_surrogate(dist.log_prob(actions), log_q, advantages)
+
+    th.manual_seed(seed)  # the step's own draw (conjugate gradient's starting point)
+    return trust_region_step(policy, actor_parameters(policy, obs), obs, objective, _settings())
+
+
+def test_a_cnn_step_moves_the_policy_as_the_double_backward_step_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    obs = _images(16, 5)
+    forward, double_backward = _cnn_policy(5), _cnn_policy(5)
+    start = flat(forward.parameters())
+    assert th.equal(start, flat(double_backward.parameters()))
+    calls = _spy(monkeypatch)
+    step = _step(forward, obs, 5)
+    rng = th.random.get_rng_state()
+    assert calls == {"forward": 1, "double_backward": 0}
+    monkeypatch.setattr(policy_step, "uses_forward_mode", lambda *args: False)
+    reference = _step(double_backward, obs, 5)
+    assert calls == {"forward": 1, "double_backward": 1}
+    assert th.equal(rng, th.random.get_rng_state())  # the same random numbers drawn
+    assert step.accepted and reference.accepted
+    moved = flat(double_backward.parameters()) - start
+    difference = flat(forward.parameters()) - flat(double_backward.parameters())
+    # float32 rounding (other kernels: channels_last, forward mode), amplified a little by conjugate gradient
+    assert float(difference.abs().max()) <= 1e-5 * float(moved.abs().max())
+    assert step.step_fraction == reference.step_fraction and step.cg_iterations == reference.cg_iterations
+
+
+def test_the_step_takes_images_in_channels_last_unless_the_policy_refuses_them() -> None:
+    obs = _images(4, 6)
+    policy = _cnn_policy(6)
+    images, distribution = step_distribution(policy, obs, prefer_channels_last=True)
+    assert images.is_contiguous(memory_format=th.channels_last) and th.equal(images, obs)
+    assert step_distribution(policy, obs, prefer_channels_last=False)[0] is obs
+    # an extractor calling .view() on a channels_last activation fails on that layout: as given then
+    refusing = _cnn_policy(6, features_extractor_class=_Extractor, features_extractor_kwargs={"middle": "view"})
+    with pytest.raises(RuntimeError):
+        refusing.get_distribution(channels_last(obs))
+    rng = th.random.get_rng_state()
+    images, distribution = step_distribution(refusing, obs, prefer_channels_last=True)
+    assert images is obs and th.equal(rng, th.random.get_rng_state())
+    assert th.equal(distribution.distribution.logits, refusing.get_distribution(obs).distribution.logits)
