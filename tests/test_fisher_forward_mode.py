@@ -209,6 +209,11 @@ def test_a_cnn_policy_takes_forward_mode_and_an_mlp_does_not(monkeypatch: pytest
     # fisher="kl_hessian" takes neither
     _product_via_fisher_product(cnn, obs, _settings("kl_hessian"))
     assert calls == {"forward": 1, "double_backward": 1}
+    # on a share of the (channels_last) states too
+    subsample = StepSettings(0.01, 10, 0.1, 0.8, 10, "analytic", 0.5)
+    params, product = _product_via_fisher_product(cnn, channels_last(obs), subsample)
+    assert calls == {"forward": 2, "double_backward": 1}
+    assert bool(th.isfinite(product(vector)).all())
 
 
 # ----------------------------------------------------------------------------- fallbacks
