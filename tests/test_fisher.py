@@ -25,8 +25,13 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
 from sb3_trpo_plus.distributions import FisherMetric, detached, distribution_metric, distribution_parameters
+from sb3_trpo_plus.policy_step import distribution_parameters_function
 from sb3_trpo_plus.surrogate import mean_kl
-from sb3_trpo_plus.trust_region import analytic_fisher_vector_product, kl_hessian_vector_product
+from sb3_trpo_plus.trust_region import (
+    analytic_fisher_vector_product,
+    kl_hessian_vector_product,
+    linearized_fisher_vector_product,
+)
 
 F64 = th.float64
 
@@ -107,6 +112,20 @@ def test_analytic_fisher_equals_kl_hessian(name: str, seed: int) -> None:
         th.randn(n_params, generator=th.Generator().manual_seed(8)),
     )
     assert math.isclose(float(u @ analytic(v)), float(v @ analytic(u)), rel_tol=1e-4, abs_tol=1e-7)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_forward_mode_fisher_equals_kl_hessian(name: str) -> None:
+    # J v by forward mode (taken on convolutional policies) is the same product, on every family
+    policy, params, _, hessian = _products(name, 0)
+    obs = 2.0 * th.randn(32, 5, generator=th.Generator().manual_seed(0))  # _products' states
+    distribution = policy.get_distribution(obs)
+    outputs, metric = distribution_parameters(distribution), distribution_metric(detached(distribution))
+    outputs_of = distribution_parameters_function(policy, params, obs)
+    forward = linearized_fisher_vector_product(outputs, outputs_of, metric, params, 0.0, 32)
+    vector = th.randn(sum(p.numel() for p in params), generator=th.Generator().manual_seed(100))
+    expected = hessian(vector)
+    assert float(th.linalg.norm(forward(vector) - expected)) <= 2e-5 * float(th.linalg.norm(expected)), name
 
 
 def test_learn_features_makes_the_std_depend_on_the_policy_network() -> None:
