@@ -223,6 +223,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", nargs="+", default=list(ENVS), choices=list(ENVS))
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--schemes", nargs="+", default=["single_path", "vine"], choices=["single_path", "vine"])
     parser.add_argument("--vine-kwargs", default="{}", help="JSON merged into every vine run's vine_kwargs")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every budget")
@@ -243,7 +244,7 @@ def main() -> None:
     jobs = [
         (env, scheme, seed, args.scale, vine_json)
         for env in args.envs
-        for seed in range(args.seeds)
+        for seed in range(args.first_seed, args.first_seed + args.seeds)
         for scheme in args.schemes
         if (env, scheme, seed, vine_json if scheme == "vine" else "") not in done
     ]
