@@ -7,13 +7,19 @@ the policy step would otherwise be broken behind its back.
 
 The fit receives its data explicitly, as :class:`ValueTargets` (flattened observations and
 returns, built from a rollout buffer in either of its layouts), and :func:`fit_critic` chooses
-between two implementations with the same semantics (same minibatches drawn from NumPy's global
-generator, as SB3's ``RolloutBuffer.get`` draws them, same mean-squared loss, same Adam update):
+between three implementations with the same semantics (same minibatches drawn from NumPy's global
+generator, as SB3's ``RolloutBuffer.get`` draws them, same mean-squared loss, same optimizer
+step on the same parameters):
 
 - :func:`fit_critic_torch`, the generic loop through autograd and ``policy.optimizer``;
 - :class:`sb3_trpo_plus.fast.FusedMlpCritic`, for the standard MLP critic trained with Adam
   (unless ``fast_paths=False``): the whole regression runs on flat float32 arrays, then
-  parameters and the optimizer's state are written back.
+  parameters and the optimizer's state are written back;
+- :func:`fit_critic_cached_features`, when the critic's features extractor is frozen (an actor
+  parameter, as SB3's CnnPolicy and MultiInputPolicy share it by default) and plain (unless
+  ``fast_paths=False``): its features are computed once per fit, without autograd, and every
+  minibatch regresses the critic's head on them instead of running the extractor forward and
+  backward again.
 """
 
 from __future__ import annotations
@@ -25,11 +31,12 @@ from typing import Any
 import numpy as np
 import torch as th
 from stable_baselines3.common.buffers import RolloutBuffer
-from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy, BaseModel
+from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtractor, NatureCNN
 from torch import nn
 from torch.nn import functional as F
 
-from sb3_trpo_plus.fast import FusedMlpCritic
+from sb3_trpo_plus.fast import FusedMlpCritic, plain_modules
 
 
 @dataclass(frozen=True)
@@ -74,7 +81,7 @@ class ValueTargets:
             merged = np.concatenate([mine, np.asarray(observations, dtype=mine.dtype).reshape(-1, *mine.shape[1:])])
         return ValueTargets(merged, np.concatenate([self.returns, np.asarray(returns, dtype=self.returns.dtype).reshape(-1)]))
 
-    def minibatch(self, indices: np.ndarray, device: th.device) -> tuple[Any, th.Tensor]:
+    def minibatch(self, indices: np.ndarray | slice, device: th.device) -> tuple[Any, th.Tensor]:
         """Observations and returns at ``indices`` as tensors on ``device`` (copies, as ``RolloutBuffer`` makes them)."""
         if isinstance(self.observations, dict):
             observations: Any = {key: th.tensor(value[indices], device=device) for key, value in self.observations.items()}
@@ -93,14 +100,24 @@ def fit_critic(
 ) -> list[float]:
     """
     Regress the value function on ``targets``: fused for the standard MLP critic with Adam (when
-    ``fast_paths`` and the fused fit moves no ``frozen`` parameter), through autograd otherwise.
+    ``fast_paths`` and the fused fit moves no ``frozen`` parameter), on features computed once
+    when the critic's features extractor is frozen and plain (when ``fast_paths``,
+    :func:`cacheable_features`), through autograd otherwise.
 
+    :param policy: the policy, whose ``optimizer`` makes the steps
+    :param targets: the regression data
+    :param n_epochs: passes over the batch
+    :param batch_size: minibatch size
+    :param frozen: the parameters the fit must not move (the actor's); their gradients are dropped
+    :param fast_paths: whether the fused and cached-features fits may serve the policy
     :return: the loss of every minibatch
     """
     fused = FusedMlpCritic.from_policy(policy) if fast_paths else None
     frozen_ids = {id(p) for p in frozen}
     if fused is not None and not any(id(p) in frozen_ids for p in fused.params):
         return fused.fit(targets.observations, targets.returns, n_epochs, batch_size)  # type: ignore[arg-type]
+    if fast_paths and cacheable_features(policy, frozen):
+        return fit_critic_cached_features(policy, targets, n_epochs, batch_size, frozen)
     return fit_critic_torch(policy, targets, n_epochs, batch_size, frozen)
 
 
@@ -126,6 +143,134 @@ def fit_critic_torch(
         for start in range(0, n_samples, batch_size):
             observations, returns = targets.minibatch(indices[start : start + batch_size], policy.device)
             values_pred = policy.predict_values(observations)
+            value_loss = F.mse_loss(returns, values_pred.flatten())
+            losses.append(value_loss.item())
+            policy.optimizer.zero_grad()
+            value_loss.backward()
+            for param in frozen:
+                param.grad = None
+            policy.optimizer.step()
+    return losses
+
+
+# Modules of a features extractor whose forward is deterministic and the same in training and
+# evaluation mode: SB3's own extractors and the torch layers they (or a plain custom network of
+# the same kind inside them) are made of. Dropout, batch normalisation and any other class send
+# the fit to the generic path.
+_PLAIN_EXTRACTOR_MODULES: frozenset[type[nn.Module]] = frozenset(
+    {
+        NatureCNN,
+        FlattenExtractor,
+        CombinedExtractor,
+        nn.Sequential,
+        nn.ModuleDict,
+        nn.ModuleList,
+        nn.Conv1d,
+        nn.Conv2d,
+        nn.Conv3d,
+        nn.Linear,
+        nn.Flatten,
+        nn.Identity,
+        nn.ReLU,
+        nn.Tanh,
+        nn.ELU,
+        nn.LeakyReLU,
+        nn.SiLU,
+        nn.GELU,
+        nn.Sigmoid,
+        nn.MaxPool2d,
+        nn.AvgPool2d,
+    }
+)
+
+
+def cacheable_features(policy: ActorCriticPolicy, frozen: Sequence[nn.Parameter]) -> bool:
+    """
+    Whether the critic's input features can be computed once per fit (:func:`fit_critic_cached_features`)
+    with the result of :func:`fit_critic_torch`: ``policy.predict_values`` is SB3's (features of
+    ``vf_features_extractor`` through ``BaseModel.extract_features``, then ``forward_critic`` and
+    ``value_net``), every parameter of that extractor is ``frozen`` (so the fit never moves it:
+    the default CnnPolicy and MultiInputPolicy, whose extractor is shared with the actor, not
+    ``share_features_extractor=False``, whose critic trains its own), the extractor is made of
+    SB3's extractors and deterministic torch layers only (:data:`_PLAIN_EXTRACTOR_MODULES`), and
+    no hook (forward or backward, on a module, a parameter or globally) or instance patch would
+    see the extractor's per-minibatch passes that the cached fit leaves out.
+
+    :param policy: the policy whose critic is fitted
+    :param frozen: the parameters the fit must not move
+    """
+    extractor = policy.vf_features_extractor
+    if type(policy).predict_values is not ActorCriticPolicy.predict_values:
+        return False
+    # ActorCriticPolicy.predict_values calls super().extract_features: BaseModel's unless a class
+    # between them in the method resolution order overrides it
+    extract = getattr(super(ActorCriticPolicy, policy).extract_features, "__func__", None)  # type: ignore[misc]
+    if extract is not BaseModel.extract_features or not isinstance(extractor, nn.Module):
+        return False
+    modules = [*extractor.modules()]
+    if any(type(module) not in _PLAIN_EXTRACTOR_MODULES for module in modules):
+        return False
+    if not plain_modules([policy, *modules], backward=True):
+        return False
+    frozen_ids = {id(p) for p in frozen}
+    params = [*extractor.parameters()]
+    return all(
+        id(p) in frozen_ids and not p._backward_hooks and not getattr(p, "_post_accumulate_grad_hooks", None) for p in params
+    )
+
+
+def critic_features(policy: ActorCriticPolicy, targets: ValueTargets, chunk_size: int) -> th.Tensor:
+    """
+    The input features of the critic's head (``mlp_extractor.forward_critic``) for every
+    observation of ``targets``, as ``policy.predict_values`` computes them (preprocessing included),
+    without autograd, in chunks of ``chunk_size`` observations to bound the memory of the
+    extractor's activations.
+
+    :param policy: the policy
+    :param targets: the regression data
+    :param chunk_size: observations per forward pass of the extractor
+    :return: the features, shape (N, features_dim), on the policy's device
+    """
+    n_samples = len(targets.returns)
+    chunks = []
+    with th.no_grad():
+        for start in range(0, n_samples, chunk_size):
+            observations, _ = targets.minibatch(slice(start, start + chunk_size), policy.device)
+            chunks.append(BaseModel.extract_features(policy, observations, policy.vf_features_extractor))
+    return th.cat(chunks)
+
+
+def fit_critic_cached_features(
+    policy: ActorCriticPolicy,
+    targets: ValueTargets,
+    n_epochs: int,
+    batch_size: int,
+    frozen: Sequence[nn.Parameter],
+) -> list[float]:
+    """
+    :func:`fit_critic_torch` for a critic whose features extractor the fit never moves
+    (:func:`cacheable_features`): the features of the whole batch are computed once
+    (:func:`critic_features`, in minibatch-sized chunks), and every minibatch (the same
+    ``np.random.permutation`` draws) regresses ``value_net(mlp_extractor.forward_critic(features))``
+    on its returns, with the same loss and optimizer step.
+
+    :param policy: the policy, whose ``optimizer`` makes the steps
+    :param targets: the regression data
+    :param n_epochs: passes over the batch
+    :param batch_size: minibatch size (and chunk size of the features' computation)
+    :param frozen: the parameters the fit must not move (the actor's); their gradients are dropped
+    :return: the loss of every minibatch
+    """
+    features = critic_features(policy, targets, batch_size)
+    n_samples = len(targets.returns)
+    losses = []
+    for _ in range(n_epochs):
+        indices = np.random.permutation(n_samples)
+        for start in range(0, n_samples, batch_size):
+            minibatch = indices[start : start + batch_size]
+            returns = th.tensor(targets.returns[minibatch], device=policy.device)
+            latent_vf = policy.mlp_extractor.forward_critic(features[th.as_tensor(minibatch, device=features.device)])
+            values_pred = policy.value_net(latent_vf)
             value_loss = F.mse_loss(returns, values_pred.flatten())
             losses.append(value_loss.item())
             policy.optimizer.zero_grad()
