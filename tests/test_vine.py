@@ -8,7 +8,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
-from stable_baselines3.common.callbacks import EvalCallback, StopTrainingOnRewardThreshold
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import SubprocVecEnv, VecCheckNan, VecNormalize
@@ -183,13 +182,10 @@ def test_vine_learns_cartpole() -> None:
         n_critic_updates=20,
         sampling="vine",  # every vine_kwargs at its default: both actions branched, bounded branch share
     )
-    # the protocol of tests/test_learning.py: stop at the first perfect 10-episode deterministic
-    # evaluation (checked every iteration), then judge on 20 fresh episodes
-    stop = StopTrainingOnRewardThreshold(reward_threshold=500.0)
-    evaluation = EvalCallback(
-        make_vec_env("CartPole-v1", n_envs=1, seed=500), callback_on_new_best=stop, n_eval_episodes=10, eval_freq=512
-    )
-    model.learn(150_000, callback=evaluation)  # branch steps included
+    # the target: the whole 150k budget (branch steps included), then 20 fresh episodes
+    # (stopping at a first perfect 10-episode evaluation, as tests/test_learning.py does, stopped
+    # the default vine after 9.7k steps on a policy that was not yet stable)
+    model.learn(150_000)
     assert model.num_timesteps <= 150_000 + 1024 + 1024  # at most one iteration (trunk and branches) past the budget
     returns, _ = evaluate_policy(
         model, make_vec_env("CartPole-v1", n_envs=1, seed=1000), n_eval_episodes=20, return_episode_rewards=True
