@@ -24,7 +24,7 @@ step on the same parameters):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,13 +136,35 @@ def fit_critic_torch(
 
     :return: the loss of every minibatch
     """
-    n_samples = len(targets.returns)
+
+    def predict(minibatch: np.ndarray) -> tuple[th.Tensor, th.Tensor]:
+        observations, returns = targets.minibatch(minibatch, policy.device)
+        return policy.predict_values(observations), returns
+
+    return _regress(policy, len(targets.returns), n_epochs, batch_size, frozen, predict)
+
+
+def _regress(
+    policy: ActorCriticPolicy,
+    n_samples: int,
+    n_epochs: int,
+    batch_size: int,
+    frozen: Sequence[nn.Parameter],
+    predict: Callable[[np.ndarray], tuple[th.Tensor, th.Tensor]],
+) -> list[float]:
+    """
+    The minibatch loop both torch fits share: ``n_epochs`` passes of shuffled minibatches (one
+    ``np.random.permutation`` per pass, as ``RolloutBuffer.get`` draws them), each an optimizer
+    step of ``policy.optimizer`` on the mean-squared error, the ``frozen`` gradients dropped.
+
+    :param predict: the values and the returns of a minibatch's indices
+    :return: the loss of every minibatch
+    """
     losses = []
     for _ in range(n_epochs):
         indices = np.random.permutation(n_samples)
         for start in range(0, n_samples, batch_size):
-            observations, returns = targets.minibatch(indices[start : start + batch_size], policy.device)
-            values_pred = policy.predict_values(observations)
+            values_pred, returns = predict(indices[start : start + batch_size])
             value_loss = F.mse_loss(returns, values_pred.flatten())
             losses.append(value_loss.item())
             policy.optimizer.zero_grad()
@@ -262,20 +284,10 @@ def fit_critic_cached_features(
     :return: the loss of every minibatch
     """
     features = critic_features(policy, targets, batch_size)
-    n_samples = len(targets.returns)
-    losses = []
-    for _ in range(n_epochs):
-        indices = np.random.permutation(n_samples)
-        for start in range(0, n_samples, batch_size):
-            minibatch = indices[start : start + batch_size]
-            returns = th.tensor(targets.returns[minibatch], device=policy.device)
-            latent_vf = policy.mlp_extractor.forward_critic(features[th.as_tensor(minibatch, device=features.device)])
-            values_pred = policy.value_net(latent_vf)
-            value_loss = F.mse_loss(returns, values_pred.flatten())
-            losses.append(value_loss.item())
-            policy.optimizer.zero_grad()
-            value_loss.backward()
-            for param in frozen:
-                param.grad = None
-            policy.optimizer.step()
-    return losses
+
+    def predict(minibatch: np.ndarray) -> tuple[th.Tensor, th.Tensor]:
+        returns = th.tensor(targets.returns[minibatch], device=policy.device)
+        latent_vf = policy.mlp_extractor.forward_critic(features[th.as_tensor(minibatch, device=features.device)])
+        return policy.value_net(latent_vf), returns
+
+    return _regress(policy, len(targets.returns), n_epochs, batch_size, frozen, predict)
