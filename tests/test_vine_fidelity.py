@@ -253,13 +253,14 @@ def _row(observations: Any, index: int) -> Any:
 
 
 class Countdown(gym.Env):
-    """Rewards 0; the observation is the time; terminates at ``end`` (None: never)."""
+    """Rewards ``reward`` (0 by default) a step; the observation is the time; terminates at ``end`` (None: never)."""
 
     observation_space = gym.spaces.Box(0.0, 100.0, (1,))
     action_space = gym.spaces.Discrete(2)
 
-    def __init__(self, end: int | None = 5) -> None:
+    def __init__(self, end: int | None = 5, reward: float = 0.0) -> None:
         self.end = end
+        self.reward = reward
         self.t = 0
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
@@ -269,7 +270,7 @@ class Countdown(gym.Env):
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
         self.t += 1
-        return np.array([self.t], dtype=np.float32), 0.0, self.end is not None and self.t >= self.end, False, {}
+        return np.array([self.t], dtype=np.float32), self.reward, self.end is not None and self.t >= self.end, False, {}
 
     def get_state(self) -> int:
         return self.t

@@ -18,6 +18,7 @@ from gymnasium import spaces
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv
 from test_vine_estimators import FiniteActionEnv
+from test_vine_fidelity import Countdown
 
 from sb3_trpo_plus import TRPOPlus
 from sb3_trpo_plus.buffers import VineBatch
@@ -164,34 +165,8 @@ def test_rebootstrapped_completes_only_the_bootstrapped_rows() -> None:
 # ----------------------------------------------------------------------------- branch returns
 
 
-class Clock(gym.Env):
-    """Reward 1 a step; the observation is the time; terminates at ``end``."""
-
-    observation_space = spaces.Box(0.0, 1000.0, (1,))
-    action_space = spaces.Discrete(2)
-
-    def __init__(self, end: int = 1000) -> None:
-        self.end = end
-        self.t = 0
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
-        self.t = 0
-        return np.array([self.t], dtype=np.float32), {}
-
-    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
-        self.t += 1
-        return np.array([self.t], dtype=np.float32), 1.0, self.t >= self.end, False, {}
-
-    def get_state(self) -> int:
-        return self.t
-
-    def set_state(self, state: int) -> None:
-        self.t = state
-
-
 def _clock_model(end: int, horizon: int, **vine_kwargs: Any) -> TRPOPlus:
-    env = DummyVecEnv([lambda: Clock(end)])
+    env = DummyVecEnv([lambda: Countdown(end, reward=1.0)])  # reward 1 a step, the time as observation
     kwargs = {"horizon": horizon, "n_states": 4, **vine_kwargs}
     model = TRPOPlus("MlpPolicy", env, n_steps=64, batch_size=64, gamma=0.9, seed=0, sampling="vine", vine_kwargs=kwargs)
     with th.no_grad():  # V = 10 everywhere
