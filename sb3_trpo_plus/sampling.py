@@ -62,6 +62,15 @@ def make_actor(policy: ActorCriticPolicy, fast_paths: bool = True) -> NumpyActor
     return (NumpyActor.from_policy(policy) if fast_paths else None) or TorchActor(policy)
 
 
+def _device(actor: NumpyActor | TorchActor) -> th.device:
+    """
+    The policy's device (``policy.device`` walks every module: a large share of a small policy's
+    step). The NumPy actor keeps it from its construction: moving the policy replaces the storage
+    of its parameters, which makes the actor stale, and a stale actor is replaced before use.
+    """
+    return actor.device if isinstance(actor, NumpyActor) else actor.policy.device
+
+
 def current_actor(actor: NumpyActor | TorchActor) -> NumpyActor | TorchActor:
     """``actor``, or a new one if user code (a callback) changed the policy under the NumPy copy."""
     if isinstance(actor, NumpyActor) and actor.stale():
@@ -125,8 +134,8 @@ def collect_single_path(
 
             if before_step is not None:
                 before_step(last_obs, last_episode_starts)
-            obs_tensor = obs_as_tensor(last_obs, policy.device)
             actor = current_actor(actor)  # the last callback may have edited, hooked or patched the policy
+            obs_tensor = obs_as_tensor(last_obs, _device(actor))
             actions, values, log_probs = actor.act(last_obs, obs_tensor)
 
             clipped_actions = actions

@@ -88,6 +88,7 @@ class NumpyActor:
         critic: list[tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]],
     ) -> None:
         self.policy = policy
+        self.device = policy.device  # fixed while the copy is current (a move makes it stale)
         self.shared = shared
         self.actor = actor  # hidden layers: their output is latent_pi (gSDE's noise features)
         self.head = head  # action_net
