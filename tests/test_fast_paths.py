@@ -23,6 +23,7 @@ from torch.optim import optimizer as optimizer_globals
 
 from sb3_trpo_plus import TRPOPlus
 from sb3_trpo_plus.critic import ValueTargets, fit_critic, fit_critic_torch
+from sb3_trpo_plus.distributions import log_softmax, multinomial_one
 from sb3_trpo_plus.fast import FusedMlpCritic, NumpyActor
 
 SMALL = {"n_steps": 64, "batch_size": 32, "n_critic_updates": 2}
@@ -397,3 +398,57 @@ def test_the_critic_fit_needs_no_prior_flattening_of_the_buffer(env_id: str, mon
     assert fresh_losses == flattened_losses
     assert th.equal(flat(model.policy.parameters()), flat(twin.parameters()))
     assert len(fused_fits) == (0 if env_id == "dict" else 2), "the fused fit serves both, or neither"
+
+
+# ----------------------------------------------------------------------------- categorical draws, locals
+
+
+@pytest.mark.parametrize("scale", [0.01, 1.0, 8.0, 60.0])
+@pytest.mark.parametrize(("rows", "n_actions"), [(1, 2), (2, 4), (8, 6), (5, 18), (33, 3)])
+def test_multinomial_one_draws_what_torch_multinomial_draws(rows: int, n_actions: int, scale: float) -> None:
+    """The NumPy actor's categorical draw is SB3's: same choices, same generator state afterwards."""
+    generator = np.random.default_rng(rows * 100 + n_actions)
+    for seed in range(200):
+        logits = (scale * generator.standard_normal((rows, n_actions))).astype(np.float32)
+        probs = np.exp(log_softmax(logits))
+        th.manual_seed(seed)
+        expected = th.multinomial(th.from_numpy(probs), 1, True).numpy()[:, 0]
+        state_after_torch = th.get_rng_state()
+        th.manual_seed(seed)
+        drawn = multinomial_one(probs)
+        assert np.array_equal(drawn, expected), (seed, probs)
+        assert th.equal(th.get_rng_state(), state_after_torch)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -0.5])
+def test_multinomial_one_rejects_what_torch_rejects(bad: float) -> None:
+    probs = np.full((2, 3), 1.0 / 3.0, dtype=np.float32)
+    probs[1, 2] = bad
+    with pytest.raises(RuntimeError) as from_torch:
+        th.multinomial(th.from_numpy(probs), 1, True)
+    with pytest.raises(RuntimeError) as ours:
+        multinomial_one(probs)
+    assert str(ours.value) == str(from_torch.value)
+
+
+class _ObsTensorCheck(BaseCallback):
+    """Asserts at every step that the ``obs_tensor`` local is the step's observations, on the policy's device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checked = 0
+
+    def _on_step(self) -> bool:
+        obs_tensor = self.locals["obs_tensor"]
+        assert obs_tensor.device == self.model.policy.device
+        assert th.equal(obs_tensor.cpu(), th.as_tensor(self.model._last_obs))  # the trunk moves on after the callbacks
+        self.checked += 1
+        return True
+
+
+@pytest.mark.parametrize("fast_paths", [True, False])
+def test_the_obs_tensor_local_is_the_steps_observations_on_the_policys_device(fast_paths: bool) -> None:
+    check = _ObsTensorCheck()
+    model = TRPOPlus("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=0), seed=0, fast_paths=fast_paths, **SMALL)
+    model.learn(2 * 2 * SMALL["n_steps"], callback=check)
+    assert check.checked == 2 * SMALL["n_steps"]
