@@ -423,8 +423,39 @@ def markdown(summary: pd.DataFrame, args: argparse.Namespace, loads: tuple[str, 
         "same VecEnv stepped with random actions. Peak RSS growth: in a fresh subprocess, the peak resident set",
         "size (sampled every ms) over building the model and warm-up + 1 iteration, minus the RSS just before.",
         "",
+        *goal_table(summary),
     ]
     return "\n".join(lines)
+
+
+def goal_table(summary: pd.DataFrame) -> list[str]:
+    """
+    Each row against the speed goal, with the ceiling the environment sets: an algorithm that
+    cost nothing beyond stepping the environment would run at the env floor's speed, so no
+    speed-up over sb3-contrib can exceed sb3-contrib's wall / env floor on that row.
+    """
+    lines = [
+        "## Against the goal",
+        "",
+        "Ceiling = sb3-contrib's wall / env floor: the speed-up of an algorithm that cost nothing but the",
+        "environment's steps. Own time = ms per iteration beyond the env floor (wall - floor at the median).",
+        "",
+        "| row | speed-up | ceiling | speed-up / ceiling | TRPOPlus wall / floor "
+        "| TRPOPlus own ms/iter | sb3-contrib own ms/iter |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for env_id in summary.env.unique():
+        part = summary[summary.env == env_id].set_index("runner")
+        if not {"env_floor", "sb3_contrib_trpo", "trpo_plus"} <= set(part.index):
+            continue
+        ours, theirs, floor = part.loc["trpo_plus"], part.loc["sb3_contrib_trpo"], part.loc["env_floor"]
+        ceiling = theirs.wall_over_floor
+        lines.append(
+            f"| {env_id} | {ours.speedup_vs_sb3:.2f}x | {ceiling:.2f}x | {ours.speedup_vs_sb3 / ceiling:.0%} "
+            f"| {ours.wall_over_floor:.2f}x | {ours.wall_ms_per_iter - floor.wall_ms_per_iter:,.0f} "
+            f"| {theirs.wall_ms_per_iter - floor.wall_ms_per_iter:,.0f} |"
+        )
+    return [*lines, ""]
 
 
 def main() -> None:
