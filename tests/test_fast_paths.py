@@ -25,6 +25,7 @@ from sb3_trpo_plus import TRPOPlus
 from sb3_trpo_plus.critic import ValueTargets, fit_critic, fit_critic_torch
 from sb3_trpo_plus.distributions import log_softmax, multinomial_one
 from sb3_trpo_plus.fast import FusedMlpCritic, NumpyActor
+from sb3_trpo_plus.fast import critic as fused_critic
 
 SMALL = {"n_steps": 64, "batch_size": 32, "n_critic_updates": 2}
 
@@ -70,9 +71,18 @@ ADAM_OPTIONS = {
 }
 
 
+@pytest.mark.parametrize("update", ["torch_kernel", "numpy"])
 @pytest.mark.parametrize("options", ADAM_OPTIONS.values(), ids=ADAM_OPTIONS.keys())
 @pytest.mark.parametrize("optimizer_class", [th.optim.Adam, th.optim.AdamW])
-def test_fused_critic_replicates_every_adam_option(optimizer_class: Any, options: dict[str, Any]) -> None:
+def test_fused_critic_replicates_every_adam_option(
+    optimizer_class: Any, options: dict[str, Any], update: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both Adam updates of the fused fit: torch's fused CPU kernel, and the NumPy one used where torch has none."""
+    if update == "numpy":
+        monkeypatch.setattr(fused_critic, "fused_adam_kernel", lambda decoupled: None)
+    else:
+        assert fused_critic.fused_adam_kernel(decoupled=False) is not None
+        assert fused_critic.fused_adam_kernel(decoupled=True) is not None
     model = _trained(optimizer_class, **dict(options))
     fused = FusedMlpCritic.from_policy(model.policy)
     assert fused is not None, "an option the fused fit replicates should not send it to torch"
