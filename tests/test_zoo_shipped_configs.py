@@ -2,8 +2,8 @@
 ``-conf`` names the shipped hyperparameter files (``pkg:trpo_plus_vine``, ``trpo_plus_vine``) in a
 clone, in an editable install and in a wheel installed into a fresh virtual environment.
 
-The fresh environments are ``python -m venv --system-site-packages`` (torch, rl_zoo3 and the other
-dependencies come from this interpreter's site-packages, so nothing big is reinstalled); the package
+The fresh environments are new venvs that see this interpreter's site-packages (torch, rl_zoo3 and the
+other dependencies come from there, so nothing big is reinstalled; see :func:`_fresh_venv`); the package
 itself is installed into the venv with ``--no-deps``, and each test checks that ``sb3_trpo_plus`` is
 imported from the venv's copy, not from this clone or another editable install.
 """
@@ -11,6 +11,7 @@ imported from the venv's copy, not from this clone or another editable install.
 from __future__ import annotations
 
 import os
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -47,9 +48,21 @@ def test_shipped_names_resolve_in_the_clone(tmp_path: Path, monkeypatch: pytest.
 
 
 def _fresh_venv(path: Path) -> Path:
-    """A venv seeing this interpreter's packages; returns its python."""
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(path)], check=True, capture_output=True)
-    return path / "bin" / "python"
+    """
+    A venv seeing this interpreter's packages; returns its python. ``--system-site-packages``
+    would give the *base* interpreter's packages, which are not this one's when the tests run
+    in a virtual environment: this interpreter's site-packages folders are added by a ``.pth``
+    file instead (a path line only: the ``.pth`` files inside them, such as an editable install
+    of this clone, are not run).
+    """
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, capture_output=True)
+    python = path / "bin" / "python"
+    venv_site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    (Path(venv_site) / "_tests_parent_site.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    return python
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -91,9 +104,9 @@ def test_wheel_in_a_fresh_venv_finds_the_shipped_vine_config(tmp_path: Path) -> 
     subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheel)], check=True, capture_output=True)
     (tmp_path / "work").mkdir()
     module_file, config = _train_with_shipped_vine(python, tmp_path / "work")
-    site = Path(module_file).parents[2]
-    assert site.is_relative_to(tmp_path / "venv"), module_file
-    assert Path(config) == site / "sb3_trpo_plus" / "zoo_configs" / "trpo_plus_vine.yml"
+    site_dir = Path(module_file).parents[2]
+    assert site_dir.is_relative_to(tmp_path / "venv"), module_file
+    assert Path(config) == site_dir / "sb3_trpo_plus" / "zoo_configs" / "trpo_plus_vine.yml"
     assert yaml.safe_load(Path(config).read_text())["CartPole-v1"]["sampling"] == "vine"
 
 
