@@ -10,6 +10,7 @@ generator, same mean-squared loss, same Adam update).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch as th
@@ -74,9 +75,9 @@ def fused_adam_kernel(decoupled: bool) -> Callable[..., None] | None:
         kernel = getattr(th, name, None)
         try:
             if kernel is not None:
-                one = [th.zeros(1)]
-                kernel(one, [th.zeros(1)], [th.zeros(1)], [th.zeros(1)], [], [th.ones(())], lr=0.1, beta1=0.9,
-                       beta2=0.999, weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
+                arrays = [[th.zeros(1)] for _ in range(4)]  # parameters, gradients, first and second moments
+                options = {"lr": 0.1, "beta1": 0.9, "beta2": 0.999, "weight_decay": 0.0, "eps": 1e-8}
+                kernel(*arrays, [], [th.ones(())], amsgrad=False, maximize=False, **options)
         except (RuntimeError, NotImplementedError):
             kernel = None
         _FUSED_KERNELS[name] = kernel
@@ -84,6 +85,79 @@ def fused_adam_kernel(decoupled: bool) -> Callable[..., None] | None:
 
 
 _FUSED_KERNELS: dict[str, Callable[..., None] | None] = {}
+
+
+class _FlatAdam:
+    """
+    Adam (or AdamW, ``decoupled``) on contiguous float32 arrays, updated in place with the
+    options of ``group`` (a torch parameter group): through torch's fused CPU kernel where
+    :func:`fused_adam_kernel` finds one (on tensor views of the arrays), otherwise in NumPy with
+    the same arithmetic. ``max_exp_avg_sq`` is given exactly when ``amsgrad`` is on.
+    """
+
+    def __init__(
+        self,
+        flat: np.ndarray,
+        grad: np.ndarray,
+        exp_avg: np.ndarray,
+        exp_avg_sq: np.ndarray,
+        max_exp_avg_sq: np.ndarray | None,
+        group: dict[str, Any],
+        decoupled: bool,
+    ) -> None:
+        self.arrays = (flat, grad, exp_avg, exp_avg_sq)
+        self.max_exp_avg_sq = max_exp_avg_sq
+        self.lr, (self.beta1, self.beta2) = float(group["lr"]), group["betas"]
+        self.eps, self.weight_decay = float(group["eps"]), float(group["weight_decay"])
+        self.amsgrad, self.maximize = max_exp_avg_sq is not None, bool(group.get("maximize"))
+        self.decoupled = decoupled
+        self.kernel = fused_adam_kernel(decoupled)
+        if self.kernel is not None:
+            self.tensors = [[th.from_numpy(a)] for a in self.arrays]
+            self.maxima = [th.from_numpy(max_exp_avg_sq)] if max_exp_avg_sq is not None else []
+            self.step_tensor = th.zeros((), dtype=th.float32)
+            self.kernel_options = {
+                "lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "weight_decay": self.weight_decay,
+                "eps": self.eps, "amsgrad": self.amsgrad, "maximize": self.maximize,
+            }  # fmt: skip
+        else:
+            self.scratch, self.denom = np.empty_like(flat), np.empty_like(flat)
+
+    def update(self, step: float) -> None:
+        """One Adam update from the gradient array, ``step`` being the (already incremented) step count."""
+        if self.kernel is not None:
+            self.step_tensor.fill_(step)
+            self.kernel(*self.tensors, self.maxima, [self.step_tensor], **self.kernel_options)
+            return
+        flat, grad, exp_avg, exp_avg_sq = self.arrays
+        scratch, denom, lr, beta1, beta2 = self.scratch, self.denom, self.lr, self.beta1, self.beta2
+        if self.maximize:
+            np.negative(grad, out=grad)
+        if self.weight_decay != 0:
+            if self.decoupled:  # AdamW's decay of the parameters themselves
+                flat *= np.float32(1.0 - lr * self.weight_decay)
+            else:  # L2: the decay enters the gradient
+                grad += np.float32(self.weight_decay) * flat
+        # torch's Adam, in place: m += (1 - b1)(g - m); v = b2 v + (1 - b2) g^2;
+        # theta -= lr / (1 - b1^t) * m / (sqrt(v') / sqrt(1 - b2^t) + eps), v' = v, or with
+        # amsgrad the running maximum of v
+        np.subtract(grad, exp_avg, out=scratch)
+        scratch *= np.float32(1.0 - beta1)
+        exp_avg += scratch
+        exp_avg_sq *= np.float32(beta2)
+        np.multiply(grad, grad, out=scratch)
+        scratch *= np.float32(1.0 - beta2)
+        exp_avg_sq += scratch
+        if self.max_exp_avg_sq is not None:
+            np.maximum(self.max_exp_avg_sq, exp_avg_sq, out=self.max_exp_avg_sq)
+            np.sqrt(self.max_exp_avg_sq, out=denom)
+        else:
+            np.sqrt(exp_avg_sq, out=denom)
+        denom /= np.float32((1.0 - beta2**step) ** 0.5)
+        denom += np.float32(self.eps)
+        np.divide(exp_avg, denom, out=scratch)
+        scratch *= np.float32(lr / (1.0 - beta1**step))
+        flat -= scratch
 
 
 class FusedMlpCritic:
@@ -160,9 +234,7 @@ class FusedMlpCritic:
 
     def _fit(self, observations: np.ndarray, returns: np.ndarray, n_epochs: int, batch_size: int) -> list[float]:
         group = self.policy.optimizer.param_groups[0]
-        lr, (beta1, beta2), eps, weight_decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        amsgrad, maximize = bool(group.get("amsgrad")), bool(group.get("maximize"))
-        decoupled = bool(group.get("decoupled_weight_decay"))
+        amsgrad, decoupled = bool(group.get("amsgrad")), bool(group.get("decoupled_weight_decay"))
         state = self.policy.optimizer.state
         shapes = [tuple(p.shape) for p in self.params]
         sizes = [p.numel() for p in self.params]
@@ -178,13 +250,7 @@ class FusedMlpCritic:
         y_all = np.asarray(returns, dtype=np.float32).reshape(-1)
         n_samples = len(y_all)
         losses = []
-        scratch, denom = np.empty_like(flat), np.empty_like(flat)
-        # torch's fused CPU Adam kernel updates the flat arrays in place, through tensor views of them
-        kernel = fused_adam_kernel(decoupled)
-        tensors = [[th.from_numpy(a)] for a in (flat, grad, exp_avg, exp_avg_sq)]
-        maxima = [th.from_numpy(max_exp_avg_sq)] if max_exp_avg_sq is not None else []
-        step_tensor = th.zeros((), dtype=th.float32)
-        options = {"lr": lr, "beta1": beta1, "beta2": beta2, "weight_decay": weight_decay, "eps": eps}
+        adam = _FlatAdam(flat, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, group, decoupled)
         for _ in range(n_epochs):
             indices = np.random.permutation(n_samples)
             # one gather per pass; minibatches are then contiguous slices
@@ -192,38 +258,8 @@ class FusedMlpCritic:
             for start in range(0, n_samples, batch_size):
                 end = start + batch_size
                 losses.append(self._gradient(views, grad_views, x_epoch[start:end], y_epoch[start:end]))
-                step += 1.0
-                if kernel is not None:  # torch's own update: the step count is incremented before it, as Adam does
-                    step_tensor.fill_(step)
-                    kernel(*tensors, maxima, [step_tensor], amsgrad=amsgrad, maximize=maximize, **options)
-                    continue
-                if maximize:
-                    np.negative(grad, out=grad)
-                if weight_decay != 0:
-                    if decoupled:  # AdamW's decay of the parameters themselves
-                        flat *= np.float32(1.0 - lr * weight_decay)
-                    else:  # L2: the decay enters the gradient
-                        grad += np.float32(weight_decay) * flat
-                # torch's Adam, in place: m += (1 - b1)(g - m); v = b2 v + (1 - b2) g^2;
-                # theta -= lr / (1 - b1^t) * m / (sqrt(v') / sqrt(1 - b2^t) + eps), v' = v, or with
-                # amsgrad the running maximum of v
-                np.subtract(grad, exp_avg, out=scratch)
-                scratch *= np.float32(1.0 - beta1)
-                exp_avg += scratch
-                exp_avg_sq *= np.float32(beta2)
-                np.multiply(grad, grad, out=scratch)
-                scratch *= np.float32(1.0 - beta2)
-                exp_avg_sq += scratch
-                if max_exp_avg_sq is not None:
-                    np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
-                    np.sqrt(max_exp_avg_sq, out=denom)
-                else:
-                    np.sqrt(exp_avg_sq, out=denom)
-                denom /= np.float32((1.0 - beta2**step) ** 0.5)
-                denom += np.float32(eps)
-                np.divide(exp_avg, denom, out=scratch)
-                scratch *= np.float32(lr / (1.0 - beta1**step))
-                flat -= scratch
+                step += 1.0  # the step count is incremented before the update, as Adam does
+                adam.update(step)
         self._write_back(flat, exp_avg, exp_avg_sq, max_exp_avg_sq, step, sizes)
         return losses
 
