@@ -631,6 +631,7 @@ class BranchRunner:
         self.gsde = family is not None and family.state_dependent
         self._exploration: np.ndarray | None = None  # gSDE: the K branches' exploration matrices
         self._time = 0  # gSDE: the trunk step at which the policy acts next
+        self._device = policy.device  # read again at each run: SB3's policy.device walks the modules
 
     def _to_env(self, actions: np.ndarray) -> np.ndarray:
         if isinstance(self.action_space, spaces.Box):
@@ -645,7 +646,7 @@ class BranchRunner:
 
     def _values(self, observations: list[Any]) -> np.ndarray:
         with th.no_grad():
-            obs_tensor = obs_as_tensor(self._normalize_obs(observations), self.policy.device)
+            obs_tensor = obs_as_tensor(self._normalize_obs(observations), self._device)
             return self.policy.predict_values(obs_tensor).cpu().numpy().reshape(-1)  # type: ignore[arg-type]
 
     def restore(self, state: BranchState, seeds: np.ndarray | None = None) -> None:
@@ -692,6 +693,7 @@ class BranchRunner:
             (value-function targets)
         """
         size = len(first_actions)
+        self._device = self.policy.device
         self._start_noise(noise, size)
         seeds = None if self.crn else self.rng.integers(0, 2**31 - 1, size=size)
         self.restore(state, seeds)
@@ -774,7 +776,7 @@ class BranchRunner:
 
     def _policy_actions(self, observations: list[Any]) -> np.ndarray:
         with th.no_grad():
-            obs_tensor = obs_as_tensor(self._normalize_obs(observations), self.policy.device)
+            obs_tensor = obs_as_tensor(self._normalize_obs(observations), self._device)
             distribution = self.policy.get_distribution(obs_tensor)  # type: ignore[arg-type]
             if self.gsde:
                 return self._gsde_actions(distribution)
