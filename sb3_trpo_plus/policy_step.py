@@ -89,6 +89,13 @@ def _n_obs(obs: PyTorchObs) -> int:
     return len(obs)
 
 
+def normalized_advantages(advantages: th.Tensor, normalize: bool) -> th.Tensor:
+    """The advantages, standardised over the batch when ``normalize`` (as sb3-contrib's TRPO does)."""
+    if not normalize:
+        return advantages
+    return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+
+
 def single_path_surrogate(
     batch: Any, action_space: spaces.Space, normalize_advantage: bool, max_weight: float | None
 ) -> Surrogate:
@@ -103,9 +110,7 @@ def single_path_surrogate(
     """
     actions = actions_for_log_prob(batch.actions, action_space)
     log_q = batch.old_log_prob  # single path: q = pi_old
-    advantages = batch.advantages
-    if normalize_advantage:
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    advantages = normalized_advantages(batch.advantages, normalize_advantage)
 
     def objective(distribution: Distribution) -> th.Tensor:
         return importance_sampled_surrogate(distribution.log_prob(actions), log_q, advantages, max_weight)
@@ -227,20 +232,16 @@ def vine_and_trunk_surrogate(
     constraint = trunk.observations if trust_region_states == "trunk" else None
     if estimator == "vine" or vine_part.invalid:
         return replace(vine_part, constraint_observations=constraint)
-    trunk_part = single_path_surrogate(trunk, action_space, normalize_advantage, max_weight)
-    if trunk_part.invalid:
+    advantages = normalized_advantages(trunk.advantages, normalize_advantage)
+    if not bool(th.isfinite(advantages).all()):  # the trunk's surrogate is unusable: the vine's alone
         return replace(vine_part, constraint_observations=constraint)
-    raw = trunk.advantages
-    scale = float(raw.std()) + 1e-8 if normalize_advantage and len(raw) > 1 else 1.0
+    scale = float(trunk.advantages.std()) + 1e-8 if normalize_advantage else 1.0  # sigma
     n_vine = len(vine.actions)
     trunk_actions = actions_for_log_prob(trunk.actions, action_space)
     vine_actions = actions_for_log_prob(vine.actions, action_space).to(trunk_actions.dtype)
     actions = th.cat([vine_actions, trunk_actions])
     observations = concat_obs(vine.observations, trunk.observations)
 
-    advantages = trunk.advantages
-    if normalize_advantage:
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     log_q = trunk.old_log_prob
     vine_cap = None if vine.all_actions else max_weight
 

@@ -22,7 +22,8 @@ from test_vine_fidelity import Countdown
 
 from sb3_trpo_plus import TRPOPlus
 from sb3_trpo_plus.buffers import VineBatch
-from sb3_trpo_plus.policy_step import StepSettings, trust_region_step
+from sb3_trpo_plus.distributions import actions_for_log_prob
+from sb3_trpo_plus.policy_step import StepSettings, trust_region_step, vine_and_trunk_surrogate, vine_surrogate, vine_value
 from sb3_trpo_plus.settings import AUTO_ALL_ACTIONS_MAX, PAPER_VINE_KWARGS, VineSettings
 from sb3_trpo_plus.surrogate import chi2_quantile, inverse_variance_weight, variance_of_mean, variance_upper_bound
 
@@ -321,6 +322,56 @@ def test_vine_estimator_alone_on_the_trunks_trust_region(monkeypatch: pytest.Mon
     n_states = int(model.logger.name_to_value["rollout/rollout_set_size"])
     assert seen["n_obs"] == 2 * n_states and len(seen["constraint"]) == 512
     assert "train/vine_weight" not in model.logger.name_to_value
+
+
+def _vine_and_trunk() -> tuple[TRPOPlus, VineBatch, Any]:
+    """A vine iteration's two batches: the rollout set (K = 3, sampled from q) and the trunk's samples."""
+    env = DummyVecEnv([lambda: FiniteActionEnv(spaces.Discrete(3))])
+    vine_kwargs = {"n_states": 6, "horizon": 4, "all_actions": False}
+    model = TRPOPlus("MlpPolicy", env, n_steps=64, batch_size=64, seed=0, sampling="vine", vine_kwargs=vine_kwargs)
+    model._setup_learn(10**9, None)
+    model.collect_rollouts(model.env, model._init_callback(None), model.rollout_buffer, model.n_steps)  # type: ignore[arg-type]
+    model._vine.close()  # type: ignore[union-attr]
+    assert model._vine_batch is not None
+    return model, model._vine_batch, next(model.rollout_buffer.get(batch_size=None))
+
+
+def test_combined_objective_weighs_the_normalised_trunk_and_the_vine_over_sigma() -> None:
+    """(1 - w) L_trunk(normalised advantages) + w L_vine / sigma, sigma the trunk advantages' standard deviation."""
+    model, vine, trunk = _vine_and_trunk()
+    surrogate = vine_and_trunk_surrogate(
+        vine, trunk, model.policy, model._actor_params, model.action_space, True, None, "combined", "trunk"
+    )
+    weight = surrogate.stats["vine_weight"]
+    assert 0.0 < weight < 1.0
+    with th.no_grad():  # a policy away from pi_old, so that the importance weights are not all 1
+        for param in model._actor_params:
+            param.add_(0.05 * th.randn_like(param))
+        distribution = model.policy.get_distribution(surrogate.observations)
+        actions = [actions_for_log_prob(a, model.action_space) for a in (vine.actions, trunk.actions)]
+        log_prob = distribution.log_prob(th.cat(actions))
+        n_vine = len(vine.actions)
+        raw = trunk.advantages
+        normalised = (raw - raw.mean()) / (raw.std() + 1e-8)
+        trunk_part = (th.exp(log_prob[n_vine:] - trunk.old_log_prob) * normalised).mean()
+        vine_part = vine_value(log_prob[:n_vine], vine, None) / (raw.std() + 1e-8)
+        expected = (1.0 - weight) * trunk_part + weight * vine_part
+        assert float(surrogate.objective(distribution)) == pytest.approx(float(expected), rel=1e-5, abs=1e-7)
+    assert surrogate.constraint_observations is trunk.observations
+
+
+def test_combined_estimator_falls_back_to_the_vine_when_the_trunk_advantages_are_not_finite() -> None:
+    model, vine, trunk = _vine_and_trunk()
+    broken = trunk._replace(advantages=th.full_like(trunk.advantages, float("nan")))
+    surrogate = vine_and_trunk_surrogate(
+        vine, broken, model.policy, model._actor_params, model.action_space, True, None, "combined", "trunk"
+    )
+    alone = vine_surrogate(vine, model.action_space, None)
+    assert surrogate.invalid == "" and surrogate.stats == {}
+    assert surrogate.observations is vine.observations and surrogate.constraint_observations is trunk.observations
+    with th.no_grad():
+        distribution = model.policy.get_distribution(vine.observations)
+        assert float(surrogate.objective(distribution)) == float(alone.objective(distribution))
 
 
 class DictObsEnv(FiniteActionEnv):
