@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch as th
 from conftest import flat
+from design_keys import DESIGN_KEYS
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import (
@@ -34,17 +35,6 @@ from sb3_trpo_plus.fast import FusedMlpCritic, NumpyActor
 from sb3_trpo_plus.sampling import TorchActor
 
 SMALL = {"n_steps": 64, "batch_size": 32, "n_critic_updates": 2}
-DESIGN_KEYS = [
-    "train/kl",
-    "train/surrogate_gain",
-    "train/expected_gain",
-    "train/line_search_steps",
-    "train/line_search_success",
-    "train/cg_residual",
-    "train/value_loss",
-    "train/explained_variance",
-    "train/is_ess",
-]
 TINY_CNN = {"features_extractor_kwargs": {"features_dim": 16}, "net_arch": [16]}
 TINY_MULTI = {"features_extractor_kwargs": {"cnn_output_dim": 8}, "net_arch": [16]}
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from design_keys import DESIGN_KEYS
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from zoo_utils import ZOO, run_zoo, zoo_env
 
@@ -23,18 +24,6 @@ from sb3_trpo_plus import TRPOPlus
 from sb3_trpo_plus.zoo import cli
 from sb3_trpo_plus.zoo.hub import adapt_model_card
 
-#: the logger keys of design.md section 3 (vine's rollout/branch_steps aside)
-DIAGNOSTICS = (
-    "train/kl",
-    "train/surrogate_gain",
-    "train/expected_gain",
-    "train/line_search_steps",
-    "train/line_search_success",
-    "train/cg_residual",
-    "train/value_loss",
-    "train/explained_variance",
-    "train/is_ess",
-)
 #: no network: W&B offline, the Hub offline
 OFFLINE = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1", "WANDB_DISABLE_CODE": "true"}
 
@@ -56,7 +45,7 @@ def test_track_writes_an_offline_wandb_run(tracked: Path) -> None:
     (records,) = run.glob("run-*.wandb")
     data = records.read_bytes()
     # the run's configuration (project, algorithm) and its history (synced from tensorboard)
-    for text in ("trpo-plus-offline-test", "trpo_plus", *DIAGNOSTICS):
+    for text in ("trpo-plus-offline-test", "trpo_plus", *DESIGN_KEYS):
         assert text.encode() in data, text
     # the tensorboard event files are saved with the run
     assert list((run / "files" / "runs").rglob("events.out.tfevents.*"))
@@ -67,8 +56,8 @@ def test_tensorboard_logs_every_diagnostics_key(tracked: Path) -> None:
     events = EventAccumulator(str(log_dir))
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    assert set(DIAGNOSTICS) <= scalars, set(DIAGNOSTICS) - scalars
-    for key in DIAGNOSTICS:
+    assert set(DESIGN_KEYS) <= scalars, set(DESIGN_KEYS) - scalars
+    for key in DESIGN_KEYS:
         values = [event.value for event in events.Scalars(key)]
         # SB3 dumps an iteration's train/ values at the next iteration's start: 1 of the 2 iterations
         assert len(values) == 1 and np.all(np.isfinite(values)), key

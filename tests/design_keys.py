@@ -1,0 +1,13 @@
+"""The logger keys design.md (section 3) promises for every iteration; several test modules check them."""
+
+DESIGN_KEYS = (
+    "train/kl",
+    "train/surrogate_gain",
+    "train/expected_gain",
+    "train/line_search_steps",
+    "train/line_search_success",
+    "train/cg_residual",
+    "train/value_loss",
+    "train/explained_variance",
+    "train/is_ess",
+)
