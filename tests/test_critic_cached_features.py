@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
@@ -22,6 +21,7 @@ from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import SimpleMultiObsEnv
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from test_parity_spaces import SpacesEnv
 from torch import nn
 
 from sb3_trpo_plus import TRPOPlus
@@ -32,28 +32,9 @@ SMALL = {"n_steps": 64, "batch_size": 32, "n_critic_updates": 3}
 IMAGE_KWARGS: dict[str, Any] = {"features_extractor_kwargs": {"features_dim": 16}, "net_arch": [16]}
 
 
-class ImageEnv(gym.Env):
-    """Random 36x36 grey images (seeded on reset), a reward that depends on the image and the action."""
-
-    def __init__(self) -> None:
-        self.observation_space = spaces.Box(0, 255, (1, 36, 36), np.uint8)
-        self.action_space = spaces.Discrete(3)
-        self.obs = self.observation_space.sample()
-        self.steps = 0
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
-        if seed is not None:
-            super().reset(seed=seed)
-            self.observation_space.seed(seed)
-        self.steps = 0
-        self.obs = self.observation_space.sample()
-        return self.obs, {}
-
-    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
-        reward = float(np.cos(self.obs.mean() / 40.0 + int(action)))
-        self.steps += 1
-        self.obs = self.observation_space.sample()
-        return self.obs, reward, False, self.steps >= 20, {}
+def image_env() -> SpacesEnv:
+    """Random 36x36 grey images, 3 actions, a reward that depends on both."""
+    return SpacesEnv(spaces.Box(0, 255, (1, 36, 36), np.uint8), spaces.Discrete(3))
 
 
 class NoisyExtractor(BaseFeaturesExtractor):
@@ -70,7 +51,7 @@ class NoisyExtractor(BaseFeaturesExtractor):
 def _model(kind: str, **policy_kwargs: Any) -> TRPOPlus:
     """A model of ``kind`` ("cnn" or "dict") after one iteration (Adam has state), with a fresh rollout."""
     if kind == "cnn":
-        env = make_vec_env(ImageEnv, n_envs=2, seed=0)
+        env = make_vec_env(image_env, n_envs=2, seed=0)
         model = TRPOPlus("CnnPolicy", env, seed=0, policy_kwargs={**IMAGE_KWARGS, **policy_kwargs}, **SMALL)
     else:
         model = TRPOPlus(
@@ -148,7 +129,7 @@ def test_fast_paths_false_and_true_learn_the_same_cnn_policy() -> None:
     # end to end: one iteration (critic fit included) with and without the fast paths
     results = []
     for fast_paths in (True, False):
-        env = make_vec_env(ImageEnv, n_envs=2, seed=0)
+        env = make_vec_env(image_env, n_envs=2, seed=0)
         model = TRPOPlus("CnnPolicy", env, seed=0, policy_kwargs=IMAGE_KWARGS, fast_paths=fast_paths, **SMALL)
         model.learn(2 * model.n_steps * model.n_envs)
         results.append(flat(model.policy.parameters()))
