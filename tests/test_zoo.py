@@ -431,9 +431,19 @@ def test_vine_search_space_is_opt_in() -> None:
         assert convert_trpo_plus_params(trial.params) == hyperparams
         if hyperparams.get("sampling") == "vine":
             vine = hyperparams["vine_kwargs"]
-            assert 16 <= vine["n_states"] <= 128 and 2 <= vine["n_actions"] <= 8
+            assert "n_states" not in vine and 2 <= vine["n_actions"] <= 8
             model = TRPOPlus("MlpPolicy", "CartPole-v1", **hyperparams)
             assert model.q == hyperparams["q"]
+            # the rollout set is sized from the searched share: the branches stay within it
+            settings = model._settings().vine
+            assert settings is not None and settings.branch_share == vine["branch_share"]
+            assert vine["branch_share"] in (0.1, 0.2, 0.3, 0.5)
+            every_action = settings.branch_actions(model.action_space)
+            branches = len(every_action) if every_action is not None else settings.n_actions
+            trunk = model.n_steps * model.n_envs
+            n_states = settings.rollout_set_size(trunk, branches)
+            share = n_states * branches * settings.horizon / (trunk + n_states * branches * settings.horizon)
+            assert share <= vine["branch_share"] + 1e-9 or n_states == 2
             model.env.close()
         study.tell(trial, 0.0)
     assert schemes == {"single_path", "vine"}

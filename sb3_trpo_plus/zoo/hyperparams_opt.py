@@ -27,6 +27,7 @@ FISHER_MODES = ("analytic", "kl_hessian")
 FVP_SUBSAMPLES = (0.1, 0.25, 0.5, 1.0)
 LINE_SEARCH_SHRINKING_FACTORS = (0.5, 0.7, 0.8, 0.9)
 VINE_HORIZONS = (10, 25, 50, 100)
+VINE_BRANCH_SHARES = (0.1, 0.2, 0.3, 0.5)
 VINE_QS = ("policy", "mixture")
 # Vine mode only works on environments whose state can be saved and restored, so it is searched
 # only on request (``trpo-plus-zoo train -optimize --search-vine``), for the trials that carry
@@ -53,7 +54,8 @@ def convert_trpo_plus_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
     if params.pop("sampling", "single_path") == "vine":
         hyperparams["sampling"] = "vine"
         hyperparams["vine_kwargs"] = {
-            "n_states": 2 ** params.pop("vine_n_states_pow"),
+            # the rollout set is sized from the share ("auto"): branches never crowd out the trunk
+            "branch_share": params.pop("vine_branch_share"),
             "n_actions": params.pop("vine_n_actions"),
             "horizon": params.pop("vine_horizon"),
             "state_selection": params.pop("vine_state_selection"),
@@ -108,8 +110,9 @@ def sample_trpo_plus_params(
         sampled.update(
             {
                 "sampling": "vine",
-                # rollout sets of 16 to 128 states, 2 to 8 branches each
-                "vine_n_states_pow": trial.suggest_int("vine_n_states_pow", 4, 7),
+                # the share of each iteration's env steps the branches take (it sizes the rollout
+                # set), and 2 to 8 branches per state where they are drawn from q
+                "vine_branch_share": trial.suggest_categorical("vine_branch_share", list(VINE_BRANCH_SHARES)),
                 "vine_n_actions": trial.suggest_int("vine_n_actions", 2, 8),
                 "vine_horizon": trial.suggest_categorical("vine_horizon", list(VINE_HORIZONS)),
                 "vine_state_selection": trial.suggest_categorical("vine_state_selection", ["uniform", "geometric"]),
