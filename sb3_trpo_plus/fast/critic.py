@@ -89,8 +89,8 @@ _FUSED_KERNELS: dict[str, Callable[..., None] | None] = {}
 
 class _FlatAdam:
     """
-    Adam (or AdamW, ``decoupled``) on contiguous float32 arrays, updated in place with the
-    options of ``group`` (a torch parameter group): through torch's fused CPU kernel where
+    Adam (or AdamW, with the group's ``decoupled_weight_decay``) on contiguous float32 arrays,
+    updated in place with the options of ``group`` (a torch parameter group): through torch's fused CPU kernel where
     :func:`fused_adam_kernel` finds one (on tensor views of the arrays), otherwise in NumPy with
     the same arithmetic. ``max_exp_avg_sq`` is given exactly when ``amsgrad`` is on.
     """
@@ -103,15 +103,14 @@ class _FlatAdam:
         exp_avg_sq: np.ndarray,
         max_exp_avg_sq: np.ndarray | None,
         group: dict[str, Any],
-        decoupled: bool,
     ) -> None:
         self.arrays = (flat, grad, exp_avg, exp_avg_sq)
         self.max_exp_avg_sq = max_exp_avg_sq
         self.lr, (self.beta1, self.beta2) = float(group["lr"]), group["betas"]
         self.eps, self.weight_decay = float(group["eps"]), float(group["weight_decay"])
         self.amsgrad, self.maximize = max_exp_avg_sq is not None, bool(group.get("maximize"))
-        self.decoupled = decoupled
-        self.kernel = fused_adam_kernel(decoupled)
+        self.decoupled = bool(group.get("decoupled_weight_decay"))
+        self.kernel = fused_adam_kernel(self.decoupled)
         if self.kernel is not None:
             self.tensors = [[th.from_numpy(a)] for a in self.arrays]
             self.maxima = [th.from_numpy(max_exp_avg_sq)] if max_exp_avg_sq is not None else []
@@ -234,7 +233,7 @@ class FusedMlpCritic:
 
     def _fit(self, observations: np.ndarray, returns: np.ndarray, n_epochs: int, batch_size: int) -> list[float]:
         group = self.policy.optimizer.param_groups[0]
-        amsgrad, decoupled = bool(group.get("amsgrad")), bool(group.get("decoupled_weight_decay"))
+        amsgrad = bool(group.get("amsgrad"))
         state = self.policy.optimizer.state
         shapes = [tuple(p.shape) for p in self.params]
         sizes = [p.numel() for p in self.params]
@@ -250,7 +249,7 @@ class FusedMlpCritic:
         y_all = np.asarray(returns, dtype=np.float32).reshape(-1)
         n_samples = len(y_all)
         losses = []
-        adam = _FlatAdam(flat, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, group, decoupled)
+        adam = _FlatAdam(flat, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, group)
         for _ in range(n_epochs):
             indices = np.random.permutation(n_samples)
             # one gather per pass; minibatches are then contiguous slices
