@@ -324,14 +324,21 @@ def test_vine_estimator_alone_on_the_trunks_trust_region(monkeypatch: pytest.Mon
     assert "train/vine_weight" not in model.logger.name_to_value
 
 
-def _vine_and_trunk() -> tuple[TRPOPlus, VineBatch, Any]:
-    """A vine iteration's two batches: the rollout set (K = 3, sampled from q) and the trunk's samples."""
+def _collected(n_steps: int, **vine_kwargs: Any) -> TRPOPlus:
+    """A vine model on a 3-action env after one rollout (trunk and branches), its branch envs closed."""
     env = DummyVecEnv([lambda: FiniteActionEnv(spaces.Discrete(3))])
-    vine_kwargs = {"n_states": 6, "horizon": 4, "all_actions": False}
-    model = TRPOPlus("MlpPolicy", env, n_steps=64, batch_size=64, seed=0, sampling="vine", vine_kwargs=vine_kwargs)
+    kwargs = {"n_states": 6, "horizon": 4, **vine_kwargs}
+    model = TRPOPlus("MlpPolicy", env, n_steps=n_steps, batch_size=n_steps, seed=0, sampling="vine", vine_kwargs=kwargs)
     model._setup_learn(10**9, None)
     model.collect_rollouts(model.env, model._init_callback(None), model.rollout_buffer, model.n_steps)  # type: ignore[arg-type]
     model._vine.close()  # type: ignore[union-attr]
+    assert model._vine_batch is not None
+    return model
+
+
+def _vine_and_trunk() -> tuple[TRPOPlus, VineBatch, Any]:
+    """A vine iteration's two batches: the rollout set (K = 3, sampled from q) and the trunk's samples."""
+    model = _collected(64, all_actions=False)
     assert model._vine_batch is not None
     return model, model._vine_batch, next(model.rollout_buffer.get(batch_size=None))
 
@@ -416,14 +423,8 @@ def test_combined_estimator_runs_on_every_kind_of_space(space: str) -> None:
 
 
 def _branched_batch(**vine_kwargs: Any) -> VineBatch:
-    env = DummyVecEnv([lambda: FiniteActionEnv(spaces.Discrete(3))])
-    kwargs = {"n_states": 6, "horizon": 4, **vine_kwargs}
-    model = TRPOPlus("MlpPolicy", env, n_steps=32, batch_size=32, seed=0, sampling="vine", vine_kwargs=kwargs)
-    model._setup_learn(10**9, None)
-    model.collect_rollouts(model.env, model._init_callback(None), model.rollout_buffer, model.n_steps)  # type: ignore[arg-type]
-    batch = model._vine_batch
+    batch = _collected(32, **vine_kwargs)._vine_batch
     assert batch is not None
-    model._vine.close()  # type: ignore[union-attr]
     return batch
 
 
