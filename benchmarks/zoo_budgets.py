@@ -68,6 +68,7 @@ import concurrent.futures
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import threading
 import time
@@ -165,6 +166,9 @@ class Run:
 def run_one(run: Run, out: Path) -> dict[str, Any]:
     """Train and evaluate one run in a ``trpo-plus-zoo train`` process; write and return its result."""
     command = run.command(out)
+    # A run without a result file starts afresh: the logs of an interrupted attempt would leave rl_zoo3
+    # a second experiment folder beside the first, and the evaluations read below would be ambiguous.
+    shutil.rmtree(out / "logs" / run.name, ignore_errors=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     start = time.perf_counter()

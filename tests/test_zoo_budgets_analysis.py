@@ -221,3 +221,29 @@ def test_plan_uses_the_zoo_budgets_and_skips_finished_runs(tmp_path: Path) -> No
     messages: list[str] = []
     assert zb.run_all(runs, tmp_path, workers=2, say=messages.append) == []
     assert messages[0].startswith("100 runs, 100 already done, 0 to do")
+
+
+def test_a_run_interrupted_before_its_result_file_starts_afresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = zb.Run("trpo", "Walker2d-v5", 2, 1_000_000, 20, 10, True)
+    experiments = tmp_path / "logs" / run.name / run.algo
+
+    def write_evaluations(folder: Path, means: list[float]) -> None:
+        folder.mkdir(parents=True)
+        results = np.repeat(np.array(means)[:, None], 10, axis=1)
+        np.savez(folder / "evaluations.npz", timesteps=np.arange(1, len(means) + 1) * 50_000, results=results)
+
+    # the killed attempt: rl_zoo3's first experiment folder, with the evaluations it reached
+    write_evaluations(experiments / f"{run.env}_1", [10.0, 20.0])
+
+    def fake_zoo_train(command: list[str], **kwargs: object) -> object:
+        # like rl_zoo3: the new experiment goes into the folder after the last one there
+        taken = [int(p.name.rsplit("_", 1)[1]) for p in experiments.glob(f"{run.env}_*")] if experiments.exists() else []
+        write_evaluations(experiments / f"{run.env}_{max(taken, default=0) + 1}", [100.0, 200.0, 300.0])
+        return type("Completed", (), {"returncode": 0, "stdout": "", "stderr": ""})()
+
+    monkeypatch.setattr(zb.subprocess, "run", fake_zoo_train)
+    (tmp_path / zb.RUNS_DIR).mkdir()
+    record = zb.run_one(run, tmp_path)
+    assert record["final"] == 300.0 and record["eval_mean"] == [100.0, 200.0, 300.0]
+    assert [p.name for p in experiments.iterdir()] == [f"{run.env}_1"]  # only the new attempt's logs
+    assert json.loads((tmp_path / zb.RUNS_DIR / f"{run.name}.json").read_text())["final"] == 300.0
