@@ -418,21 +418,25 @@ def analyze(
     pd.DataFrame(curve_rows).to_csv(out / "curves.csv", index=False)
     (out / "commands.txt").write_text("\n".join(sorted(runs.command)) + "\n")
 
-    # per env: IQM over seeds with its CI (rliable, one task), for each algorithm with enough runs
+    # per env: IQM over seeds with its CI (rliable, one task), for each algorithm with enough runs; each
+    # (env, algorithm) bootstraps from its own fixed stream, so its CI depends on its runs only, not on which
+    # other envs or algorithms have finished runs
     per_env: dict[str, dict[str, Any]] = {}
-    for index, env_id in enumerate(envs):
-        finals = {algo: runs[(runs.env == env_id) & (runs.algo == algo)] for algo in algos}
-        scores = {algo: part.final.to_numpy()[:, None] for algo, part in finals.items() if len(part) >= MIN_RUNS}
-        points, intervals = interval_estimates(scores, lambda s: np.array([metrics.aggregate_iqm(s)]), reps, seed=index)
-        per_env[env_id] = {
-            algo: {
+    for env_id in envs:
+        per_env[env_id] = {}
+        for algo in algos:
+            part = runs[(runs.env == env_id) & (runs.algo == algo)]
+            if len(part) < MIN_RUNS:
+                continue
+            stream = 10 * ENVS.index(env_id) + list(ALGOS).index(algo)
+            iqm = lambda s: np.array([metrics.aggregate_iqm(s)])  # noqa: E731
+            points, intervals = interval_estimates({algo: part.final.to_numpy()[:, None]}, iqm, reps, seed=stream)
+            per_env[env_id][algo] = {
                 "iqm": float(np.asarray(points[algo]).reshape(-1)[0]),
                 "ci": np.asarray(intervals[algo]).reshape(-1).tolist(),
-                "seeds": len(finals[algo]),
-                "budget": int(finals[algo].budget.max()),
+                "seeds": len(part),
+                "budget": int(part.budget.max()),
             }
-            for algo in scores
-        }
 
     # aggregates over the envs every algorithm has enough runs on, normalised, stratified by env
     kept, notes = analysed_envs(runs, envs, algos)

@@ -187,6 +187,21 @@ def test_analysis_of_partial_results(tmp_path: Path) -> None:
         assert (tmp_path / picture).read_bytes().startswith(b"\x89PNG"), picture
 
 
+def test_a_per_env_interval_depends_on_its_own_runs_only(tmp_path: Path) -> None:
+    """Runs finishing on another env (one earlier in the suite's order) or of the other algorithm leave an
+    (env, algorithm)'s CI as it was: a figure already quoted stays valid while the suite fills in."""
+    runs = _synthetic_runs(np.random.default_rng(3))
+    swimmer_plus = runs[(runs.env == "Swimmer-v5") & (runs.algo == "trpo_plus")]
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "full").mkdir()
+    _write_runs(tmp_path / "alone", swimmer_plus, {"Swimmer-v5": RANDOM3["Swimmer-v5"]})
+    _write_runs(tmp_path / "full", runs, dict(RANDOM3))  # + two envs before Swimmer in ENVS, + sb3-contrib's runs
+    alone = zb.analyze(tmp_path / "alone", reps=200)["per_env"]["Swimmer-v5"]["trpo_plus"]
+    full = zb.analyze(tmp_path / "full", reps=200)["per_env"]["Swimmer-v5"]["trpo_plus"]
+    assert alone["ci"][0] < alone["ci"][1]
+    assert full == alone
+
+
 def test_sample_efficiency_curve_follows_the_runs() -> None:
     runs = _synthetic_runs(np.random.default_rng(1))
     curves = zb.sample_efficiency(runs, list(ENVS3), ["trpo_plus"], dict(RANDOM3), reps=100)
