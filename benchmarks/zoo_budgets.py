@@ -429,7 +429,6 @@ def analyze(
             if len(part) < MIN_RUNS:
                 continue
             stream = 10 * ENVS.index(env_id) + list(ALGOS).index(algo)
-            iqm = lambda s: np.array([metrics.aggregate_iqm(s)])  # noqa: E731
             points, intervals = interval_estimates({algo: part.final.to_numpy()[:, None]}, iqm, reps, seed=stream)
             per_env[env_id][algo] = {
                 "iqm": float(np.asarray(points[algo]).reshape(-1)[0]),
