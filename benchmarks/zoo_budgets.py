@@ -45,9 +45,11 @@ bootstrap, percentile CIs) over ``metrics.aggregate_iqm`` / ``aggregate_median``
 ``library.create_performance_profile``, and ``plot_utils`` for the figures.
 
 Partial results: an (algorithm, env) with fewer than 2 runs gets no CI, and its env is left out of
-the aggregates, profiles and curves (a note in ``report.md`` says so); the aggregates use, per
-algorithm, the seeds it has on every aggregated env (rliable's arrays have as many runs on every
-env).
+the aggregates, profiles and curves (a note in ``report.md`` says so). rliable's arrays have as many
+runs on every env, so an algorithm uses the seeds it has on every aggregated env; of the envs with
+enough runs, the aggregates take the ones that put the most runs in, and on a tie the fewer envs: an
+env still filling in (say 4 of 5 seeds on one of ten envs) stays out instead of cutting every other
+env to 4 seeds (``aggregate_selection``).
 
 Published numbers: rl-baselines3-zoo ``benchmark.md`` (github.com/DLR-RM/rl-baselines3-zoo, commit
 0088472b): one trained agent per env, deterministic evaluation over ~150k steps, mean +- std over
@@ -65,6 +67,7 @@ from _threads import BLAS_THREADS  # noqa: I001  (first: sets the BLAS thread co
 
 import argparse
 import concurrent.futures
+import itertools
 import json
 import os
 import shlex
@@ -342,12 +345,6 @@ def load_runs(out: Path) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
-def common_seeds(runs: pd.DataFrame, algo: str, envs: Sequence[str]) -> list[int]:
-    """The seeds ``algo`` has a run of on every env of ``envs`` (rliable's arrays have as many runs on every task)."""
-    sets = [set(runs[(runs.env == env_id) & (runs.algo == algo)].seed) for env_id in envs]
-    return sorted(int(seed) for seed in set.intersection(*sets)) if sets else []
-
-
 def _run(runs: pd.DataFrame, algo: str, env_id: str, seed: int) -> Any:
     return next(runs[(runs.env == env_id) & (runs.algo == algo) & (runs.seed == seed)].itertuples())
 
@@ -387,6 +384,61 @@ def analysed_envs(runs: pd.DataFrame, envs: Sequence[str], algos: Sequence[str])
             "the aggregates, the probability of improvement, the performance profiles and the sample-efficiency curves."
         )
     return kept, notes
+
+
+def aggregate_selection(
+    runs: pd.DataFrame, envs: Sequence[str], algos: Sequence[str]
+) -> tuple[list[str], dict[str, list[int]], list[str]]:
+    """
+    The envs of the aggregates, the seeds each algorithm uses on them, and a note for each env or run left out.
+
+    rliable's arrays have as many runs on every env, so an algorithm can only use the seeds it has on every
+    aggregated env. Among the envs on which every algorithm has at least :data:`MIN_RUNS` runs, the subset chosen
+    puts the most runs into the aggregates (each algorithm keeping at least :data:`MIN_RUNS` seeds); on a tie, the
+    one with fewer envs, so that an env still filling in stays out instead of cutting the seeds of the finished
+    ones. Exhaustive over subsets: :data:`ENVS` has 10 envs, 1023 subsets.
+
+    :param runs: the finished runs
+    :param envs: the envs that have runs, in :data:`ENVS` order
+    :param algos: the algorithms that have runs
+    :return: aggregated envs (in ``envs`` order), seeds per algorithm, notes
+    """
+    candidates, notes = analysed_envs(runs, envs, algos)
+    have = {
+        (algo, env_id): {int(seed) for seed in runs[(runs.env == env_id) & (runs.algo == algo)].seed}
+        for algo in algos
+        for env_id in candidates
+    }
+    best_key, kept, seeds = (0, 0), [], {}
+    for size in range(len(candidates), 0, -1):
+        for subset in itertools.combinations(candidates, size):
+            common = {algo: set.intersection(*(have[algo, env_id] for env_id in subset)) for algo in algos}
+            if min(len(common[algo]) for algo in algos) < MIN_RUNS:
+                continue
+            key = (size * sum(len(common[algo]) for algo in algos), -size)
+            if key > best_key:  # (strict: on a full tie, the first subset in ENVS order)
+                best_key, kept, seeds = key, list(subset), {algo: sorted(common[algo]) for algo in algos}
+    for env_id in candidates:
+        if env_id in kept:
+            continue
+        short = "; ".join(
+            f"{ALGOS[algo]} has seeds {sorted(have[algo, env_id])} there, not all of {seeds[algo]}"
+            for algo in algos
+            if not set(seeds[algo]) <= have[algo, env_id]
+        )
+        notes.append(
+            f"{env_id}: left out of the aggregates, the probability of improvement, the performance profiles and "
+            f"the sample-efficiency curves ({short}; taking it in would cut the seeds on every aggregated env to the "
+            "ones it has)."
+        )
+    for algo in seeds:
+        left_out = int(((runs.algo == algo) & runs.env.isin(kept)).sum()) - len(seeds[algo]) * len(kept)
+        if left_out:
+            notes.append(
+                f"{ALGOS[algo]}: the aggregates use seeds {seeds[algo]}, the ones it has on every aggregated env; "
+                f"{left_out} other runs on these envs are left out of them."
+            )
+    return kept, seeds, notes
 
 
 def analyze(
@@ -437,20 +489,9 @@ def analyze(
                 "budget": int(part.budget.max()),
             }
 
-    # aggregates over the envs every algorithm has enough runs on, normalised, stratified by env
-    kept, notes = analysed_envs(runs, envs, algos)
-    seeds: dict[str, list[int]] = {}
-    for algo in algos:
-        seeds[algo] = common_seeds(runs, algo, kept)
-        left_out = int(runs[(runs.algo == algo) & runs.env.isin(kept)].shape[0]) - len(seeds[algo]) * len(kept)
-        if kept and left_out:
-            notes.append(
-                f"{ALGOS[algo]}: the aggregates use seeds {seeds[algo]}, the ones it has on every aggregated env; "
-                f"{left_out} other runs are left out of them."
-            )
-        if kept and len(seeds[algo]) < MIN_RUNS:
-            notes.append(f"{ALGOS[algo]}: fewer than {MIN_RUNS} seeds on every aggregated env, no aggregates.")
-            del seeds[algo]
+    # aggregates over the envs and seeds that put the most runs in (see aggregate_selection), normalised,
+    # stratified by env
+    kept, seeds, notes = aggregate_selection(runs, envs, algos)
     matrices = {algo: final_matrix(runs, algo, kept, s, random) for algo, s in seeds.items()} if kept else {}
     aggregates: dict[str, dict[str, Any]] = {}
     if matrices:
@@ -471,7 +512,7 @@ def analyze(
         np.random.seed(102)  # (rliable resamples with NumPy's global generator)
         profile, profile_cis = rly.create_performance_profile(matrices, TAUS, reps=max(reps // 4, 100))
         profiles = {algo: (profile[algo], profile_cis[algo]) for algo in matrices}
-    efficiency = sample_efficiency(runs, kept, list(matrices), random, reps)
+    efficiency = sample_efficiency(runs, kept, {a: seeds[a] for a in matrices}, random, reps)
 
     report = {
         "per_env": per_env,
@@ -490,14 +531,14 @@ def analyze(
 
 
 def sample_efficiency(
-    runs: pd.DataFrame, envs: list[str], algos: list[str], random: dict[str, float], reps: int
+    runs: pd.DataFrame, envs: list[str], seeds: Mapping[str, Sequence[int]], random: dict[str, float], reps: int
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """IQM (and CI) over envs x seeds of the normalised evaluation score at each fraction of the budget."""
-    arrays = {}
-    for algo in algos:
-        seeds = common_seeds(runs, algo, envs)
-        if envs and len(seeds) >= MIN_RUNS:
-            arrays[algo] = curve_array(runs, algo, envs, seeds, random)
+    arrays = {
+        algo: curve_array(runs, algo, envs, algo_seeds, random)
+        for algo, algo_seeds in seeds.items()
+        if envs and len(algo_seeds) >= MIN_RUNS
+    }
     if not arrays:
         return {}
     points, intervals = interval_estimates(arrays, iqm_at_each_point, max(reps // 4, 100), seed=103)

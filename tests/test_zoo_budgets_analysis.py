@@ -187,6 +187,55 @@ def test_analysis_of_partial_results(tmp_path: Path) -> None:
         assert (tmp_path / picture).read_bytes().startswith(b"\x89PNG"), picture
 
 
+ENVS5 = ("CartPole-v1", "Hopper-v5", "Walker2d-v5", "Ant-v5", "Swimmer-v5")  # (in ENVS order)
+WITHOUT_ANT = tuple(env for env in ENVS5 if env != "Ant-v5")
+
+
+@pytest.mark.parametrize(
+    ("ant_seeds", "envs", "contrib_seeds"),
+    [
+        # 5 envs with Ant cut to 4 seeds: 5 x (5 + 4) = 45 runs, against 4 x 10 = 40 without Ant: Ant in
+        (4, ENVS5, [0, 1, 2, 3]),
+        # 5 x (5 + 3) = 40, a tie with the 4 complete envs: Ant out, the other envs keep all their seeds
+        (3, WITHOUT_ANT, [0, 1, 2, 3, 4]),
+        # 5 x (5 + 2) = 35 < 40: Ant out
+        (2, WITHOUT_ANT, [0, 1, 2, 3, 4]),
+    ],
+)
+def test_an_env_still_filling_in_is_left_out_rather_than_cutting_the_seeds(
+    tmp_path: Path, ant_seeds: int, envs: tuple[str, ...], contrib_seeds: list[int]
+) -> None:
+    """sb3-contrib has fewer seeds on one env: the aggregates take whichever of (that env in, every env cut to
+    its seeds) or (that env out, all seeds) puts more runs in, and on a tie leave the env out."""
+    rng = np.random.default_rng(4)
+    rows = [
+        _synthetic_run(algo, env, seed, level * zb.PUBLISHED[env][0] * (1 + 0.01 * rng.standard_normal()))
+        for env in ENVS5
+        for algo, level in (("trpo_plus", 1.0), ("trpo", 0.5))
+        for seed in range(ant_seeds if (algo, env) == ("trpo", "Ant-v5") else 5)
+    ]
+    _write_runs(tmp_path, pd.DataFrame(rows), dict.fromkeys(ENVS5, 0.0))
+    report = zb.analyze(tmp_path, reps=100)
+
+    assert report["aggregate_envs"] == list(envs)
+    assert report["aggregate_seeds"] == {"trpo_plus": [0, 1, 2, 3, 4], "trpo": contrib_seeds}
+    assert report["per_env"]["Ant-v5"]["trpo"]["seeds"] == ant_seeds  # the per-env table has every run
+    (note,) = report["notes"]
+    if "Ant-v5" in envs:
+        assert note.startswith(f"sb3-contrib TRPO: the aggregates use seeds {contrib_seeds}")
+        assert f"{4 * (5 - ant_seeds)} other runs" in note  # seed 4 on the four complete envs
+    else:
+        assert note.startswith("Ant-v5: left out of the aggregates, the probability of improvement, the performance")
+        assert f"sb3-contrib TRPO has seeds {list(range(ant_seeds))} there, not all of [0, 1, 2, 3, 4]" in note
+        assert f"## Aggregates over {', '.join(envs)}" in (tmp_path / "report.md").read_text()
+    # the aggregates are those of the chosen envs and seeds (random scores 0: normalised = final / published)
+    used = pd.DataFrame(rows)
+    used = used[(used.algo == "trpo") & used.env.isin(envs) & used.seed.isin(contrib_seeds)]
+    assert len(used) == len(envs) * len(contrib_seeds)
+    normalised = used.final / used.env.map(lambda env: zb.PUBLISHED[env][0])
+    assert report["aggregates"]["trpo"]["Mean"]["estimate"] == pytest.approx(normalised.mean())
+
+
 def test_a_per_env_interval_depends_on_its_own_runs_only(tmp_path: Path) -> None:
     """Runs finishing on another env (one earlier in the suite's order) or of the other algorithm leave an
     (env, algorithm)'s CI as it was: a figure already quoted stays valid while the suite fills in."""
@@ -204,7 +253,7 @@ def test_a_per_env_interval_depends_on_its_own_runs_only(tmp_path: Path) -> None
 
 def test_sample_efficiency_curve_follows_the_runs() -> None:
     runs = _synthetic_runs(np.random.default_rng(1))
-    curves = zb.sample_efficiency(runs, list(ENVS3), ["trpo_plus"], dict(RANDOM3), reps=100)
+    curves = zb.sample_efficiency(runs, list(ENVS3), {"trpo_plus": [0, 1, 2, 3, 4]}, dict(RANDOM3), reps=100)
     estimate, interval = curves["trpo_plus"]
     # the synthetic curves rise linearly from 0.2 (20% of the budget) to 1.0
     at = {float(f): i for i, f in enumerate(zb.FRACTIONS)}
