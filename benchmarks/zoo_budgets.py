@@ -492,7 +492,7 @@ def analyze(
     # aggregates over the envs and seeds that put the most runs in (see aggregate_selection), normalised,
     # stratified by env
     kept, seeds, notes = aggregate_selection(runs, envs, algos)
-    matrices = {algo: final_matrix(runs, algo, kept, s, random) for algo, s in seeds.items()} if kept else {}
+    matrices = {algo: final_matrix(runs, algo, kept, s, random) for algo, s in seeds.items()}  # (none if kept is empty)
     aggregates: dict[str, dict[str, Any]] = {}
     if matrices:
         points, intervals = interval_estimates(matrices, aggregate_metrics, reps, seed=100)
@@ -512,12 +512,12 @@ def analyze(
         np.random.seed(102)  # (rliable resamples with NumPy's global generator)
         profile, profile_cis = rly.create_performance_profile(matrices, TAUS, reps=max(reps // 4, 100))
         profiles = {algo: (profile[algo], profile_cis[algo]) for algo in matrices}
-    efficiency = sample_efficiency(runs, kept, {a: seeds[a] for a in matrices}, random, reps)
+    efficiency = sample_efficiency(runs, kept, seeds, random, reps)
 
     report = {
         "per_env": per_env,
         "aggregate_envs": kept,
-        "aggregate_seeds": dict(seeds) if kept else {},
+        "aggregate_seeds": seeds,
         "aggregates": aggregates,
         "probability_of_improvement": poi,
         "notes": notes,
