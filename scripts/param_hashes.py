@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import torch as th
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.envs import SimpleMultiObsEnv
+from stable_baselines3.common.envs import IdentityEnvMultiBinary, IdentityEnvMultiDiscrete, SimpleMultiObsEnv
 
 from sb3_trpo_plus import TRPOPlus
+from sb3_trpo_plus.env_state import register_replay_env
 
 SMALL = {"net_arch": [16, 16]}
 
@@ -28,7 +29,8 @@ CASES: dict[str, tuple[str | Callable[[], Any], int, dict[str, Any]]] = {
     "pendulum_kl_hessian": ("Pendulum-v1", 2, {"n_steps": 128, "fisher": "kl_hessian"}),
     "pendulum_gsde_subsample": ("Pendulum-v1", 1, {"n_steps": 256, "use_sde": True, "fvp_subsample": 0.5}),
     "pendulum_fast_off": ("Pendulum-v1", 2, {"n_steps": 128, "fast_paths": False}),
-    "acrobot_q_uniform": ("Acrobot-v1", 1, {"n_steps": 128, "q": "uniform"}),
+    "multidiscrete_single_path": (lambda: IdentityEnvMultiDiscrete(dim=3), 2, {"n_steps": 128}),
+    "multibinary_single_path": (lambda: IdentityEnvMultiBinary(dim=4), 2, {"n_steps": 128}),
     "cartpole_vine_defaults": ("CartPole-v1", 1, {"n_steps": 256, "sampling": "vine"}),
     "pendulum_vine_scaled": (
         "Pendulum-v1",
@@ -85,6 +87,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="case names (default: all)")
     args = parser.parse_args()
     th.set_num_threads(1)
+    register_replay_env(SimpleMultiObsEnv)  # deterministic given its seed and the actions
     for name in args.only or CASES:
         print(f"{name} {parameter_hash(name)}", flush=True)
 
