@@ -23,6 +23,12 @@ from sb3_trpo_plus.env_state import register_replay_env
 
 SMALL = {"net_arch": [16, 16]}
 
+
+def _multi_obs_env() -> SimpleMultiObsEnv:
+    """SB3's dict-observation grid, with a fixed start (its random start draws from NumPy's global generator)."""
+    return SimpleMultiObsEnv(random_start=False)
+
+
 #: name -> (env id or factory, n_envs, TRPOPlus keyword arguments)
 CASES: dict[str, tuple[str | Callable[[], Any], int, dict[str, Any]]] = {
     "cartpole_single_path": ("CartPole-v1", 2, {"n_steps": 128}),
@@ -59,10 +65,14 @@ CASES: dict[str, tuple[str | Callable[[], Any], int, dict[str, Any]]] = {
     "pendulum_vine_subproc": (
         "Pendulum-v1",
         1,
-        {"n_steps": 128, "sampling": "vine", "vine_kwargs": {"n_states": 3, "branch_vec_env": "subproc", "n_branch_workers": 2}},
+        {
+            "n_steps": 128,
+            "sampling": "vine",
+            "vine_kwargs": {"n_states": 3, "branch_vec_env": "subproc", "n_branch_workers": 2},
+        },
     ),
-    "multi_obs_single_path": (SimpleMultiObsEnv, 1, {"policy": "MultiInputPolicy", "n_steps": 128}),
-    "multi_obs_vine": (SimpleMultiObsEnv, 1, {"policy": "MultiInputPolicy", "n_steps": 128, "sampling": "vine"}),
+    "multi_obs_single_path": (_multi_obs_env, 1, {"policy": "MultiInputPolicy", "n_steps": 128}),
+    "multi_obs_vine": (_multi_obs_env, 1, {"policy": "MultiInputPolicy", "n_steps": 128, "sampling": "vine"}),
 }
 
 
@@ -71,6 +81,7 @@ def parameter_hash(name: str, iterations: int = 3, seed: int = 0) -> str:
     env_id, n_envs, kwargs = CASES[name]
     kwargs = dict(kwargs)
     policy = kwargs.pop("policy", "MlpPolicy")
+    np.random.seed(seed)  # SimpleMultiObsEnv draws its observation tables from the global generator
     env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
     model = TRPOPlus(policy, env, seed=seed, batch_size=64, policy_kwargs=SMALL, **kwargs)
     model.learn(iterations * model.n_steps * n_envs)
