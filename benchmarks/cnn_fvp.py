@@ -25,7 +25,7 @@ products are timed one by one:
 - ``linearize``: J v by ``torch.func.linearize``, traced once, primal folded into constants
   (trust_region.linearized_fisher_vector_product; the folding runs at the first product);
 - ``package``: what ``fisher="analytic"`` does on a convolutional policy: ``linearize`` on the
-  states in channels_last (policy_step.step_distribution, forward_mode_fisher_product); forced
+  states in channels_last (fisher.step_distribution, forward_mode_fisher_product); forced
   on the MLPs, where the package itself keeps ``double_backward``;
 - ``kl_hessian``: double backprop through the mean KL (sb3-contrib's product), for reference;
 - suffix ``_cl``: the method on the states in the channels_last memory format (images only).
@@ -62,7 +62,8 @@ from torch import nn
 
 from sb3_trpo_plus import TRPOPlus
 from sb3_trpo_plus.distributions import detached, distribution_metric, distribution_parameters
-from sb3_trpo_plus.policy_step import channels_last, distribution_parameters_function, forward_mode_fisher_product
+from sb3_trpo_plus.fisher import distribution_parameters_function, forward_mode_fisher_product
+from sb3_trpo_plus.observations import channels_last
 from sb3_trpo_plus.surrogate import mean_kl
 from sb3_trpo_plus.trust_region import (
     MatVec,
@@ -155,7 +156,7 @@ def jvp_product(
 
 def make_product(method: str, policy: ActorCriticPolicy, params: list[nn.Parameter], obs: th.Tensor, damping: float) -> MatVec:
     """The product of ``method`` at the policy's current parameters, from the distribution on ``obs`` onwards."""
-    if method == "package":  # the trust-region step's layout (policy_step.step_distribution)
+    if method == "package":  # the trust-region step's layout (fisher.step_distribution)
         obs = channels_last(obs)  # type: ignore[assignment]
     distribution = policy.get_distribution(obs)
     old = detached(distribution)

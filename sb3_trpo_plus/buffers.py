@@ -13,6 +13,8 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.type_aliases import TensorDict
 
+from sb3_trpo_plus import observations as batches
+
 
 @dataclass
 class VineBatch:
@@ -67,3 +69,16 @@ class VineBatch:
         rows = self.bootstrap_rows
         q_values[rows] += self.bootstrap_discount[rows] * bootstrap_values.reshape(-1).to(q_values.dtype)
         return replace(self, q_values=q_values)
+
+
+def every_kth(samples: Any, k: int) -> Any:
+    """Every ``k``-th sample of SB3's rollout samples (observations, actions, log-probabilities, advantages)."""
+    if k <= 1:
+        return samples
+    every = slice(None, None, k)
+    return samples._replace(
+        observations=batches.index(samples.observations, every),
+        actions=samples.actions[every],
+        old_log_prob=samples.old_log_prob[every],
+        advantages=samples.advantages[every],
+    )

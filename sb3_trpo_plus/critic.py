@@ -36,6 +36,7 @@ from stable_baselines3.common.torch_layers import CombinedExtractor, FlattenExtr
 from torch import nn
 from torch.nn import functional as F
 
+from sb3_trpo_plus import observations as batches
 from sb3_trpo_plus.fast import FusedMlpCritic, plain_modules
 
 
@@ -61,33 +62,21 @@ class ValueTargets:
         """
         assert buffer.full, "the rollout buffer is not full"
         flatten: Any = (lambda array: array) if buffer.generator_ready else buffer.swap_and_flatten
-        observations: Any = buffer.observations
-        if isinstance(observations, dict):
-            observations = {key: flatten(value) for key, value in observations.items()}
-        else:
-            observations = flatten(observations)
-        return cls(observations, flatten(buffer.returns).reshape(-1))
+        return cls(batches.apply(buffer.observations, flatten), flatten(buffer.returns).reshape(-1))
 
-    def extended(self, observations: np.ndarray | dict[str, np.ndarray], returns: np.ndarray) -> ValueTargets:
+    def extended(self, more_observations: np.ndarray | dict[str, np.ndarray], returns: np.ndarray) -> ValueTargets:
         """These targets followed by more (e.g. the vine branches' returns), in this batch's dtypes."""
-        if isinstance(self.observations, dict):
-            assert isinstance(observations, dict)
-            merged: Any = {
-                key: np.concatenate([value, np.asarray(observations[key], dtype=value.dtype).reshape(-1, *value.shape[1:])])
-                for key, value in self.observations.items()
-            }
-        else:
-            mine = self.observations
-            merged = np.concatenate([mine, np.asarray(observations, dtype=mine.dtype).reshape(-1, *mine.shape[1:])])
+
+        def append(mine: np.ndarray, more: Any) -> np.ndarray:
+            return np.concatenate([mine, np.asarray(more, dtype=mine.dtype).reshape(-1, *mine.shape[1:])])
+
+        merged = batches.combine(self.observations, more_observations, append)
         return ValueTargets(merged, np.concatenate([self.returns, np.asarray(returns, dtype=self.returns.dtype).reshape(-1)]))
 
     def minibatch(self, indices: np.ndarray | slice, device: th.device) -> tuple[Any, th.Tensor]:
         """Observations and returns at ``indices`` as tensors on ``device`` (copies, as ``RolloutBuffer`` makes them)."""
-        if isinstance(self.observations, dict):
-            observations: Any = {key: th.tensor(value[indices], device=device) for key, value in self.observations.items()}
-        else:
-            observations = th.tensor(self.observations[indices], device=device)
-        return observations, th.tensor(self.returns[indices], device=device)
+        batch = batches.apply(self.observations, lambda value: th.tensor(value[indices], device=device))
+        return batch, th.tensor(self.returns[indices], device=device)
 
 
 def fit_critic(

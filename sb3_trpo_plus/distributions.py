@@ -229,15 +229,17 @@ def find_family(distribution: Any) -> Family | None:
     return None
 
 
-def family_of(distribution: Any) -> Family:
+def family_of(distribution: Any, needed_for: str = "") -> Family:
     """
     The family of an SB3 distribution.
 
+    :param needed_for: what the family is needed for, named in the error ("" for nothing in particular)
     :raises TypeError: for a distribution without a family
     """
     family = find_family(distribution)
     if family is None:
-        raise TypeError(f"No distribution family for {type(distribution).__name__}")
+        purpose = f" ({needed_for})" if needed_for else ""
+        raise TypeError(f"No distribution family for {type(distribution).__name__}{purpose}")
     return family
 
 
@@ -447,10 +449,7 @@ def detached(distribution: Distribution) -> Distribution:
     SB3 policies reuse one distribution object between calls, so the copy is also what keeps
     pi_old alive when the policy is evaluated again.
     """
-    family = find_family(distribution)
-    if family is None:
-        raise TypeError(f"Cannot detach a {type(distribution).__name__}")
-    return family.detach(distribution)
+    return family_of(distribution, "to detach it").detach(distribution)
 
 
 def distribution_parameters(distribution: Distribution) -> list[th.Tensor]:
@@ -459,10 +458,7 @@ def distribution_parameters(distribution: Distribution) -> list[th.Tensor]:
     closed form: (mean, std) for Gaussians (gSDE included), logits for categorical, multi-
     categorical and Bernoulli distributions. See :func:`distribution_metric`.
     """
-    family = find_family(distribution)
-    if family is None:
-        raise TypeError(f"No analytic Fisher information for {type(distribution).__name__}")
-    return family.parameters(distribution)
+    return family_of(distribution, "analytic Fisher information").parameters(distribution)
 
 
 def distribution_metric(distribution: Distribution) -> FisherMetric:
@@ -479,10 +475,7 @@ def distribution_metric(distribution: Distribution) -> FisherMetric:
     action dimensions, so that M is the Hessian of :func:`~sb3_trpo_plus.surrogate.mean_kl`'s
     per-dimension measure.
     """
-    family = find_family(distribution)
-    if family is None:
-        raise TypeError(f"No analytic Fisher information for {type(distribution).__name__}")
-    return family.metric(distribution)
+    return family_of(distribution, "analytic Fisher information").metric(distribution)
 
 
 def sample_with_noise(distribution: Any, params: list[np.ndarray], noise_rng: np.random.Generator, common: bool) -> np.ndarray:

@@ -25,7 +25,9 @@ small discrete action spaces (it explores better).
   action dimensions.
 
 ``q_kwargs`` may also hold ``max_weight`` (> 1): importance weights are truncated at that value
-(less variance, some bias), for every q.
+(less variance, some bias), for every q. It is a setting of the surrogate, not of q
+(:class:`~sb3_trpo_plus.settings.SurrogateSettings`); the one builder of both from the
+arguments is :func:`sb3_trpo_plus.settings.build_q`.
 
 Pi_old must be one of SB3's unsquashed distributions (diagonal Gaussian, gSDE without
 ``squash_output``, categorical, multi-categorical, Bernoulli). For a Box, SB3 policies act in the
@@ -51,130 +53,9 @@ from gymnasium import spaces
 from stable_baselines3.common.distributions import Distribution
 
 from sb3_trpo_plus.distributions import IndependentParts, action_shape, find_family
-from sb3_trpo_plus.settings import VineSettings
 
 
-def q_from_arguments(q: str | Callable[..., Any], q_kwargs: dict[str, Any] | None, sampling: str = "vine") -> Q:
-    """
-    The q of :class:`~sb3_trpo_plus.TRPOPlus`'s ``q`` and ``q_kwargs`` arguments, validated (its
-    action-space checks follow with :meth:`Q.check_action_space` once the space is known).
-
-    :param q: a name of :data:`Q_REGISTRY` ("policy", "uniform", "scaled", "mixture") or a
-        callable (see :func:`make_q`)
-    :param q_kwargs: the q's settings (the fields of its class), and ``max_weight`` (> 1, any q)
-    :param sampling: "single_path" (only q="policy" is allowed) or "vine"
-    :raises ValueError: naming the argument and what is allowed
-    """
-    if not (callable(q) or (isinstance(q, str) and q in Q_REGISTRY)):
-        raise ValueError(f"q must be one of {tuple(Q_REGISTRY)} or a callable, got {q!r}")
-    if q != "policy" and sampling == "single_path":
-        raise ValueError(
-            f"q={q!r} needs sampling='vine': in single-path mode the states come from pi_old's own "
-            "trajectories, so only q='policy' gives an unbiased surrogate"
-        )
-    if callable(q):
-        return CallableQ.create(q, dict(q_kwargs or {}))
-    return Q_REGISTRY[q].create(q, dict(q_kwargs or {}))
-
-
-def validate_q(
-    q: str | Callable[..., Any],
-    q_kwargs: dict[str, Any] | None,
-    sampling: str,
-    action_space: spaces.Space | None = None,
-) -> Q:
-    """
-    Check the ``q`` and ``q_kwargs`` arguments of :class:`~sb3_trpo_plus.TRPOPlus` (against the
-    action space when it is known): :func:`q_from_arguments`, then :meth:`Q.check_action_space`.
-
-    :param action_space: the environment's action space; None skips the checks that need it
-    :return: the validated q
-    :raises ValueError: naming the argument and what is allowed
-    """
-    built = q_from_arguments(q, q_kwargs, sampling)
-    if action_space is not None:
-        built.check_action_space(action_space)
-    return built
-
-
-def make_q(q: str | Callable[..., Any], q_kwargs: dict[str, Any] | None, action_space: spaces.Space) -> SamplingDistribution:
-    """
-    The sampling distribution named by ``q``, validated against ``action_space``.
-
-    A callable ``q`` must follow this protocol::
-
-        q(pi_old: stable_baselines3.common.distributions.Distribution,
-          observations: torch.Tensor | dict[str, torch.Tensor]) -> torch.distributions.Distribution
-
-    ``pi_old`` is SB3's action distribution on a batch of N states and ``observations`` the
-    observations of those states as the policy takes them. The returned distribution has batch
-    shape (N,) and
-
-    - ``sample((K,))`` gives K actions per state, shape (K, N, *a), in the format SB3's
-      ``Distribution.log_prob`` takes: a = () and integer indices for Discrete, a = (n,) integer
-      vectors for MultiDiscrete, a = (n,) 0/1 values for MultiBinary, a = (d,) floats in the raw
-      (unclipped) action space for Box;
-    - ``log_prob(actions)`` on such a (K, N, *a) tensor gives one log-density per action and
-      state, shape (K, N), summed over action dimensions (use
-      ``torch.distributions.Independent`` for a factorised vector density).
-
-    Its support must cover pi_old's, or the estimator is biased. The shapes are checked on every
-    call (a ValueError names the protocol).
-
-    :param q: "policy" (pi_old), "uniform", "scaled", "mixture" (or another name of
-        :data:`Q_REGISTRY`) or a callable as above
-    :param q_kwargs: ``std_scale`` (> 1, Gaussian pi_old, default 2), ``temperature`` (> 1,
-        categorical and Bernoulli logits, default 2), ``eps`` (in (0, 1], "mixture", default 0.2),
-        ``max_weight`` (> 1, truncation of the importance weights, any q)
-    :param action_space: the environment's action space ("uniform" and "mixture" need a finite
-        space or a Box with finite bounds)
-    :return: the rule that builds q from pi_old on each batch of states
-    :raises ValueError: for a bad ``q`` or ``q_kwargs``, naming the argument and what is allowed
-    """
-    return SamplingDistribution(validate_q(q, q_kwargs, "vine", action_space), action_space)
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """
-    The typed sampling arguments of :class:`~sb3_trpo_plus.TRPOPlus`: its q and, in vine mode,
-    its :class:`~sb3_trpo_plus.settings.VineSettings`, validated once from the plain arguments
-    (``sampling``, ``q``, ``q_kwargs``, ``vine_kwargs``: what users pass and what is saved).
-
-    :param arguments: the plain arguments they were built from (see :meth:`built_from`)
-    :param q: the validated q
-    :param vine: the validated vine settings (None in single-path mode)
-    """
-
-    arguments: tuple[Any, ...]
-    q: Q
-    vine: VineSettings | None
-
-    @classmethod
-    def from_arguments(
-        cls, sampling: str, q: Any, q_kwargs: dict[str, Any] | None, vine_kwargs: dict[str, Any] | None
-    ) -> SamplingSettings:
-        """
-        :raises ValueError: naming the argument (``q``, ``q_kwargs['key']``, ``vine_kwargs['key']``)
-        """
-        q_settings = q_from_arguments(q, q_kwargs, sampling)
-        vine = VineSettings.from_kwargs(vine_kwargs) if sampling == "vine" else None
-        return cls((sampling, q, dict(q_kwargs or {}), dict(vine_kwargs or {})), q_settings, vine)
-
-    def checked(self, action_space: spaces.Space) -> SamplingSettings:
-        """These settings, after the checks that need the environment's action space (vine mode)."""
-        if self.vine is None:
-            return self
-        vine = self.vine.resolved(action_space, q_is_policy=isinstance(self.q, PolicyQ))
-        self.q.check_action_space(action_space)
-        return dataclasses.replace(self, vine=vine)
-
-    def built_from(self, sampling: str, q: Any, q_kwargs: dict[str, Any], vine_kwargs: dict[str, Any]) -> bool:
-        """Whether these settings are those of the plain arguments (a loaded model, or an edited attribute, may differ)."""
-        return self.arguments == (sampling, q, q_kwargs, vine_kwargs)
-
-
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
@@ -254,17 +135,15 @@ class Q:
     A new q is one subclass: a ``name``, its settings as fields (with defaults), their checks in
     ``__post_init__`` (calling ``super().__post_init__()``) and :meth:`distribution`; decorate it
     with :func:`register_q` to make ``q=<name>`` available.
-
-    :param max_weight: truncation of the importance weights, > 1 (None: no truncation); shared
-        by every q
     """
 
     name: ClassVar[str] = ""
-    max_weight: float | None = None
+    #: ``q_kwargs`` keys every q accepts that are settings of something else (the surrogate's
+    #: truncation of the weights), dropped before the q is built
+    SHARED_KEYS: ClassVar[tuple[str, ...]] = ("max_weight",)
 
     def __post_init__(self) -> None:
-        if self.max_weight is not None and not (_is_number(self.max_weight) and self.max_weight > 1):
-            raise ValueError(f"q_kwargs['max_weight'] must be a number > 1, got {self.max_weight!r}")
+        """The checks of the fields (none here; subclasses check theirs and call this)."""
 
     @classmethod
     def create(cls, q: Any, q_kwargs: dict[str, Any]) -> Q:
@@ -274,11 +153,15 @@ class Q:
         :raises ValueError: for a key the class does not take, or a bad value
         """
         cls._check_keys(q, q_kwargs)
-        return cls(**q_kwargs)
+        return cls(**cls._own(q_kwargs))
+
+    @classmethod
+    def _own(cls, q_kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {key: value for key, value in q_kwargs.items() if key not in cls.SHARED_KEYS}
 
     @classmethod
     def _check_keys(cls, q: Any, q_kwargs: dict[str, Any]) -> None:
-        allowed = {field.name for field in dataclasses.fields(cls) if field.name != "user"}
+        allowed = {field.name for field in dataclasses.fields(cls) if field.name != "user"} | set(cls.SHARED_KEYS)
         unknown = set(q_kwargs) - allowed
         if unknown:
             raise ValueError(f"q_kwargs has keys {sorted(unknown)} that q={q!r} does not take; allowed: {sorted(allowed)}")
@@ -353,7 +236,7 @@ class ScaledQ(Q):
         super().__post_init__()
         for key in ("std_scale", "temperature"):
             value = getattr(self, key)
-            if not (_is_number(value) and math.isfinite(value) and value > 1):
+            if not (is_number(value) and math.isfinite(value) and value > 1):
                 raise ValueError(f"q_kwargs['{key}'] must be a finite number > 1 for q='scaled', got {value!r}")
 
     def distribution(self, pi_old: PiOld, observations: Any) -> Any:
@@ -374,7 +257,7 @@ class MixtureQ(_BoundedQ):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not (_is_number(self.eps) and 0 < self.eps <= 1):
+        if not (is_number(self.eps) and 0 < self.eps <= 1):
             raise ValueError(f"q_kwargs['eps'] must be in (0, 1] for q='mixture', got {self.eps!r}")
 
     def distribution(self, pi_old: PiOld, observations: Any) -> Any:
@@ -385,7 +268,7 @@ class MixtureQ(_BoundedQ):
 class CallableQ(Q):
     """
     The user's callable ``q(pi_old, observations) -> torch.distributions.Distribution`` (see
-    :func:`make_q` for the protocol, checked on every call).
+    :class:`SamplingDistribution` for the protocol, checked on every call).
 
     :param user: the callable
     """
@@ -396,7 +279,7 @@ class CallableQ(Q):
     def create(cls, q: Any, q_kwargs: dict[str, Any]) -> Q:
         _check_callable_signature(q)
         cls._check_keys(q, q_kwargs)
-        return cls(user=q, **q_kwargs)
+        return cls(user=q, **cls._own(q_kwargs))
 
     def sampler(self, pi_old: PiOld, observations: Any) -> ActionSampler:
         assert self.user is not None
@@ -409,23 +292,38 @@ class CallableQ(Q):
         return ActionSampler(user_q, pi_old.action_space, check_states=pi_old.n_states)
 
 
+@dataclass(frozen=True)
 class SamplingDistribution:
     """
-    A q on an action space: the rule that turns pi_old's distribution on the rollout-set states
-    into q (see :func:`make_q`).
+    A q bound to the action space: the rule that turns pi_old's distribution on the rollout-set
+    states into q.
 
-    :param q: the validated q (checked against ``action_space``)
+    A callable ``q`` must follow this protocol::
+
+        q(pi_old: stable_baselines3.common.distributions.Distribution,
+          observations: torch.Tensor | dict[str, torch.Tensor]) -> torch.distributions.Distribution
+
+    ``pi_old`` is SB3's action distribution on a batch of N states and ``observations`` the
+    observations of those states as the policy takes them. The returned distribution has batch
+    shape (N,) and
+
+    - ``sample((K,))`` gives K actions per state, shape (K, N, *a), in the format SB3's
+      ``Distribution.log_prob`` takes: a = () and integer indices for Discrete, a = (n,) integer
+      vectors for MultiDiscrete, a = (n,) 0/1 values for MultiBinary, a = (d,) floats in the raw
+      (unclipped) action space for Box;
+    - ``log_prob(actions)`` on such a (K, N, *a) tensor gives one log-density per action and
+      state, shape (K, N), summed over action dimensions (use
+      ``torch.distributions.Independent`` for a factorised vector density).
+
+    Its support must cover pi_old's, or the estimator is biased. The shapes are checked on every
+    call (a ValueError names the protocol).
+
+    :param q: the validated q (see :func:`sb3_trpo_plus.settings.build_q`)
     :param action_space: the environment's action space
     """
 
-    def __init__(self, q: Q, action_space: spaces.Space) -> None:
-        self.q = q
-        self.action_space = action_space
-
-    @property
-    def max_weight(self) -> float | None:
-        """Truncation of the importance weights (None: no truncation)."""
-        return self.q.max_weight
+    q: Q
+    action_space: spaces.Space
 
     def build(self, pi_old: Distribution, observations: Any) -> ActionSampler:
         """
@@ -553,5 +451,5 @@ class ActionSampler:
             raise ValueError(
                 f"the distribution returned by the callable q gave shape {tuple(shape)} from {call}, expected "
                 f"{expected} (K actions, N states, then the action shape {self.action_shape} in SB3's format; "
-                "log-densities summed over action dimensions); see sb3_trpo_plus.q.make_q for the protocol"
+                "log-densities summed over action dimensions); see sb3_trpo_plus.q.SamplingDistribution for the protocol"
             )

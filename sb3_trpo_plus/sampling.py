@@ -27,11 +27,11 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ProgressBarCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
+from sb3_trpo_plus import observations as batches
 from sb3_trpo_plus.fast import NumpyActor, single_blas_thread
 
 
@@ -54,7 +54,7 @@ class TorchActor:
     def values(self, obs: Any) -> th.Tensor:
         """State values for a batch of observations (numpy or dict of numpy arrays)."""
         with th.no_grad():
-            return self.policy.predict_values(obs_as_tensor(obs, self.policy.device))
+            return self.policy.predict_values(batches.to_tensor(obs, self.policy.device))
 
 
 def make_actor(policy: ActorCriticPolicy, fast_paths: bool = True) -> NumpyActor | TorchActor:
@@ -135,7 +135,7 @@ def collect_single_path(
             if before_step is not None:
                 before_step(last_obs, last_episode_starts)
             actor = current_actor(actor)  # the last callback may have edited, hooked or patched the policy
-            obs_tensor = obs_as_tensor(last_obs, _device(actor))
+            obs_tensor = batches.to_tensor(last_obs, _device(actor))
             actions, values, log_probs = actor.act(last_obs, obs_tensor)
 
             clipped_actions = actions
@@ -211,3 +211,18 @@ def _fast_add(
     buffer.pos += 1
     if buffer.pos == buffer.buffer_size:
         buffer.full = True
+
+
+def advance_progress_bars(callback: BaseCallback, steps: int) -> None:
+    """
+    Move SB3's progress bars (``progress_bar=True``, or a ``ProgressBarCallback`` among the
+    callbacks) on by ``steps`` environment steps taken outside ``callback.on_step`` (vine branches),
+    so that the bar counts the whole budget, as ``num_timesteps`` does.
+    """
+    pending = [callback]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, CallbackList):
+            pending.extend(current.callbacks)
+        elif isinstance(current, ProgressBarCallback) and getattr(current, "pbar", None) is not None:
+            current.pbar.update(steps)

@@ -1,19 +1,23 @@
 """
-Typed settings of the vine scheme, validated once when they are built (the pattern of
-:class:`~sb3_trpo_plus.zoo.experiment.HeartbeatSettings`).
+Every settings object of :class:`~sb3_trpo_plus.TRPOPlus`, under one rule: a typed, frozen
+dataclass, validated when it is built, built once from the plain constructor arguments.
 
-Users keep passing a plain ``vine_kwargs`` dict to :class:`~sb3_trpo_plus.TRPOPlus` (and it is
-what is saved with a model); the algorithm turns it into a :class:`VineSettings` once and hands
-that object to the vine sampler.
+Users pass plain arguments (``sampling``, ``q``, ``q_kwargs``, ``vine_kwargs``, ``target_kl``...)
+and those are what is saved with a model; :meth:`Settings.from_arguments` turns them into
+:class:`SamplingSettings` (q and :class:`VineSettings`), :class:`SurrogateSettings` and
+:class:`StepSettings` at construction, and again only when those arguments change (a loaded
+model, an attribute the user set). The choices among fixed names are :class:`enum.StrEnum`
+members (they compare equal to the plain strings users pass).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -21,6 +25,7 @@ import torch as th
 from gymnasium import spaces
 
 from sb3_trpo_plus.distributions import enumerate_actions
+from sb3_trpo_plus.q import Q_REGISTRY, CallableQ, PolicyQ, Q, is_number
 
 #: The largest finite action space ``all_actions="auto"`` branches in full (CartPole 2,
 #: Acrobot 3, LunarLander 4, MultiBinary(4) 16); larger spaces get K actions from q.
@@ -198,3 +203,231 @@ class VineSettings:
         if isinstance(self.n_states, float):
             return max(1, math.ceil(self.n_states * trunk_size))
         return min(int(self.n_states), trunk_size)
+
+
+# ----------------------------------------------------------------------------- the fixed choices
+
+
+class Sampling(StrEnum):
+    """``sampling``: how the batch's (s, a) pairs and their advantages or Q-values are sampled."""
+
+    SINGLE_PATH = "single_path"
+    VINE = "vine"
+
+
+class FisherMode(StrEnum):
+    """``fisher``: how Fisher-vector products are computed."""
+
+    ANALYTIC = "analytic"
+    KL_HESSIAN = "kl_hessian"
+
+
+class Estimator(StrEnum):
+    """``vine_kwargs['estimator']``: the policy-gradient estimate a vine step follows."""
+
+    COMBINED = "combined"
+    VINE = "vine"
+
+
+class TrustRegionStates(StrEnum):
+    """``vine_kwargs['trust_region_states']``: the states of a vine step's KL constraint and Fisher matrix."""
+
+    TRUNK = "trunk"
+    ROLLOUT_SET = "rollout_set"
+
+
+# ----------------------------------------------------------------------------- q and the surrogate
+
+
+def build_q(
+    q: str | Callable[..., Any],
+    q_kwargs: dict[str, Any] | None,
+    sampling: str = Sampling.VINE,
+    action_space: spaces.Space | None = None,
+) -> Q:
+    """
+    The q of :class:`~sb3_trpo_plus.TRPOPlus`'s ``q`` and ``q_kwargs`` arguments, validated (the
+    one builder; ``q_kwargs['max_weight']`` is checked here and belongs to
+    :class:`SurrogateSettings`).
+
+    :param q: a name of :data:`~sb3_trpo_plus.q.Q_REGISTRY` ("policy", "uniform", "scaled",
+        "mixture") or a callable (protocol: :class:`~sb3_trpo_plus.q.SamplingDistribution`)
+    :param q_kwargs: the q's settings (the fields of its class), and ``max_weight`` (> 1, any q)
+    :param sampling: "single_path" (only q="policy" is allowed) or "vine"
+    :param action_space: the environment's action space; None skips the checks that need it
+    :raises ValueError: naming the argument and what is allowed
+    """
+    if not (callable(q) or (isinstance(q, str) and q in Q_REGISTRY)):
+        raise ValueError(f"q must be one of {tuple(Q_REGISTRY)} or a callable, got {q!r}")
+    if q != "policy" and sampling == Sampling.SINGLE_PATH:
+        raise ValueError(
+            f"q={q!r} needs sampling='vine': in single-path mode the states come from pi_old's own "
+            "trajectories, so only q='policy' gives an unbiased surrogate"
+        )
+    kwargs = dict(q_kwargs or {})
+    built = CallableQ.create(q, kwargs) if callable(q) else Q_REGISTRY[q].create(q, kwargs)
+    SurrogateSettings(max_weight=kwargs.get("max_weight"))  # its check
+    if action_space is not None:
+        built.check_action_space(action_space)
+    return built
+
+
+@dataclass(frozen=True)
+class SurrogateSettings:
+    """
+    Settings of the surrogate objective.
+
+    :param normalize_advantage: standardise the (trunk's) advantages over the batch, as sb3-contrib does
+    :param max_weight: truncation of every importance weight, min(w, c), > 1 (None: none);
+        given as ``q_kwargs['max_weight']``
+    """
+
+    normalize_advantage: bool = True
+    max_weight: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_weight is not None and not (is_number(self.max_weight) and self.max_weight > 1):
+            raise ValueError(f"q_kwargs['max_weight'] must be a number > 1, got {self.max_weight!r}")
+        if self.max_weight is not None:
+            object.__setattr__(self, "max_weight", float(self.max_weight))
+
+
+# ----------------------------------------------------------------------------- sampling and the step
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """
+    The typed sampling arguments: the scheme, its q and, in vine mode, its :class:`VineSettings`.
+
+    :param sampling: the scheme
+    :param q: the validated q
+    :param vine: the validated vine settings (None in single-path mode)
+    """
+
+    sampling: Sampling
+    q: Q
+    vine: VineSettings | None
+
+    @classmethod
+    def from_arguments(
+        cls, sampling: str, q: Any, q_kwargs: dict[str, Any] | None, vine_kwargs: dict[str, Any] | None
+    ) -> SamplingSettings:
+        """
+        :raises ValueError: naming the argument (``q``, ``q_kwargs['key']``, ``vine_kwargs['key']``)
+        """
+        built = build_q(q, q_kwargs, sampling)
+        vine = VineSettings.from_kwargs(vine_kwargs) if sampling == Sampling.VINE else None
+        return cls(Sampling(sampling), built, vine)
+
+    def checked(self, action_space: spaces.Space) -> SamplingSettings:
+        """These settings, after the checks that need the environment's action space (vine mode)."""
+        if self.vine is None:
+            return self
+        vine = self.vine.resolved(action_space, q_is_policy=isinstance(self.q, PolicyQ))
+        self.q.check_action_space(action_space)
+        return dataclasses.replace(self, vine=vine)
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """
+    The policy step's settings (the constructor arguments of the same names, and the choice of
+    step rule and constraint, resolved by :mod:`sb3_trpo_plus.step`'s registries).
+
+    :param target_kl: the trust-region radius delta
+    :param cg_max_steps: conjugate-gradient iterations
+    :param cg_damping: c in (F + c I) v
+    :param line_search_shrinking_factor: in (0, 1)
+    :param line_search_max_iter: candidate steps of the line search
+    :param fisher: how Fisher-vector products are computed
+    :param fvp_subsample: share of the states of the Fisher-vector products, in (0, 1]
+    :param step: the step rule, a name of ``sb3_trpo_plus.step.STEP_RULES``
+    :param kl_constraint: the constraint, a name of ``sb3_trpo_plus.step.CONSTRAINTS``
+    """
+
+    target_kl: float
+    cg_max_steps: int
+    cg_damping: float
+    line_search_shrinking_factor: float
+    line_search_max_iter: int
+    fisher: FisherMode
+    fvp_subsample: float
+    step: str = "trust_region"
+    kl_constraint: str = "mean"
+
+    def __post_init__(self) -> None:
+        if self.fisher not in tuple(FisherMode):
+            raise ValueError(f"fisher must be one of {[mode.value for mode in FisherMode]}, got {self.fisher!r}")
+        object.__setattr__(self, "fisher", FisherMode(self.fisher))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """
+    Every settings object of :class:`~sb3_trpo_plus.TRPOPlus`, built from its plain arguments.
+
+    :param arguments: the plain arguments they were built from, in the order of :attr:`ARGUMENTS`
+    :param sampling: sampling scheme, q and vine settings
+    :param surrogate: the surrogate's settings
+    :param step: the policy step's settings
+    """
+
+    #: the constructor arguments the settings are built from (attributes of the same names)
+    ARGUMENTS: ClassVar[tuple[str, ...]] = (
+        "sampling",
+        "q",
+        "q_kwargs",
+        "vine_kwargs",
+        "normalize_advantage",
+        "target_kl",
+        "cg_max_steps",
+        "cg_damping",
+        "line_search_shrinking_factor",
+        "line_search_max_iter",
+        "fisher",
+        "fvp_subsample",
+    )
+    arguments: tuple[Any, ...]
+    sampling: SamplingSettings
+    surrogate: SurrogateSettings
+    step: StepSettings
+
+    @classmethod
+    def from_arguments(cls, arguments: Mapping[str, Any], action_space: spaces.Space | None = None) -> Settings:
+        """
+        The settings of the plain arguments (by name, at least those of :attr:`ARGUMENTS`),
+        checked against ``action_space`` when it is known.
+
+        :raises ValueError: naming the argument and what is allowed
+        """
+        values = cls.plain(arguments)
+        named = dict(zip(cls.ARGUMENTS, values, strict=True))
+        sampling = SamplingSettings.from_arguments(named["sampling"], named["q"], named["q_kwargs"], named["vine_kwargs"])
+        surrogate = SurrogateSettings(bool(named["normalize_advantage"]), named["q_kwargs"].get("max_weight"))
+        step = StepSettings(*(named[key] for key in cls.ARGUMENTS[5:]))
+        return cls(values, sampling, surrogate, step).checked(action_space)
+
+    def checked(self, action_space: spaces.Space | None) -> Settings:
+        """These settings after the checks that need the environment's action space (none when it is unknown)."""
+        return self if action_space is None else dataclasses.replace(self, sampling=self.sampling.checked(action_space))
+
+    @classmethod
+    def plain(cls, arguments: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The values of :attr:`ARGUMENTS` in ``arguments``, dicts for None ``q_kwargs`` and ``vine_kwargs``."""
+        return tuple(dict(arguments[key] or {}) if key.endswith("_kwargs") else arguments[key] for key in cls.ARGUMENTS)
+
+    def built_from(self, arguments: Mapping[str, Any]) -> bool:
+        """Whether these are the settings of ``arguments`` (a loaded model, or an edited attribute, may differ)."""
+        return self.arguments == self.plain(arguments)
+
+    @property
+    def q(self) -> Q:
+        """The validated q."""
+        return self.sampling.q
+
+    @property
+    def vine(self) -> VineSettings | None:
+        """The vine settings (None in single-path mode)."""
+        return self.sampling.vine
+

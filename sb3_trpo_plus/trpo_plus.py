@@ -31,7 +31,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ProgressBarCallback
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
@@ -41,21 +41,15 @@ from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
 from sb3_trpo_plus.actor_parameters import find_actor_parameters
-from sb3_trpo_plus.buffers import VineBatch
+from sb3_trpo_plus.buffers import VineBatch, every_kth
 from sb3_trpo_plus.critic import ValueTargets, fit_critic
+from sb3_trpo_plus.estimators import Surrogate, single_path_surrogate, vine_and_trunk_surrogate, vine_surrogate
 from sb3_trpo_plus.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
-from sb3_trpo_plus.policy_step import (
-    StepSettings,
-    Surrogate,
-    index_obs,
-    single_path_surrogate,
-    trust_region_step,
-    vine_and_trunk_surrogate,
-    vine_surrogate,
-)
-from sb3_trpo_plus.q import SamplingDistribution, SamplingSettings
+from sb3_trpo_plus.q import SamplingDistribution
 from sb3_trpo_plus.recording import record_branching, record_iteration
-from sb3_trpo_plus.sampling import collect_single_path
+from sb3_trpo_plus.sampling import advance_progress_bars, collect_single_path
+from sb3_trpo_plus.settings import Estimator, Settings, TrustRegionStates
+from sb3_trpo_plus.step import PolicyStep
 from sb3_trpo_plus.trust_region import StepResult
 from sb3_trpo_plus.validation import InvalidArgumentError as InvalidArgumentError  # re-exported: users catch it
 from sb3_trpo_plus.validation import check_batch_size, validate_arguments
@@ -64,80 +58,48 @@ from sb3_trpo_plus.vine import VineSampler
 SelfTRPOPlus = TypeVar("SelfTRPOPlus", bound="TRPOPlus")
 
 
-def _advance_progress_bars(callback: BaseCallback, steps: int) -> None:
-    """
-    Move SB3's progress bars (``progress_bar=True``, or a ``ProgressBarCallback`` among the
-    callbacks) on by ``steps`` environment steps taken outside ``callback.on_step`` (vine branches),
-    so that the bar counts the whole budget, as ``num_timesteps`` does.
-    """
-    pending = [callback]
-    while pending:
-        current = pending.pop()
-        if isinstance(current, CallbackList):
-            pending.extend(current.callbacks)
-        elif isinstance(current, ProgressBarCallback) and getattr(current, "pbar", None) is not None:
-            current.pbar.update(steps)
-
-
 class TRPOPlus(OnPolicyAlgorithm):
     """
     Trust Region Policy Optimization with a general importance-sampled surrogate and an exact,
     instrumented trust-region step. A drop-in replacement for ``sb3_contrib.TRPO``: every
     argument of it keeps its name, meaning and default.
 
-    Paper: https://arxiv.org/abs/1502.05477
+    Paper: https://arxiv.org/abs/1502.05477. Every argument, its default and what it allows:
+    docs/arguments.md.
 
-    :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy, or a class)
-    :param env: The environment to learn from (if registered in Gym, can be str)
-    :param learning_rate: The learning rate of the value function's optimizer, it can be a
-        function of the current progress remaining (from 1 to 0)
-    :param n_steps: The number of steps to run for each environment per update
-        (the batch is n_steps * n_envs and must be greater than 1 with advantage normalisation)
-    :param batch_size: Minibatch size for the value function regression
-    :param gamma: Discount factor
-    :param cg_max_steps: maximum number of conjugate-gradient iterations
-    :param cg_damping: damping c of the Fisher-vector product (F + c I) v
-    :param line_search_shrinking_factor: step-size reduction factor of the backtracking
-        line search, in (0, 1) (``theta_new = theta + alpha^i * step``)
-    :param line_search_max_iter: maximum number of candidate steps of the line search
-    :param n_critic_updates: number of passes of value-function regression per policy update
-    :param gae_lambda: Factor for trade-off of bias vs variance for Generalized Advantage Estimator
-    :param use_sde: Whether to use generalized State Dependent Exploration (gSDE)
-    :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE
-        (-1: only at the beginning of the rollout)
-    :param rollout_buffer_class: Rollout buffer class to use. If ``None``, it will be automatically
-        selected (SB3's ``RolloutBuffer`` or ``DictRolloutBuffer``; single path needs no log q:
-        q = pi_old).
-    :param rollout_buffer_kwargs: Keyword arguments to pass to the rollout buffer on creation
-    :param normalize_advantage: Whether to normalize the advantage
-    :param target_kl: The trust-region radius delta: bound on the mean KL(pi_theta || pi_old)
-        between the new and the old policy (sb3-contrib's measure, see
-        :func:`sb3_trpo_plus.surrogate.mean_kl`)
-    :param sub_sampling_factor: Use every k-th sample of the batch for the policy step
-        (see p40-42 of John Schulman's thesis)
-    :param stats_window_size: Window size for the rollout logging (episodes averaged)
+    :param policy: the policy model (MlpPolicy, CnnPolicy, MultiInputPolicy, or a class)
+    :param env: the environment to learn from (if registered in Gym, can be str)
+    :param learning_rate: learning rate of the value function's optimizer, or a schedule
+    :param n_steps: steps per environment per update (the batch is n_steps * n_envs)
+    :param batch_size: minibatch size of the value-function regression
+    :param gamma: discount factor
+    :param cg_max_steps: maximum conjugate-gradient iterations
+    :param cg_damping: damping c of the Fisher-vector products (F + c I) v
+    :param line_search_shrinking_factor: step-size reduction factor of the line search, in (0, 1)
+    :param line_search_max_iter: maximum candidate steps of the line search
+    :param n_critic_updates: passes of value-function regression per policy update
+    :param gae_lambda: lambda of Generalized Advantage Estimation
+    :param use_sde: use generalized State Dependent Exploration (gSDE)
+    :param sde_sample_freq: with gSDE, sample a new noise matrix every n steps (-1: once per rollout)
+    :param rollout_buffer_class: rollout buffer class (None: SB3's default for the observations)
+    :param rollout_buffer_kwargs: keyword arguments of the rollout buffer
+    :param normalize_advantage: whether to normalize the advantages
+    :param target_kl: the trust-region radius delta, bound on the mean KL(pi_theta || pi_old)
+    :param sub_sampling_factor: the policy step uses every k-th sample of the batch
+    :param stats_window_size: episodes averaged in the rollout logs
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
-    :param policy_kwargs: additional arguments to be passed to the policy on creation
+    :param policy_kwargs: additional arguments of the policy
     :param verbose: the verbosity level: 0 no output, 1 info, 2 debug
-    :param seed: Seed for the pseudo random generators
-    :param device: Device (cpu, cuda, ...) on which the code should be run.
-    :param sampling: "single_path" (every (s, a) of pi_old's trajectories, q = pi_old) or "vine"
-        (Q-values from branch rollouts at a rollout set of saved states, see :mod:`sb3_trpo_plus.vine`;
-        the environment's state must be restorable, see :mod:`sb3_trpo_plus.env_state`)
-    :param vine_kwargs: settings of the vine scheme (the keys and defaults of
-        :class:`sb3_trpo_plus.settings.VineSettings`);
-        only with "vine"
-    :param q: sampling distribution of the branch actions: "policy" (q = pi_old), "uniform",
-        "scaled", "mixture" or a callable (see :mod:`sb3_trpo_plus.q`); anything but "policy" needs "vine"
-    :param q_kwargs: settings of ``q`` (``std_scale``, ``temperature``, ``eps``, ``max_weight``)
-    :param fisher: how Fisher-vector products are computed: "analytic" (F = J^T M J with the
-        distribution's closed-form Fisher M) or "kl_hessian" (double backprop through the mean KL)
-    :param fvp_subsample: fraction of the batch, in (0, 1], on which Fisher-vector products
-        are computed (the gradient always uses the whole batch)
-    :param fast_paths: whether the NumPy fast paths may serve the policies they compute exactly
-        (the NumPy actor during rollouts, the fused critic fit; see :mod:`sb3_trpo_plus.fast`);
-        ``False`` runs the generic torch paths only (same results up to float rounding, slower)
-    :param _init_setup_model: Whether or not to build the network at the creation of the instance
+    :param seed: seed of the pseudo random generators
+    :param device: device (cpu, cuda, ...) of the policy
+    :param sampling: "single_path" or "vine" (:mod:`sb3_trpo_plus.vine`)
+    :param vine_kwargs: vine settings (:class:`sb3_trpo_plus.settings.VineSettings`), only with "vine"
+    :param q: sampling distribution of the branch actions (:mod:`sb3_trpo_plus.q`)
+    :param q_kwargs: settings of ``q``, and ``max_weight`` (truncation of the importance weights)
+    :param fisher: Fisher-vector products: "analytic" or "kl_hessian"
+    :param fvp_subsample: share of the batch, in (0, 1], of the Fisher-vector products
+    :param fast_paths: let the NumPy fast paths serve the policies they compute exactly
+    :param _init_setup_model: whether to build the network at the creation of the instance
     """
 
     policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
@@ -184,8 +146,9 @@ class TRPOPlus(OnPolicyAlgorithm):
         _init_setup_model: bool = True,
     ):
         validate_arguments(dict(locals()))  # every constructor argument, by name
-        # q and the vine settings, validated once (their action-space checks follow once the env is known)
-        settings = SamplingSettings.from_arguments(sampling, q, q_kwargs, vine_kwargs)
+        # every settings object, built once (the checks that need the action space follow once the env is known)
+        settings = Settings.from_arguments(locals())
+        policy_step = PolicyStep(settings.step)
         super().__init__(
             policy,
             env,
@@ -230,7 +193,8 @@ class TRPOPlus(OnPolicyAlgorithm):
         self.n_rejected_steps = 0
         self._vine: VineSampler | None = None
         self._vine_batch: VineBatch | None = None  # set by collect_rollouts in vine mode
-        self._sampling_settings = settings if settings.vine is None else settings.checked(self.action_space)
+        self._built_settings = settings.checked(self.action_space)
+        self._step = policy_step
 
         if _init_setup_model:
             self._setup_model()
@@ -251,17 +215,18 @@ class TRPOPlus(OnPolicyAlgorithm):
             q = SamplingDistribution(settings.q, self.action_space)
             self._vine = VineSampler(settings.vine, q, self.env, self.policy, self.gamma, self.seed, self.sde_sample_freq)
 
-    def _settings(self) -> SamplingSettings:
+    def _settings(self) -> Settings:
         """
-        The typed q and vine settings of the arguments ``sampling``, ``q``, ``q_kwargs`` and
-        ``vine_kwargs`` (those plain arguments are what is saved with a model). Built and validated
-        once, by the constructor; again only when those arguments changed since (a loaded model,
-        or an attribute the user set).
+        The typed settings (:class:`~sb3_trpo_plus.settings.Settings`) of the plain arguments,
+        which are what is saved with a model. Built by the constructor; again only when those
+        arguments changed since (a loaded model, or an attribute the user set), and the step
+        rule and constraint with them.
         """
-        arguments = (self.sampling, self.q, self.q_kwargs, self.vine_kwargs)
-        if not self._sampling_settings.built_from(*arguments):
-            self._sampling_settings = SamplingSettings.from_arguments(*arguments).checked(self.action_space)
-        return self._sampling_settings
+        arguments = {name: getattr(self, name) for name in Settings.ARGUMENTS}
+        if not self._built_settings.built_from(arguments):
+            self._built_settings = Settings.from_arguments(arguments, self.action_space)
+            self._step = PolicyStep(self._built_settings.step)
+        return self._built_settings
 
     def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
         super().set_env(env, force_reset)
@@ -269,7 +234,7 @@ class TRPOPlus(OnPolicyAlgorithm):
             self._setup_vine()
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_actor_params", "_vine", "_vine_batch", "_sampling_settings"]
+        return [*super()._excluded_save_params(), "_actor_params", "_vine", "_vine_batch", "_built_settings", "_step"]
 
     def _find_actor_parameters(self) -> list[nn.Parameter]:
         """The parameters the action distribution depends on (:func:`sb3_trpo_plus.actor_parameters.find_actor_parameters`)."""
@@ -315,7 +280,7 @@ class TRPOPlus(OnPolicyAlgorithm):
             return completed
         self._vine_batch, branch_steps = self._vine.branch()
         self.num_timesteps += branch_steps
-        _advance_progress_bars(callback, branch_steps)
+        advance_progress_bars(callback, branch_steps)
         trunk_steps = self.num_timesteps - branch_steps - trunk_start
         record_branching(self.logger, branch_steps, trunk_steps, self._vine.stats)
         return True
@@ -334,20 +299,11 @@ class TRPOPlus(OnPolicyAlgorithm):
     @property
     def max_weight(self) -> float | None:
         """``q_kwargs['max_weight']``: the truncation of every importance weight, min(w, c) (None: none)."""
-        return None if (value := self._settings().q.max_weight) is None else float(value)
+        return self._settings().surrogate.max_weight
 
     def _policy_batch(self) -> Any:
         """All samples of the rollout, every ``sub_sampling_factor``-th one."""
-        batch: Any = next(iter(self.rollout_buffer.get(batch_size=None)))
-        if self.sub_sampling_factor > 1:
-            every = slice(None, None, self.sub_sampling_factor)
-            batch = batch._replace(
-                observations=index_obs(batch.observations, every),
-                actions=batch.actions[every],
-                old_log_prob=batch.old_log_prob[every],
-                advantages=batch.advantages[every],
-            )
-        return batch
+        return every_kth(next(iter(self.rollout_buffer.get(batch_size=None))), self.sub_sampling_factor)
 
     def _iteration_batch(self) -> Any:
         """
@@ -365,28 +321,30 @@ class TRPOPlus(OnPolicyAlgorithm):
         return replace(self._vine_batch, trunk=trunk) if self._vine_batch is not None else trunk
 
     def _surrogate(self, batch: Any) -> Surrogate:
-        """The single-path surrogate mean[pi_theta / pi_old * A] (:func:`~sb3_trpo_plus.policy_step.single_path_surrogate`)."""
-        return single_path_surrogate(batch, self.action_space, self.normalize_advantage, self.max_weight)
+        """The single-path surrogate mean[pi_theta / pi_old * A] (:func:`~sb3_trpo_plus.estimators.single_path_surrogate`)."""
+        surrogate = self._settings().surrogate
+        return single_path_surrogate(batch, self.action_space, surrogate.normalize_advantage, surrogate.max_weight)
 
     def _vine_surrogate(self, batch: VineBatch) -> Surrogate:
         """
         The vine surrogate on the rollout set, combined with the trunk's as ``vine_kwargs`` says
-        (:func:`~sb3_trpo_plus.policy_step.vine_and_trunk_surrogate`; without the trunk's samples,
-        :func:`~sb3_trpo_plus.policy_step.vine_surrogate` alone).
+        (:func:`~sb3_trpo_plus.estimators.vine_and_trunk_surrogate`; without the trunk's samples,
+        :func:`~sb3_trpo_plus.estimators.vine_surrogate` alone).
         """
-        vine = self._settings().vine
+        settings = self._settings()
+        vine, surrogate = settings.vine, settings.surrogate
         if batch.trunk is None or vine is None:
-            return vine_surrogate(batch, self.action_space, self.max_weight)
+            return vine_surrogate(batch, self.action_space, surrogate.max_weight)
         return vine_and_trunk_surrogate(
             batch,
             batch.trunk,
             self.policy,
             self._actor_params,
             self.action_space,
-            self.normalize_advantage,
-            self.max_weight,
-            vine.estimator,
-            vine.trust_region_states,
+            surrogate.normalize_advantage,
+            surrogate.max_weight,
+            Estimator(vine.estimator),
+            TrustRegionStates(vine.trust_region_states),
         )
 
     # ------------------------------------------------------------------ step 3: trust region
@@ -395,20 +353,13 @@ class TRPOPlus(OnPolicyAlgorithm):
         self, obs: PyTorchObs, objective: Callable[[Distribution], th.Tensor], constraint_obs: PyTorchObs | None = None
     ) -> StepResult:
         """
-        Maximise the surrogate under the KL constraint (:func:`~sb3_trpo_plus.policy_step.trust_region_step`):
-        natural-gradient direction by conjugate gradient, maximal step, backtracking line search;
-        a rejected step leaves the policy exactly as it was.
+        Maximise the surrogate under the constraint by the step rule of the settings
+        (:class:`~sb3_trpo_plus.step.PolicyStep`; by default the trust-region step: natural-gradient
+        direction by conjugate gradient, maximal step, backtracking line search); a rejected step
+        leaves the policy exactly as it was.
         """
-        settings = StepSettings(
-            self.target_kl,
-            self.cg_max_steps,
-            self.cg_damping,
-            self.line_search_shrinking_factor,
-            self.line_search_max_iter,
-            self.fisher,
-            self.fvp_subsample,
-        )
-        return trust_region_step(self.policy, self._actor_params, obs, objective, settings, constraint_obs)
+        self._settings()  # the step rule and constraint of the current arguments
+        return self._step(self.policy, self._actor_params, obs, objective, constraint_obs)
 
     # ------------------------------------------------------------------ step 4: critic
 

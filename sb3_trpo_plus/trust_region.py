@@ -341,6 +341,127 @@ class StepResult:
     step_fraction: float
 
 
+@dataclass(frozen=True)
+class NaturalGradient:
+    """
+    The natural-gradient direction s ~ F^-1 g at theta_old (:func:`natural_gradient_direction`).
+
+    :param theta_old: the parameters at theta_old, flat (a copy)
+    :param baseline: the surrogate at theta_old
+    :param gradient: g, the surrogate's gradient (None when it could not be used)
+    :param cg: the conjugate-gradient outcome (None when it was not run)
+    :param reason: why there is no usable direction ("" when there is one)
+    """
+
+    theta_old: th.Tensor
+    baseline: float
+    gradient: th.Tensor | None = None
+    cg: CGResult | None = None
+    reason: str = ""
+
+    @property
+    def direction(self) -> th.Tensor:
+        """s, the conjugate-gradient solution of F s = g."""
+        assert self.cg is not None, "no direction: " + self.reason
+        return self.cg.solution
+
+    def rejected(self, params: Sequence[nn.Parameter], reason: str, line_search_steps: int = 0) -> StepResult:
+        """Restore ``params`` to theta_old bit for bit and report the rejection."""
+        write_parameters(self.theta_old, params)
+        residual = math.nan if self.cg is None else self.cg.residual_norm
+        iterations = 0 if self.cg is None else self.cg.iterations
+        return StepResult(False, reason, 0.0, 0.0, 0.0, line_search_steps, residual, iterations, 0.0)
+
+
+def natural_gradient_direction(
+    params: Sequence[nn.Parameter],
+    objective: th.Tensor,
+    fisher_product: MatVec,
+    cg_max_iter: int,
+    cg_x0: th.Tensor | None = None,
+    cg_residual_tol: float = 1e-10,
+) -> NaturalGradient:
+    """
+    g = grad of the surrogate at theta_old and s ~ F^-1 g by conjugate gradient; a non-finite
+    surrogate, gradient or solution gives no direction (``reason`` says which).
+
+    :param params: parameters moved by the step (the actor's)
+    :param objective: surrogate at theta_old, attached to the graph of ``params``
+    :param fisher_product: function v -> (F + c I) v at theta_old
+    :param cg_max_iter: maximum conjugate-gradient iterations
+    :param cg_x0: conjugate-gradient starting point (zeros by default)
+    :param cg_residual_tol: conjugate-gradient tolerance on the squared residual norm
+    """
+    theta_old = th.nn.utils.parameters_to_vector(params).detach().clone()
+    baseline = float(objective.detach())
+    if not math.isfinite(baseline):
+        return NaturalGradient(theta_old, baseline, reason="non-finite surrogate")
+    gradient = flat_grad(objective, params, retain_graph=True)
+    if not bool(th.isfinite(gradient).all()):
+        return NaturalGradient(theta_old, baseline, reason="non-finite gradient")
+    cg = conjugate_gradient(fisher_product, gradient, max_iter=cg_max_iter, residual_tol=cg_residual_tol, x0=cg_x0)
+    if not (bool(th.isfinite(cg.solution).all()) and math.isfinite(cg.residual_norm)):
+        return NaturalGradient(theta_old, baseline, gradient, cg, "non-finite conjugate-gradient solution")
+    return NaturalGradient(theta_old, baseline, gradient, cg)
+
+
+def trust_region_update(
+    params: Sequence[nn.Parameter],
+    natural: NaturalGradient,
+    fisher_product: MatVec,
+    evaluate: Callable[[], tuple[float, float]],
+    max_kl: float,
+    shrinking_factor: float,
+    line_search_max_iter: int,
+) -> StepResult:
+    """
+    The trust-region step along a natural-gradient direction: maximal step
+    beta = sqrt(2 delta / s^T F s), then a backtracking line search on theta_old + fraction *
+    beta * s. When there is no direction, any quantity is non-finite or no candidate passes,
+    ``params`` are restored to theta_old bit for bit and the reason is returned.
+
+    :param params: parameters moved by the step (the actor's)
+    :param natural: the direction (:func:`natural_gradient_direction`)
+    :param fisher_product: function v -> (F + c I) v at theta_old
+    :param evaluate: function returning (surrogate, constraint value) at the current values of
+        ``params``; called without gradient tracking
+    :param max_kl: the trust-region radius delta
+    :param shrinking_factor: line-search shrinking factor in (0, 1)
+    :param line_search_max_iter: number of candidate steps of the line search
+    """
+    if natural.reason:
+        return natural.rejected(params, natural.reason)
+    assert natural.gradient is not None and natural.cg is not None
+    direction = natural.direction
+    beta = max_step_length(direction, fisher_product(direction), max_kl)
+    if not math.isfinite(beta):
+        return natural.rejected(params, "non-positive curvature s^T F s")
+    full_step = beta * direction
+    theta_old = natural.theta_old
+
+    def evaluate_fraction(fraction: float) -> tuple[float, float]:
+        write_parameters(theta_old + fraction * full_step, params)
+        with th.no_grad():
+            return evaluate()
+
+    search = backtracking_line_search(evaluate_fraction, natural.baseline, max_kl, shrinking_factor, line_search_max_iter)
+    if not search.success:
+        return natural.rejected(params, search.reason, search.n_evaluations)
+    write_parameters(theta_old + search.step_fraction * full_step, params)
+    expected = float(th.dot(natural.gradient, full_step)) * search.step_fraction
+    return StepResult(
+        accepted=True,
+        reason="",
+        kl=search.kl,
+        surrogate_gain=search.objective - natural.baseline,
+        expected_gain=expected,
+        line_search_steps=search.n_evaluations,
+        cg_residual=natural.cg.residual_norm,
+        cg_iterations=natural.cg.iterations,
+        step_fraction=search.step_fraction,
+    )
+
+
 def natural_gradient_step(
     params: Sequence[nn.Parameter],
     objective: th.Tensor,
@@ -354,10 +475,9 @@ def natural_gradient_step(
     cg_residual_tol: float = 1e-10,
 ) -> StepResult:
     """
-    One TRPO update of ``params``: g = grad of the surrogate, s ~ F^-1 g by conjugate gradient,
-    maximal step beta = sqrt(2 delta / s^T F s), then a backtracking line search on
-    theta_old + fraction * beta * s. When any quantity is non-finite or no candidate passes,
-    ``params`` are restored to theta_old bit for bit and the reason is returned.
+    One TRPO update of ``params``: :func:`natural_gradient_direction` (g, then s ~ F^-1 g by
+    conjugate gradient), then :func:`trust_region_update` (maximal step, line search, exact
+    restore on rejection).
 
     :param params: parameters moved by the step (the actor's)
     :param objective: surrogate at theta_old, attached to the graph of ``params``
@@ -372,48 +492,5 @@ def natural_gradient_step(
     :param cg_residual_tol: conjugate-gradient tolerance on the squared residual norm
     :return: the measurements of the step
     """
-    theta_old = th.nn.utils.parameters_to_vector(params).detach().clone()
-    baseline = float(objective.detach())
-
-    def rejected(reason: str, line_search_steps: int = 0, cg: CGResult | None = None) -> StepResult:
-        write_parameters(theta_old, params)
-        residual = math.nan if cg is None else cg.residual_norm
-        iterations = 0 if cg is None else cg.iterations
-        return StepResult(False, reason, 0.0, 0.0, 0.0, line_search_steps, residual, iterations, 0.0)
-
-    if not math.isfinite(baseline):
-        return rejected("non-finite surrogate")
-    gradient = flat_grad(objective, params, retain_graph=True)
-    if not bool(th.isfinite(gradient).all()):
-        return rejected("non-finite gradient")
-
-    cg = conjugate_gradient(fisher_product, gradient, max_iter=cg_max_iter, residual_tol=cg_residual_tol, x0=cg_x0)
-    direction = cg.solution
-    if not (bool(th.isfinite(direction).all()) and math.isfinite(cg.residual_norm)):
-        return rejected("non-finite conjugate-gradient solution", cg=cg)
-    beta = max_step_length(direction, fisher_product(direction), max_kl)
-    if not math.isfinite(beta):
-        return rejected("non-positive curvature s^T F s", cg=cg)
-    full_step = beta * direction
-
-    def evaluate_fraction(fraction: float) -> tuple[float, float]:
-        write_parameters(theta_old + fraction * full_step, params)
-        with th.no_grad():
-            return evaluate()
-
-    search = backtracking_line_search(evaluate_fraction, baseline, max_kl, shrinking_factor, line_search_max_iter)
-    if not search.success:
-        return rejected(search.reason, search.n_evaluations, cg)
-    write_parameters(theta_old + search.step_fraction * full_step, params)
-    expected = float(th.dot(gradient, full_step)) * search.step_fraction
-    return StepResult(
-        accepted=True,
-        reason="",
-        kl=search.kl,
-        surrogate_gain=search.objective - baseline,
-        expected_gain=expected,
-        line_search_steps=search.n_evaluations,
-        cg_residual=cg.residual_norm,
-        cg_iterations=cg.iterations,
-        step_fraction=search.step_fraction,
-    )
+    natural = natural_gradient_direction(params, objective, fisher_product, cg_max_iter, cg_x0, cg_residual_tol)
+    return trust_region_update(params, natural, fisher_product, evaluate, max_kl, shrinking_factor, line_search_max_iter)

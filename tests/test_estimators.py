@@ -30,8 +30,14 @@ from gymnasium import spaces
 from stable_baselines3.common.distributions import DiagGaussianDistribution, Distribution, make_proba_distribution
 
 from sb3_trpo_plus.distributions import enumerate_actions
-from sb3_trpo_plus.q import ActionSampler, make_q
+from sb3_trpo_plus.q import ActionSampler, SamplingDistribution
+from sb3_trpo_plus.settings import build_q
 from sb3_trpo_plus.surrogate import exact_sum_surrogate, importance_sampled_surrogate, self_normalized_surrogate
+
+
+def bound_q(q: Any, q_kwargs: Any, space: spaces.Space) -> SamplingDistribution:
+    """The q of the arguments, built by the one builder and bound to ``space``."""
+    return SamplingDistribution(build_q(q, q_kwargs, action_space=space), space)
 
 FEATURES = th.tensor([[1.0, -1.0], [1.0, 0.5], [1.0, 2.0]])  # phi(s) = (1, x_s)
 N_STATES = 3
@@ -150,7 +156,7 @@ def _finite_setup(
     w = w_old + 0.3 * th.randn(2, bandit.n_logits, generator=generator)
     pi_old = bandit.distribution(FEATURES @ w_old)
     q = _user_q(bandit.space) if kind == "callable" else kind
-    sampler = make_q(q, q_kwargs, bandit.space).build(pi_old, FEATURES)
+    sampler = bound_q(q, q_kwargs, bandit.space).build(pi_old, FEATURES)
     return bandit, w_old, w, sampler
 
 
@@ -357,7 +363,7 @@ def _gaussian_setup(q: Any, q_kwargs: dict[str, Any]) -> tuple[th.Tensor, th.Ten
     w = w_old + th.tensor([0.15, -0.1])
     log_std = log_std_old + 0.1
     pi_old = DiagGaussianDistribution(1).proba_distribution((FEATURES @ w_old)[:, None], log_std_old)
-    sampler = make_q(q, q_kwargs, BOX).build(pi_old, FEATURES)
+    sampler = bound_q(q, q_kwargs, BOX).build(pi_old, FEATURES)
     return w_old, log_std_old, w, log_std, sampler
 
 

@@ -25,7 +25,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 
 from sb3_trpo_plus.distributions import FisherMetric, detached, distribution_metric, distribution_parameters
-from sb3_trpo_plus.policy_step import distribution_parameters_function
+from sb3_trpo_plus.fisher import distribution_parameters_function
 from sb3_trpo_plus.surrogate import mean_kl
 from sb3_trpo_plus.trust_region import (
     analytic_fisher_vector_product,

@@ -22,19 +22,20 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from stable_baselines3.common.utils import ConstantSchedule
 from torch import nn
 
-from sb3_trpo_plus import policy_step
+from sb3_trpo_plus import fisher
+from sb3_trpo_plus import step as step_module
 from sb3_trpo_plus.distributions import detached, distribution_metric, distribution_parameters
-from sb3_trpo_plus.policy_step import (
-    StepSettings,
-    channels_last,
+from sb3_trpo_plus.fisher import (
     distribution_parameters_function,
     fisher_product,
     forward_mode_fisher_product,
     forward_mode_pays,
     forward_mode_supported,
     step_distribution,
-    trust_region_step,
 )
+from sb3_trpo_plus.observations import channels_last
+from sb3_trpo_plus.settings import StepSettings
+from sb3_trpo_plus.step import take_step
 from sb3_trpo_plus.surrogate import importance_sampled_surrogate
 from sb3_trpo_plus.trust_region import analytic_fisher_vector_product, linearized_fisher_vector_product
 
@@ -169,13 +170,13 @@ def _spy(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Count the products fisher_product builds, by kind."""
     calls = {"forward": 0, "double_backward": 0}
     for name, key in (("linearized_fisher_vector_product", "forward"), ("analytic_fisher_vector_product", "double_backward")):
-        original = getattr(policy_step, name)
+        original = getattr(fisher, name)
 
         def counted(*args: Any, _original: Any = original, _key: str = key, **kwargs: Any) -> Any:
             calls[_key] += 1
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(policy_step, name, counted)
+        monkeypatch.setattr(fisher, name, counted)
     return calls
 
 
@@ -341,7 +342,7 @@ def _step(policy: ActorCriticPolicy, obs: th.Tensor, seed: int) -> Any:
         return importance_sampled_surrogate(dist.log_prob(actions), log_q, advantages)
 
     th.manual_seed(seed)  # the step's own draw (conjugate gradient's starting point)
-    return trust_region_step(policy, actor_parameters(policy, obs), obs, objective, _settings())
+    return take_step(policy, actor_parameters(policy, obs), obs, objective, _settings())
 
 
 def test_a_cnn_step_moves_the_policy_as_the_double_backward_step_does(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -353,7 +354,8 @@ def test_a_cnn_step_moves_the_policy_as_the_double_backward_step_does(monkeypatc
     step = _step(forward, obs, 5)
     rng = th.random.get_rng_state()
     assert calls == {"forward": 1, "double_backward": 0}
-    monkeypatch.setattr(policy_step, "uses_forward_mode", lambda *args: False)
+    monkeypatch.setattr(fisher, "uses_forward_mode", lambda *args: False)
+    monkeypatch.setattr(step_module, "uses_forward_mode", lambda *args: False)
     reference = _step(double_backward, obs, 5)
     assert calls == {"forward": 1, "double_backward": 1}
     assert th.equal(rng, th.random.get_rng_state())  # the same random numbers drawn

@@ -25,12 +25,14 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("algorithm", ["trpo_plus"]),
     (
         "rooms the algorithm hands batches to",
-        ["sampling", "vine", "critic", "recording", "validation", "actor_parameters", "policy_step"],
+        ["sampling", "vine", "critic", "recording", "validation", "actor_parameters", "estimators", "step"],
     ),
+    ("the Fisher-vector products of a policy", ["fisher"]),
+    ("typed settings", ["settings"]),
     ("data and sampling distributions", ["buffers", "q", "env_state", "policies"]),
     ("pure functions and the NumPy fast paths", ["surrogate", "trust_region", "fast"]),
-    ("typed settings", ["settings"]),
     ("SB3's distribution families and action spaces", ["distributions"]),
+    ("dict-or-array observations", ["observations"]),
 ]
 
 MAX_CLASS_LINES = 300  # lines of code: docstrings, comments and blank lines not counted

@@ -16,8 +16,14 @@ from stable_baselines3.common.distributions import (
 )
 
 from sb3_trpo_plus.distributions import enumerate_actions
-from sb3_trpo_plus.q import Q_REGISTRY, PiOld, Q, make_q, register_q, validate_q
+from sb3_trpo_plus.q import Q_REGISTRY, PiOld, Q, SamplingDistribution, register_q
+from sb3_trpo_plus.settings import build_q
 from sb3_trpo_plus.surrogate import effective_sample_size, importance_weights
+
+
+def bound_q(q: Any, q_kwargs: Any, space: spaces.Space) -> SamplingDistribution:
+    """The q of the arguments, built by the one builder and bound to ``space``."""
+    return SamplingDistribution(build_q(q, q_kwargs, action_space=space), space)
 
 SPACES = {
     "box": spaces.Box(-1.0, 1.0, (2,)),
@@ -53,7 +59,7 @@ def _pi_old(space: spaces.Space, n_states: int) -> Any:
 def test_samples_have_sb3_shapes_and_consistent_log_densities(space_name: str, q: Any, q_kwargs: dict) -> None:
     space = SPACES[space_name]
     pi_old = _pi_old(space, 5)
-    sampler = make_q(q, q_kwargs, space).build(pi_old, th.zeros(5, 1))
+    sampler = bound_q(q, q_kwargs, space).build(pi_old, th.zeros(5, 1))
     actions = sampler.sample(7)
     assert actions.shape == (5, 7, *(space.shape or ()))
     log_q = sampler.log_prob(actions)
@@ -75,10 +81,10 @@ def test_samples_have_sb3_shapes_and_consistent_log_densities(space_name: str, q
 def test_uniform_and_mixture_densities_are_exact() -> None:
     space = SPACES["box"]
     pi_old = _pi_old(space, 3)
-    uniform = make_q("uniform", None, space).build(pi_old, th.zeros(3, 1))
+    uniform = bound_q("uniform", None, space).build(pi_old, th.zeros(3, 1))
     inside = th.zeros(3, 1, 2)
     assert th.allclose(uniform.log_prob(inside), th.full((3, 1), -np.log(4.0)))
-    mixture = make_q("mixture", {"eps": 0.25}, space).build(pi_old, th.zeros(3, 1))
+    mixture = bound_q("mixture", {"eps": 0.25}, space).build(pi_old, th.zeros(3, 1))
     expected = th.log(0.75 * pi_old.log_prob(inside[:, 0]).exp() + 0.25 / 4.0)
     assert th.allclose(mixture.log_prob(inside)[:, 0], expected, atol=1e-6)
     outside = th.full((3, 1, 2), 1.5)  # outside the box: only pi_old's part is left
@@ -88,7 +94,7 @@ def test_uniform_and_mixture_densities_are_exact() -> None:
 def test_scaled_widens_the_policy() -> None:
     space = SPACES["discrete"]
     pi_old = _pi_old(space, 200)
-    scaled = make_q("scaled", {"temperature": 4.0}, space).build(pi_old, th.zeros(200, 1))
+    scaled = bound_q("scaled", {"temperature": 4.0}, space).build(pi_old, th.zeros(200, 1))
     entropy_old = pi_old.entropy().mean()
     probs = scaled.log_prob(th.arange(4).expand(200, 4)).exp()
     entropy_scaled = -(probs * probs.log()).sum(-1).mean()
@@ -111,15 +117,15 @@ def test_scaled_widens_the_policy() -> None:
 )
 def test_validation_names_the_argument(q: Any, q_kwargs: Any, space: Any, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        validate_q(q, q_kwargs, "vine", space)
+        build_q(q, q_kwargs, "vine", space)
 
 
 def test_single_path_only_takes_the_policy() -> None:
-    validate_q("policy", {"max_weight": 5.0}, "single_path")
+    build_q("policy", {"max_weight": 5.0}, "single_path")
     with pytest.raises(ValueError, match="needs sampling='vine'"):
-        validate_q("uniform", None, "single_path")
+        build_q("uniform", None, "single_path")
     with pytest.raises(ValueError, match="needs sampling='vine'"):
-        validate_q(lambda pi, obs: pi.distribution, None, "single_path")
+        build_q(lambda pi, obs: pi.distribution, None, "single_path")
 
 
 # --------------------------------------------------------------------------- densities and samples
@@ -141,11 +147,11 @@ def test_finite_log_densities_match_torch_distributions(space_name: str) -> None
     every = _every_action(space_name, 4)
     n_actions = every.shape[1]
     log_pi = th.stack([pi_old.log_prob(every[:, m]) for m in range(n_actions)], dim=1)
-    uniform = make_q("uniform", None, space).build(pi_old, th.zeros(4, 1)).log_prob(every)
+    uniform = bound_q("uniform", None, space).build(pi_old, th.zeros(4, 1)).log_prob(every)
     assert th.allclose(uniform, th.full((4, n_actions), -np.log(n_actions)), atol=1e-6)
-    mixture = make_q("mixture", {"eps": 0.4}, space).build(pi_old, th.zeros(4, 1)).log_prob(every)
+    mixture = bound_q("mixture", {"eps": 0.4}, space).build(pi_old, th.zeros(4, 1)).log_prob(every)
     assert th.allclose(mixture.exp(), 0.6 * log_pi.exp() + 0.4 / n_actions, atol=1e-6)
-    scaled = make_q("scaled", {"temperature": 3.0}, space).build(pi_old, th.zeros(4, 1)).log_prob(every)
+    scaled = bound_q("scaled", {"temperature": 3.0}, space).build(pi_old, th.zeros(4, 1)).log_prob(every)
     torch_dist = pi_old.distribution
     if isinstance(space, spaces.Discrete):
         expected = th.distributions.Categorical(logits=torch_dist.logits / 3.0).log_prob(every.T).T  # type: ignore[union-attr]
@@ -166,11 +172,11 @@ def test_box_log_densities_match_torch_distributions() -> None:
     space = SPACES["box"]
     pi_old = _pi_old(space, 3)
     actions = th.randn(3, 5, 2)
-    scaled = make_q("scaled", {"std_scale": 1.7}, space).build(pi_old, th.zeros(3, 1)).log_prob(actions)
+    scaled = bound_q("scaled", {"std_scale": 1.7}, space).build(pi_old, th.zeros(3, 1)).log_prob(actions)
     normal = pi_old.distribution
     expected = th.distributions.Normal(normal.loc[:, None], normal.scale[:, None] * 1.7).log_prob(actions).sum(-1)  # type: ignore[union-attr]
     assert th.allclose(scaled, expected, atol=1e-5)
-    policy = make_q("policy", None, space).build(pi_old, th.zeros(3, 1)).log_prob(actions)
+    policy = bound_q("policy", None, space).build(pi_old, th.zeros(3, 1)).log_prob(actions)
     expected_policy = th.stack([pi_old.log_prob(actions[:, k]) for k in range(5)], dim=1)
     assert th.allclose(policy, expected_policy, atol=1e-5)
 
@@ -181,7 +187,7 @@ def test_finite_samples_follow_the_density(space_name: str, q: Any, q_kwargs: di
     """Frequencies of every action among 20,000 samples per state agree with exp(log_prob) within 5 standard errors."""
     space = SPACES[space_name]
     pi_old = _pi_old(space, 3)
-    sampler = make_q(q, q_kwargs, space).build(pi_old, th.zeros(3, 1))
+    sampler = bound_q(q, q_kwargs, space).build(pi_old, th.zeros(3, 1))
     every = _every_action(space_name, 3)
     probs = sampler.log_prob(every).exp()
     th.manual_seed(11)
@@ -203,7 +209,7 @@ def test_box_samples_follow_the_density(q: Any, q_kwargs: dict) -> None:
     """1-D Box: the share of samples in each bin agrees with the density integrated over the bin (5 standard errors)."""
     space = spaces.Box(-1.0, 1.0, (1,))
     pi_old = make_proba_distribution(space).proba_distribution(th.tensor([[0.3], [-0.5]]), th.tensor([-0.7]))
-    sampler = make_q(q, q_kwargs, space).build(pi_old, th.zeros(2, 1))
+    sampler = bound_q(q, q_kwargs, space).build(pi_old, th.zeros(2, 1))
     edges = th.linspace(-4.0, 4.0, 17, dtype=th.float64)
     # midpoint rule on cells of width 1/2048 (exact in binary): every cell lies inside one bin,
     # and the uniform part's jumps at +-1 fall on cell boundaries
@@ -233,7 +239,7 @@ def test_support_covers_pi_old(space_name: str, q: Any, q_kwargs: dict) -> None:
     """
     space = SPACES[space_name]
     pi_old = _pi_old(space, 5)
-    sampler = make_q(q, q_kwargs, space).build(pi_old, th.zeros(5, 1))
+    sampler = bound_q(q, q_kwargs, space).build(pi_old, th.zeros(5, 1))
     if isinstance(space, spaces.Box):
         th.manual_seed(13)
         actions = th.stack([pi_old.sample() for _ in range(200)], dim=1)  # (5, 200, 2)
@@ -251,7 +257,7 @@ def test_weights_at_theta_old_with_q_policy_are_one(space_name: str) -> None:
     """q = pi_old and theta = theta_old: every importance weight is 1 and the effective sample size is 1."""
     space = SPACES[space_name]
     pi_old = _pi_old(space, 6)
-    sampler = make_q("policy", None, space).build(pi_old, th.zeros(6, 1))
+    sampler = bound_q("policy", None, space).build(pi_old, th.zeros(6, 1))
     th.manual_seed(14)
     actions = sampler.sample(9)
     log_pi = th.stack([pi_old.log_prob(actions[:, k]) for k in range(9)], dim=1)
@@ -259,7 +265,7 @@ def test_weights_at_theta_old_with_q_policy_are_one(space_name: str) -> None:
     assert th.allclose(weights, th.ones(6, 9), atol=1e-5)
     assert effective_sample_size(weights) == pytest.approx(1.0, abs=1e-6)
     # another q gives unequal weights on its own samples, an ESS below one
-    uniform = make_q("uniform", None, space).build(pi_old, th.zeros(6, 1))
+    uniform = bound_q("uniform", None, space).build(pi_old, th.zeros(6, 1))
     uniform_actions = uniform.sample(9)
     log_pi_uniform = th.stack([pi_old.log_prob(uniform_actions[:, k]) for k in range(9)], dim=1)
     assert effective_sample_size(importance_weights(log_pi_uniform, uniform.log_prob(uniform_actions))) < 1.0
@@ -286,7 +292,7 @@ def test_callable_q_follows_the_protocol() -> None:
         return wide(pi, observations)
 
     observations = th.randn(5, 3)
-    sampler = make_q(recording, {"max_weight": 10.0}, SPACES["box"]).build(pi_old, observations)
+    sampler = bound_q(recording, {"max_weight": 10.0}, SPACES["box"]).build(pi_old, observations)
     assert seen[0] is observations
     actions = sampler.sample(4)
     assert actions.shape == (5, 4, 2) and actions.dtype == th.float32
@@ -312,16 +318,16 @@ def test_callable_q_follows_the_protocol() -> None:
 )
 def test_callable_q_protocol_errors(user_q: Any, error: type, match: str) -> None:
     with pytest.raises(error, match=match):
-        sampler = make_q(user_q, None, SPACES["box"]).build(_box_pi_old(), th.zeros(5, 1))
+        sampler = bound_q(user_q, None, SPACES["box"]).build(_box_pi_old(), th.zeros(5, 1))
         sampler.log_prob(sampler.sample(3))
 
 
 def test_callable_signature_checked_at_construction() -> None:
     with pytest.raises(ValueError, match="q must be one of"):
-        validate_q(3, None, "vine")  # type: ignore[arg-type]
+        build_q(3, None, "vine")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"\(pi_old, observations\)"):
-        validate_q(lambda: None, None, "vine")
-    validate_q(lambda *args: None, None, "vine")  # variadic callables take two arguments
+        build_q(lambda: None, None, "vine")
+    build_q(lambda *args: None, None, "vine")  # variadic callables take two arguments
 
 
 @pytest.mark.parametrize(
@@ -337,18 +343,18 @@ def test_callable_signature_checked_at_construction() -> None:
 )
 def test_numbers_are_checked(q: str, q_kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        make_q(q, q_kwargs, SPACES["box"])
+        bound_q(q, q_kwargs, SPACES["box"])
 
 
 def test_squashed_gaussian_policies_are_refused() -> None:
     space = SPACES["box"]
     squashed = SquashedDiagGaussianDistribution(2).proba_distribution(th.zeros(3, 2), th.zeros(2))
     with pytest.raises(TypeError, match="squash"):
-        make_q("policy", None, space).build(squashed, th.zeros(3, 1))
+        bound_q("policy", None, space).build(squashed, th.zeros(3, 1))
     gsde = StateDependentNoiseDistribution(2, squash_output=True)
     gsde.sample_weights(th.zeros(2, 2))
     with pytest.raises(TypeError, match="squash"):
-        make_q("policy", None, space).build(
+        bound_q("policy", None, space).build(
             gsde.proba_distribution(th.zeros(3, 2), th.zeros(2, 2), th.ones(3, 2)), th.zeros(3, 1)
         )
 
@@ -420,13 +426,13 @@ def test_a_registered_q_is_one_class_and_runs_a_vine_iteration() -> None:
     register_q(WidenedQ)
     try:
         with pytest.raises(ValueError, match=r"q_kwargs\['factor'\]"):
-            validate_q("widened", {"factor": 0.5}, "vine")
+            build_q("widened", {"factor": 0.5}, "vine")
         with pytest.raises(ValueError, match="does not take"):
-            validate_q("widened", {"eps": 0.1}, "vine")
+            build_q("widened", {"eps": 0.1}, "vine")
         # the same distribution as q="scaled" with both settings at the factor
         space = SPACES["discrete"]
-        widened = make_q("widened", {"factor": 2.5}, space).build(_pi_old(space, 4), th.zeros(4, 1))
-        scaled = make_q("scaled", {"std_scale": 2.5, "temperature": 2.5}, space).build(_pi_old(space, 4), th.zeros(4, 1))
+        widened = bound_q("widened", {"factor": 2.5}, space).build(_pi_old(space, 4), th.zeros(4, 1))
+        scaled = bound_q("scaled", {"std_scale": 2.5, "temperature": 2.5}, space).build(_pi_old(space, 4), th.zeros(4, 1))
         actions = enumerate_actions(space).expand(4, -1)
         assert th.equal(widened.log_prob(actions), scaled.log_prob(actions))
         env = make_vec_env("CartPole-v1", n_envs=1, seed=0)

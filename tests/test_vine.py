@@ -14,7 +14,7 @@ from stable_baselines3.common.vec_env import SubprocVecEnv, VecCheckNan, VecNorm
 
 from sb3_trpo_plus import TRPOPlus
 from sb3_trpo_plus.env_state import BranchableEnv, UnbranchableEnvError
-from sb3_trpo_plus.q import make_q
+from sb3_trpo_plus.settings import build_q
 
 VINE = {"n_states": 8, "n_actions": 3, "horizon": 10}
 
@@ -127,9 +127,9 @@ def test_unbranchable_env_and_wrappers_fail_at_construction() -> None:
     # VecFrameStack is supported (tests/test_vine_fidelity.py); a VecEnv wrapper vine cannot reproduce is named
     with pytest.raises(UnbranchableEnvError, match="VecCheckNan"):
         _vine(VecCheckNan(make_vec_env("CartPole-v1", n_envs=1)))
-    # SB3 itself refuses unbounded Box action spaces; q's own check, for direct users of make_q
+    # SB3 itself refuses unbounded Box action spaces; q's own check, for direct users of build_q
     with pytest.raises(ValueError, match="finite bounds"):
-        make_q("uniform", None, gym.spaces.Box(-np.inf, np.inf, (1,)))
+        build_q("uniform", None, action_space=gym.spaces.Box(-np.inf, np.inf, (1,)))
 
 
 def test_q_is_checked_against_the_action_space() -> None:

@@ -20,8 +20,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from sb3_trpo_plus import TRPOPlus
-from sb3_trpo_plus.distributions import enumerate_actions
-from sb3_trpo_plus.policy_step import actions_for_log_prob
+from sb3_trpo_plus.distributions import actions_for_log_prob, enumerate_actions
 from sb3_trpo_plus.settings import VineSettings
 from sb3_trpo_plus.vine import TrunkStates
 

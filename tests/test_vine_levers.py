@@ -23,9 +23,19 @@ from test_vine_fidelity import Countdown
 from sb3_trpo_plus import TRPOPlus
 from sb3_trpo_plus.buffers import VineBatch
 from sb3_trpo_plus.distributions import actions_for_log_prob
-from sb3_trpo_plus.policy_step import StepSettings, trust_region_step, vine_and_trunk_surrogate, vine_surrogate, vine_value
-from sb3_trpo_plus.settings import AUTO_ALL_ACTIONS_MAX, PAPER_VINE_KWARGS, VineSettings
+from sb3_trpo_plus.estimators import vine_and_trunk_surrogate, vine_surrogate, vine_value
+from sb3_trpo_plus.settings import (
+    AUTO_ALL_ACTIONS_MAX,
+    PAPER_VINE_KWARGS,
+    Estimator,
+    StepSettings,
+    TrustRegionStates,
+    VineSettings,
+)
+from sb3_trpo_plus.step import take_step
 from sb3_trpo_plus.surrogate import chi2_quantile, inverse_variance_weight, variance_of_mean, variance_upper_bound
+
+COMBINED, TRUNK = Estimator.COMBINED, TrustRegionStates.TRUNK
 
 # ----------------------------------------------------------------------------- defaults
 
@@ -276,7 +286,7 @@ def test_trust_region_step_constrains_the_kl_on_the_constraint_states() -> None:
         old_constraint = policy.get_distribution(constraint_obs)
         old_constraint_logits = old_constraint.distribution.logits.clone()
     settings = StepSettings(0.01, 15, 0.1, 0.8, 10, "analytic", 1.0)
-    result = trust_region_step(policy, model._actor_params, objective_obs, objective, settings, constraint_obs)
+    result = take_step(policy, model._actor_params, objective_obs, objective, settings, constraint_obs)
     assert result.accepted
     with th.no_grad():
         new = policy.get_distribution(constraint_obs)
@@ -347,7 +357,7 @@ def test_combined_objective_weighs_the_normalised_trunk_and_the_vine_over_sigma(
     """(1 - w) L_trunk(normalised advantages) + w L_vine / sigma, sigma the trunk advantages' standard deviation."""
     model, vine, trunk = _vine_and_trunk()
     surrogate = vine_and_trunk_surrogate(
-        vine, trunk, model.policy, model._actor_params, model.action_space, True, None, "combined", "trunk"
+        vine, trunk, model.policy, model._actor_params, model.action_space, True, None, COMBINED, TRUNK
     )
     weight = surrogate.stats["vine_weight"]
     assert 0.0 < weight < 1.0
@@ -371,7 +381,7 @@ def test_combined_estimator_falls_back_to_the_vine_when_the_trunk_advantages_are
     model, vine, trunk = _vine_and_trunk()
     broken = trunk._replace(advantages=th.full_like(trunk.advantages, float("nan")))
     surrogate = vine_and_trunk_surrogate(
-        vine, broken, model.policy, model._actor_params, model.action_space, True, None, "combined", "trunk"
+        vine, broken, model.policy, model._actor_params, model.action_space, True, None, COMBINED, TRUNK
     )
     alone = vine_surrogate(vine, model.action_space, None)
     assert surrogate.invalid == "" and surrogate.stats == {}

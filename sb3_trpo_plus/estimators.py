@@ -1,0 +1,240 @@
+"""
+Step 2 of the algorithm box: the iteration's surrogate objective L(theta), built from the batch
+the sampling scheme returned, as a function of pi_theta's action distribution.
+
+- :func:`single_path_surrogate`: mean[pi_theta / q * A] on the rollout's states and actions
+  (q = pi_old), with the advantages normalised as sb3-contrib does;
+- :func:`vine_surrogate`: on the rollout set, the exact sum over every branched action or the
+  self-normalised importance-sampled estimator of the branches' Q-values;
+- :func:`vine_and_trunk_surrogate`: the vine's and the trunk's estimators combined by the
+  inverse of their measured gradient variances (``vine_kwargs['estimator']="combined"``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.distributions import Distribution
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.type_aliases import PyTorchObs
+from torch import nn
+
+from sb3_trpo_plus import observations as batches
+from sb3_trpo_plus.buffers import VineBatch
+from sb3_trpo_plus.distributions import actions_for_log_prob
+from sb3_trpo_plus.settings import Estimator, TrustRegionStates
+from sb3_trpo_plus.surrogate import (
+    effective_sample_size,
+    exact_sum_surrogate,
+    importance_sampled_surrogate,
+    importance_weights,
+    inverse_variance_weight,
+    self_normalized_surrogate,
+    variance_of_mean,
+    variance_upper_bound,
+)
+
+
+@dataclass
+class Surrogate:
+    """
+    The estimated objective of one iteration.
+
+    :param observations: the states the objective and the KL constraint are evaluated on
+    :param objective: the surrogate L(theta) as a function of pi_theta's distribution on them
+    :param ess: effective sample size of the importance weights under a distribution
+    :param invalid: why the batch cannot be used ("" when it can)
+    :param constraint_observations: the states of the KL constraint and the Fisher matrix, when
+        they are not ``observations`` (vine: the trunk's states)
+    :param stats: what the estimator measured, logged under ``train/``
+    """
+
+    observations: PyTorchObs
+    objective: Callable[[Distribution], th.Tensor]
+    ess: Callable[[Distribution], float]
+    invalid: str
+    constraint_observations: PyTorchObs | None = None
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def standardized_advantages(advantages: th.Tensor, normalize: bool) -> tuple[th.Tensor, float]:
+    """
+    The advantages, standardised over the batch when ``normalize`` (as sb3-contrib's TRPO does),
+    and the scale sigma they were divided by (their standard deviation plus 1e-8; 1 without
+    normalisation).
+    """
+    if not normalize:
+        return advantages, 1.0
+    std = advantages.std()
+    return (advantages - advantages.mean()) / (std + 1e-8), float(std) + 1e-8
+
+
+def single_path_surrogate(
+    batch: Any, action_space: spaces.Space, normalize_advantage: bool, max_weight: float | None
+) -> Surrogate:
+    """
+    The single-path importance-sampled surrogate mean[pi_theta / q * A] (q = pi_old) as a function
+    of the policy's action distribution on the batch's states.
+
+    :param batch: the rollout's samples (SB3's ``RolloutBufferSamples`` or its dict variant)
+    :param action_space: the environment's action space
+    :param normalize_advantage: normalise the advantages over the batch, as sb3-contrib does
+    :param max_weight: truncation of the weights (``q_kwargs['max_weight']``; None: sb3-contrib's objective)
+    """
+    actions = actions_for_log_prob(batch.actions, action_space)
+    log_q = batch.old_log_prob  # single path: q = pi_old
+    advantages, _ = standardized_advantages(batch.advantages, normalize_advantage)
+
+    def objective(distribution: Distribution) -> th.Tensor:
+        return importance_sampled_surrogate(distribution.log_prob(actions), log_q, advantages, max_weight)
+
+    def ess(distribution: Distribution) -> float:
+        return effective_sample_size(importance_weights(distribution.log_prob(actions), log_q, max_weight))
+
+    finite = bool(th.isfinite(advantages).all())
+    return Surrogate(batch.observations, objective, ess, "" if finite else "non-finite advantages")
+
+
+def vine_value(log_prob: th.Tensor, batch: VineBatch, max_weight: float | None, states: th.Tensor | None = None) -> th.Tensor:
+    """
+    The vine surrogate from pi_theta's log-probabilities of the batch's rows: the exact sum over
+    actions when every action was branched, the self-normalised estimator otherwise.
+
+    :param states: only these rollout-set states (sorted indices; None: all of them)
+    """
+    q_values, log_q, group, n_groups = batch.q_values, batch.log_q, batch.group, batch.n_states
+    if states is not None:
+        rows = th.isin(group, states)
+        log_prob, q_values, log_q = log_prob[rows], q_values[rows], log_q[rows]
+        group, n_groups = th.searchsorted(states, group[rows]), len(states)
+    if batch.all_actions:
+        return exact_sum_surrogate(log_prob, q_values, group, n_groups)
+    return self_normalized_surrogate(log_prob, log_q, q_values, group, n_groups, max_weight)
+
+
+def vine_ess(log_prob: th.Tensor, batch: VineBatch, max_weight: float | None) -> float:
+    """Mean over rollout-set states of the effective sample size of their K importance weights."""
+    weights = importance_weights(log_prob, batch.log_q, max_weight).view(batch.n_states, -1)
+    return float(np.mean([effective_sample_size(row) for row in weights]))
+
+
+def vine_surrogate(batch: VineBatch, action_space: spaces.Space, max_weight: float | None) -> Surrogate:
+    """
+    The vine surrogate on the rollout set: the exact sum over actions when every action of a
+    finite space was branched, the self-normalised importance-sampled estimator otherwise (its
+    weights, and those of the effective sample size, truncated at ``max_weight`` when given).
+
+    :param batch: the rollout set, its branch actions, log q and Q-values
+    :param action_space: the environment's action space
+    :param max_weight: truncation of the weights (``q_kwargs['max_weight']``; None: none)
+    """
+    actions = actions_for_log_prob(batch.actions, action_space)
+    max_weight = None if batch.all_actions else max_weight
+
+    def objective(distribution: Distribution) -> th.Tensor:
+        return vine_value(distribution.log_prob(actions), batch, max_weight)
+
+    def ess(distribution: Distribution) -> float:
+        return vine_ess(distribution.log_prob(actions), batch, max_weight)
+
+    finite = bool(th.isfinite(batch.q_values).all())
+    return Surrogate(batch.observations, objective, ess, "" if finite else "non-finite Q-values")
+
+
+def _chunk_gradient_variance(estimates: list[th.Tensor], params: list[nn.Parameter]) -> float:
+    """Total variance of the mean of the chunk estimates' gradients (:func:`~sb3_trpo_plus.surrogate.variance_of_mean`)."""
+    gradients = []
+    for estimate in estimates:
+        pieces = th.autograd.grad(estimate, params, retain_graph=True, allow_unused=True)
+        flat = [
+            p.new_zeros(p.numel()).cpu() if g is None else g.detach().cpu().flatten()
+            for g, p in zip(pieces, params, strict=True)
+        ]
+        gradients.append(th.cat(flat))
+    return variance_of_mean(th.stack(gradients))
+
+
+def vine_and_trunk_surrogate(
+    vine: VineBatch,
+    trunk: Any,
+    policy: ActorCriticPolicy,
+    actor_params: list[nn.Parameter],
+    action_space: spaces.Space,
+    normalize_advantage: bool,
+    max_weight: float | None,
+    estimator: Estimator,
+    trust_region_states: TrustRegionStates,
+    n_chunks: int = 16,
+) -> Surrogate:
+    """
+    The vine iteration's surrogate, with the trunk's states and samples put to work (each part
+    an option of ``vine_kwargs``, see :class:`~sb3_trpo_plus.settings.VineSettings`):
+
+    - ``trust_region_states="trunk"``: the KL constraint and the Fisher matrix are measured on
+      every trunk state (samples of the same state distribution as the rollout set, and many
+      more of them) rather than on the rollout set;
+    - ``estimator="combined"``: the objective is (1 - w) L_trunk + w L_vine / sigma, the
+      single-path surrogate of the trunk (advantages normalised as sb3-contrib does, by sigma)
+      and the vine surrogate of the rollout set, both estimates of the same policy gradient. The
+      weight w = var_trunk / (var_trunk + var_vine) minimises the variance of the combination;
+      each variance is that of the estimator's gradient at theta_old, measured on the batch
+      itself from ``n_chunks`` interleaved chunks of its samples (rollout-set states for the
+      vine), the vine's taken at its 90% upper confidence bound (it rests on few states).
+
+    :param vine: the rollout set's batch
+    :param trunk: the trunk's samples (SB3's rollout samples)
+    :param policy: the policy (pi_theta at its current parameters is pi_old)
+    :param actor_params: the parameters the gradients are taken in
+    :param action_space: the environment's action space
+    :param normalize_advantage: normalise the trunk's advantages (sigma = their standard deviation)
+    :param max_weight: truncation of the importance weights (``q_kwargs['max_weight']``)
+    :param estimator: "combined" or "vine"
+    :param trust_region_states: "trunk" or "rollout_set"
+    :param n_chunks: chunks per estimator for the variances
+    """
+    vine_part = vine_surrogate(vine, action_space, max_weight)
+    constraint = trunk.observations if TrustRegionStates(trust_region_states) is TrustRegionStates.TRUNK else None
+    if Estimator(estimator) is Estimator.VINE or vine_part.invalid:
+        return replace(vine_part, constraint_observations=constraint)
+    advantages, scale = standardized_advantages(trunk.advantages, normalize_advantage)  # scale: sigma
+    if not bool(th.isfinite(advantages).all()):  # the trunk's surrogate is unusable: the vine's alone
+        return replace(vine_part, constraint_observations=constraint)
+    n_vine = len(vine.actions)
+    trunk_actions = actions_for_log_prob(trunk.actions, action_space)
+    vine_actions = actions_for_log_prob(vine.actions, action_space).to(trunk_actions.dtype)
+    actions = th.cat([vine_actions, trunk_actions])
+    observations = batches.concat(vine.observations, trunk.observations)
+
+    log_q = trunk.old_log_prob
+    vine_cap = None if vine.all_actions else max_weight
+
+    def trunk_value(log_prob: th.Tensor, rows: slice = slice(None)) -> th.Tensor:
+        return importance_sampled_surrogate(log_prob[n_vine:][rows], log_q[rows], advantages[rows], max_weight)
+
+    # the two variances, from chunk gradients at theta_old (interleaved chunks: no random draw)
+    log_prob = policy.get_distribution(observations).log_prob(actions)
+    trunk_chunks = [trunk_value(log_prob, slice(c, None, n_chunks)) for c in range(min(n_chunks, len(advantages)))]
+    states = th.arange(vine.n_states, device=vine.group.device)
+    chunk_states = [states[c::n_chunks].contiguous() for c in range(min(n_chunks, vine.n_states))]
+    vine_chunks = [vine_value(log_prob[:n_vine], vine, vine_cap, chosen) / scale for chosen in chunk_states]
+    var_trunk = _chunk_gradient_variance(trunk_chunks, actor_params) if len(trunk_chunks) >= 2 else math.inf
+    var_vine = _chunk_gradient_variance(vine_chunks, actor_params) if len(vine_chunks) >= 2 else math.inf
+    # the rollout set has few states: its variance is weighed at its 90% upper bound, so that a
+    # small sample that happens to look precise does not take over the step
+    weight = inverse_variance_weight(var_trunk, variance_upper_bound(var_vine, len(vine_chunks)))
+
+    def objective(distribution: Distribution) -> th.Tensor:
+        log_prob = distribution.log_prob(actions)
+        return (1.0 - weight) * trunk_value(log_prob) + weight * vine_value(log_prob[:n_vine], vine, vine_cap) / scale
+
+    def ess(distribution: Distribution) -> float:
+        return vine_ess(distribution.log_prob(actions)[:n_vine], vine, vine_cap)
+
+    stats = {"vine_weight": weight, "grad_variance_trunk": var_trunk, "grad_variance_vine": var_vine}
+    return Surrogate(observations, objective, ess, "", constraint, stats)
