@@ -33,7 +33,6 @@ import torch as th
 from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_trpo_plus import TRPOPlus
-from sb3_trpo_plus.buffers import VineBatch
 from sb3_trpo_plus.settings import PAPER_VINE_KWARGS
 from sb3_trpo_plus.trust_region import flat_grad
 
@@ -50,7 +49,7 @@ def gradient(model: TRPOPlus) -> tuple[np.ndarray, int]:
     callback = model._init_callback(None)
     model.collect_rollouts(model.env, callback, model.rollout_buffer, model.n_steps)  # type: ignore[arg-type]
     batch = model._iteration_batch()
-    surrogate = model._vine_surrogate(batch) if isinstance(batch, VineBatch) else model._surrogate(batch)
+    surrogate = model._surrogate(batch)
     distribution = model.policy.get_distribution(surrogate.observations)
     grad = flat_grad(surrogate.objective(distribution), model._actor_params)
     return grad.detach().cpu().numpy(), model.num_timesteps - start

@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sb3_trpo_plus import observations as batches
+from sb3_trpo_plus.buffers import VineBatch
 from sb3_trpo_plus.fast import FusedMlpCritic, plain_modules
 
 
@@ -77,6 +78,27 @@ class ValueTargets:
         """Observations and returns at ``indices`` as tensors on ``device`` (copies, as ``RolloutBuffer`` makes them)."""
         batch = batches.apply(self.observations, lambda value: th.tensor(value[indices], device=device))
         return batch, th.tensor(self.returns[indices], device=device)
+
+
+def value_targets(rollout_buffer: RolloutBuffer, batch: Any) -> ValueTargets | None:
+    """
+    What the critic is regressed on: the trunk's returns and, for a vine batch that recorded
+    them, the branches'; None when a return is not finite (regressing on it would make the
+    critic, and every later advantage, non-finite).
+    """
+    targets = ValueTargets.from_buffer(rollout_buffer)
+    if isinstance(batch, VineBatch) and batch.critic_observations is not None and batch.critic_returns is not None:
+        targets = targets.extended(batch.critic_observations, batch.critic_returns)
+    return targets if bool(np.isfinite(targets.returns).all()) else None
+
+
+def rebootstrapped(policy: ActorCriticPolicy, batch: VineBatch) -> VineBatch:
+    """The vine batch with its cut and truncated branches completed by the (refitted) critic."""
+    if batch.bootstrap_observations is None:
+        return batch
+    with th.no_grad():
+        values = policy.predict_values(batches.to_tensor(batch.bootstrap_observations, policy.device))
+    return batch.rebootstrapped(values)
 
 
 def fit_critic(

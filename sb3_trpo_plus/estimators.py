@@ -28,7 +28,7 @@ from torch import nn
 from sb3_trpo_plus import observations as batches
 from sb3_trpo_plus.buffers import VineBatch
 from sb3_trpo_plus.distributions import actions_for_log_prob
-from sb3_trpo_plus.settings import Estimator, TrustRegionStates
+from sb3_trpo_plus.settings import Estimator, SurrogateSettings, TrustRegionStates, VineSettings
 from sb3_trpo_plus.surrogate import (
     effective_sample_size,
     exact_sum_surrogate,
@@ -238,3 +238,32 @@ def vine_and_trunk_surrogate(
 
     stats = {"vine_weight": weight, "grad_variance_trunk": var_trunk, "grad_variance_vine": var_vine}
     return Surrogate(observations, objective, ess, "", constraint, stats)
+
+
+def iteration_surrogate(
+    batch: Any,
+    settings: SurrogateSettings,
+    vine: VineSettings | None,
+    policy: ActorCriticPolicy,
+    actor_params: list[nn.Parameter],
+    action_space: spaces.Space,
+) -> Surrogate:
+    """
+    The iteration's surrogate: :func:`single_path_surrogate` of SB3's rollout samples, or, for a
+    :class:`~sb3_trpo_plus.buffers.VineBatch`, :func:`vine_and_trunk_surrogate` as the vine
+    settings say (:func:`vine_surrogate` alone without the trunk's samples).
+
+    :param batch: the iteration's batch
+    :param settings: the surrogate's settings
+    :param vine: the vine settings (None in single-path mode)
+    :param policy: the policy (pi_theta at its current parameters is pi_old)
+    :param actor_params: the parameters the gradients are taken in
+    :param action_space: the environment's action space
+    """
+    if not isinstance(batch, VineBatch):
+        return single_path_surrogate(batch, action_space, settings.normalize_advantage, settings.max_weight)
+    if batch.trunk is None or vine is None:
+        return vine_surrogate(batch, action_space, settings.max_weight)
+    weighing = (settings.normalize_advantage, settings.max_weight)
+    choices = (Estimator(vine.estimator), TrustRegionStates(vine.trust_region_states))
+    return vine_and_trunk_surrogate(batch, batch.trunk, policy, actor_params, action_space, *weighing, *choices)

@@ -8,7 +8,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+import torch as th
+from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.utils import explained_variance
 
 from sb3_trpo_plus.trust_region import StepResult
 
@@ -16,25 +20,36 @@ from sb3_trpo_plus.trust_region import StepResult
 def record_iteration(
     logger: Logger,
     step: StepResult,
-    value_losses: list[float],
+    value_losses: list[float] | None,
     ess: float,
-    explained_var: float,
+    rollout_buffer: RolloutBuffer,
+    policy: BasePolicy,
     rejected_steps: int,
     n_updates: int,
-    std: float | None,
+    stats: Mapping[str, float],
+    verbose: int = 0,
 ) -> None:
     """
     Record one iteration.
 
     :param step: the trust-region step
-    :param value_losses: the loss of every minibatch of the critic fit (none when it was skipped)
+    :param value_losses: the loss of every minibatch of the critic fit (None when it was skipped)
     :param ess: effective sample size of the surrogate's importance weights after the step
-    :param explained_var: explained variance of the returns by the values of the rollout
+    :param rollout_buffer: the iteration's rollout (explained variance of its returns by its values)
+    :param policy: the policy (the mean standard deviation of a Gaussian policy is logged)
     :param rejected_steps: number of rejected steps since the model was built
     :param n_updates: number of updates since the model was built
-    :param std: mean standard deviation of a Gaussian policy (None for other policies)
+    :param stats: what the surrogate's estimator measured, logged under ``train/``
+    :param verbose: 1 or more: a rejected step is printed
     """
+    if not step.accepted and verbose >= 1:
+        print(f"TRPOPlus: trust-region step rejected ({step.reason}); policy parameters kept")
+    explained_var = explained_variance(rollout_buffer.values.flatten(), rollout_buffer.returns.flatten())
+    log_std = getattr(policy, "log_std", None)
+    std = th.exp(log_std).mean().item() if isinstance(log_std, th.Tensor) else None
     record = logger.record
+    if value_losses is None:
+        record("train/critic_fit_skipped", 1)
     record("train/kl", step.kl)
     record("train/surrogate_gain", step.surrogate_gain)
     record("train/expected_gain", step.expected_gain)
@@ -54,6 +69,8 @@ def record_iteration(
     if std is not None:
         record("train/std", std)
     record("train/n_updates", n_updates, exclude="tensorboard")
+    for key, value in stats.items():
+        record(f"train/{key}", value)
 
 
 def record_branching(logger: Logger, branch_steps: int, trunk_steps: int, stats: Mapping[str, float]) -> None:

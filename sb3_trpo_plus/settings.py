@@ -431,3 +431,40 @@ class Settings:
         """The vine settings (None in single-path mode)."""
         return self.sampling.vine
 
+
+# ----------------------------------------------------------------------------- SB3's own arguments
+
+#: the constructor arguments TRPOPlus hands unchanged to SB3's ``OnPolicyAlgorithm``
+ON_POLICY_ARGUMENTS = (
+    "learning_rate",
+    "n_steps",
+    "gamma",
+    "gae_lambda",
+    "use_sde",
+    "sde_sample_freq",
+    "rollout_buffer_class",
+    "rollout_buffer_kwargs",
+    "stats_window_size",
+    "tensorboard_log",
+    "policy_kwargs",
+    "verbose",
+    "device",
+    "seed",
+)
+
+
+def on_policy_arguments(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    The keyword arguments of SB3's ``OnPolicyAlgorithm`` for TRPO: :data:`ON_POLICY_ARGUMENTS`
+    from ``arguments`` (TRPOPlus's by name), no entropy bonus, no value loss in a policy loss
+    (the value function is fitted separately), no gradient clipping, every action space SB3's
+    unsquashed distributions cover, and the model set up by TRPOPlus itself.
+    """
+    return {
+        **{name: arguments[name] for name in ON_POLICY_ARGUMENTS},
+        "ent_coef": 0.0,
+        "vf_coef": 0.0,
+        "max_grad_norm": 0.0,
+        "_init_setup_model": False,
+        "supported_action_spaces": (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary),
+    }

@@ -1,23 +1,17 @@
 """
 TRPOPlus: Trust Region Policy Optimization (Schulman et al. 2015) for Stable-Baselines3.
 
-The algorithm box of the paper, as :meth:`TRPOPlus.learn` runs it:
+The algorithm box of the paper, as :meth:`TRPOPlus.train` reads:
 
-1. Collect state-action pairs with pi_old (:meth:`collect_rollouts`, by the collector of
-   :mod:`sb3_trpo_plus.sampling`) and estimate their advantages (GAE on a learned value function).
-2. Build the importance-sampled surrogate L(theta) = mean[pi_theta(a|s) / q(a|s) * A] and the
-   constraint mean KL(pi_theta || pi_old) <= delta from those samples (:meth:`_surrogate`); the
-   KL is measured in that direction as sb3-contrib measures it (the paper writes
-   KL(pi_old || pi_theta): the same Hessian at theta_old, the Fisher matrix, so the same step).
-3. Approximately solve the constrained problem: natural-gradient direction by conjugate
-   gradient on Fisher-vector products, maximal step, backtracking line search
-   (:meth:`_policy_step`, built on :mod:`sb3_trpo_plus.trust_region`).
-4. Fit the value function by minibatch regression, never moving a parameter the policy
-   depends on (:meth:`_fit_critic`, :mod:`sb3_trpo_plus.critic`).
+1. Collect state-action pairs with pi_old and their advantages or Q-values (:meth:`collect_rollouts`:
+   :mod:`sb3_trpo_plus.sampling`, and :mod:`sb3_trpo_plus.vine` in vine mode).
+2. Build the surrogate L(theta) from them (:meth:`_surrogate`, :mod:`sb3_trpo_plus.estimators`).
+3. Maximise it under the KL constraint (:meth:`_policy_step`, :mod:`sb3_trpo_plus.step`): natural
+   gradient by conjugate gradient on Fisher-vector products, maximal step, line search.
+4. Fit the value function, never moving a parameter the policy depends on (:mod:`sb3_trpo_plus.critic`).
 
-Everything else lives in the rooms below: argument checks (:mod:`sb3_trpo_plus.validation`),
-logged keys (:mod:`sb3_trpo_plus.recording`), the actor's parameters
-(:mod:`sb3_trpo_plus.actor_parameters`), the NumPy fast paths (:mod:`sb3_trpo_plus.fast`).
+The settings of the arguments are built once (:mod:`sb3_trpo_plus.settings`); every argument is
+described in docs/arguments.md.
 """
 
 from __future__ import annotations
@@ -29,26 +23,23 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch as th
-from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
-from stable_baselines3.common.utils import explained_variance, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
-from torch import nn
 
 from sb3_trpo_plus.actor_parameters import find_actor_parameters
 from sb3_trpo_plus.buffers import VineBatch, every_kth
-from sb3_trpo_plus.critic import ValueTargets, fit_critic
-from sb3_trpo_plus.estimators import Surrogate, single_path_surrogate, vine_and_trunk_surrogate, vine_surrogate
+from sb3_trpo_plus.critic import ValueTargets, fit_critic, rebootstrapped, value_targets
+from sb3_trpo_plus.estimators import Surrogate, iteration_surrogate
 from sb3_trpo_plus.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_trpo_plus.q import SamplingDistribution
 from sb3_trpo_plus.recording import record_branching, record_iteration
 from sb3_trpo_plus.sampling import advance_progress_bars, collect_single_path
-from sb3_trpo_plus.settings import Estimator, Settings, TrustRegionStates
+from sb3_trpo_plus.settings import Settings, on_policy_arguments
 from sb3_trpo_plus.step import PolicyStep
 from sb3_trpo_plus.trust_region import StepResult
 from sb3_trpo_plus.validation import InvalidArgumentError as InvalidArgumentError  # re-exported: users catch it
@@ -145,55 +136,24 @@ class TRPOPlus(OnPolicyAlgorithm):
         fast_paths: bool = True,
         _init_setup_model: bool = True,
     ):
-        validate_arguments(dict(locals()))  # every constructor argument, by name
+        arguments = dict(locals())  # every constructor argument, by name
+        validate_arguments(arguments)
         # every settings object, built once (the checks that need the action space follow once the env is known)
-        settings = Settings.from_arguments(locals())
+        settings = Settings.from_arguments(arguments)
         policy_step = PolicyStep(settings.step)
-        super().__init__(
-            policy,
-            env,
-            learning_rate=learning_rate,
-            n_steps=n_steps,
-            gamma=gamma,
-            gae_lambda=gae_lambda,
-            ent_coef=0.0,  # TRPO has no entropy bonus
-            vf_coef=0.0,  # the value function is fitted separately
-            max_grad_norm=0.0,
-            use_sde=use_sde,
-            sde_sample_freq=sde_sample_freq,
-            rollout_buffer_class=rollout_buffer_class,
-            rollout_buffer_kwargs=rollout_buffer_kwargs,
-            stats_window_size=stats_window_size,
-            tensorboard_log=tensorboard_log,
-            policy_kwargs=policy_kwargs,
-            verbose=verbose,
-            device=device,
-            seed=seed,
-            _init_setup_model=False,
-            supported_action_spaces=(spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary),
-        )
-        self.normalize_advantage = normalize_advantage
+        super().__init__(policy, env, **on_policy_arguments(arguments))
         if self.env is not None:
             check_batch_size(self.env.num_envs, self.n_steps, batch_size, normalize_advantage)
-        self.batch_size = batch_size
-        self.cg_max_steps = cg_max_steps
-        self.cg_damping = cg_damping
-        self.line_search_shrinking_factor = line_search_shrinking_factor
-        self.line_search_max_iter = line_search_max_iter
-        self.target_kl = target_kl
-        self.n_critic_updates = n_critic_updates
-        self.sub_sampling_factor = sub_sampling_factor
-        self.sampling = sampling
-        self.vine_kwargs = dict(vine_kwargs or {})
-        self.q = q
-        self.q_kwargs = dict(q_kwargs or {})
-        self.fisher = fisher
-        self.fvp_subsample = fvp_subsample
+        self.normalize_advantage, self.batch_size, self.n_critic_updates = normalize_advantage, batch_size, n_critic_updates
+        self.target_kl, self.cg_max_steps, self.cg_damping = target_kl, cg_max_steps, cg_damping
+        self.line_search_shrinking_factor, self.line_search_max_iter = line_search_shrinking_factor, line_search_max_iter
+        self.sampling, self.vine_kwargs, self.q, self.q_kwargs = sampling, dict(vine_kwargs or {}), q, dict(q_kwargs or {})
+        self.sub_sampling_factor, self.fisher, self.fvp_subsample = sub_sampling_factor, fisher, fvp_subsample
         self.fast_paths = fast_paths
         self.n_rejected_steps = 0
         self._vine: VineSampler | None = None
         self._vine_batch: VineBatch | None = None  # set by collect_rollouts in vine mode
-        self._built_settings = settings.checked(self.action_space)
+        self._built_settings = settings.checked(getattr(self, "action_space", None))  # None: loading
         self._step = policy_step
 
         if _init_setup_model:
@@ -201,7 +161,7 @@ class TRPOPlus(OnPolicyAlgorithm):
 
     def _setup_model(self) -> None:
         super()._setup_model()
-        self._actor_params = self._find_actor_parameters()
+        self._actor_params = find_actor_parameters(self.policy, self.observation_space)  # found through autograd
         self._setup_vine()
 
     def _setup_vine(self) -> None:
@@ -217,10 +177,8 @@ class TRPOPlus(OnPolicyAlgorithm):
 
     def _settings(self) -> Settings:
         """
-        The typed settings (:class:`~sb3_trpo_plus.settings.Settings`) of the plain arguments,
-        which are what is saved with a model. Built by the constructor; again only when those
-        arguments changed since (a loaded model, or an attribute the user set), and the step
-        rule and constraint with them.
+        The :class:`~sb3_trpo_plus.settings.Settings` of the plain arguments (what is saved): built
+        by the constructor, again (with the step rule) only when those arguments changed since.
         """
         arguments = {name: getattr(self, name) for name in Settings.ARGUMENTS}
         if not self._built_settings.built_from(arguments):
@@ -235,10 +193,6 @@ class TRPOPlus(OnPolicyAlgorithm):
 
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), "_actor_params", "_vine", "_vine_batch", "_built_settings", "_step"]
-
-    def _find_actor_parameters(self) -> list[nn.Parameter]:
-        """The parameters the action distribution depends on (:func:`sb3_trpo_plus.actor_parameters.find_actor_parameters`)."""
-        return find_actor_parameters(self.policy, self.observation_space)
 
     # ------------------------------------------------------------------ step 1: sampling
 
@@ -307,13 +261,9 @@ class TRPOPlus(OnPolicyAlgorithm):
 
     def _iteration_batch(self) -> Any:
         """
-        The batch this iteration's policy step works on: in vine mode the
-        :class:`~sb3_trpo_plus.buffers.VineBatch` the last :meth:`collect_rollouts` branched, in
-        single-path mode the rollout's samples (:meth:`_policy_batch`). The rollout is read in both
-        modes, as it always was: reading it flattens the buffer for the critic fit and draws SB3's
-        sample permutation from NumPy's global generator.
-
-        :raises RuntimeError: in vine mode, when no vine batch was collected for this iteration
+        This iteration's batch: the :class:`~sb3_trpo_plus.buffers.VineBatch` the last rollout
+        branched (vine), or the rollout's samples. The rollout is read in both modes (it flattens
+        the buffer and draws SB3's permutation from NumPy's global generator).
         """
         if self.sampling == "vine" and self._vine_batch is None:
             raise RuntimeError("sampling='vine' but no vine batch was collected for this iteration (no fallback)")
@@ -321,76 +271,29 @@ class TRPOPlus(OnPolicyAlgorithm):
         return replace(self._vine_batch, trunk=trunk) if self._vine_batch is not None else trunk
 
     def _surrogate(self, batch: Any) -> Surrogate:
-        """The single-path surrogate mean[pi_theta / pi_old * A] (:func:`~sb3_trpo_plus.estimators.single_path_surrogate`)."""
-        surrogate = self._settings().surrogate
-        return single_path_surrogate(batch, self.action_space, surrogate.normalize_advantage, surrogate.max_weight)
-
-    def _vine_surrogate(self, batch: VineBatch) -> Surrogate:
-        """
-        The vine surrogate on the rollout set, combined with the trunk's as ``vine_kwargs`` says
-        (:func:`~sb3_trpo_plus.estimators.vine_and_trunk_surrogate`; without the trunk's samples,
-        :func:`~sb3_trpo_plus.estimators.vine_surrogate` alone).
-        """
-        settings = self._settings()
-        vine, surrogate = settings.vine, settings.surrogate
-        if batch.trunk is None or vine is None:
-            return vine_surrogate(batch, self.action_space, surrogate.max_weight)
-        return vine_and_trunk_surrogate(
-            batch,
-            batch.trunk,
-            self.policy,
-            self._actor_params,
-            self.action_space,
-            surrogate.normalize_advantage,
-            surrogate.max_weight,
-            Estimator(vine.estimator),
-            TrustRegionStates(vine.trust_region_states),
-        )
+        """The surrogate L(theta) of the batch (:func:`~sb3_trpo_plus.estimators.iteration_surrogate`)."""
+        settings, actor = self._settings(), (self.policy, self._actor_params)
+        return iteration_surrogate(batch, settings.surrogate, settings.vine, *actor, self.action_space)
 
     # ------------------------------------------------------------------ step 3: trust region
 
     def _policy_step(
         self, obs: PyTorchObs, objective: Callable[[Distribution], th.Tensor], constraint_obs: PyTorchObs | None = None
     ) -> StepResult:
-        """
-        Maximise the surrogate under the constraint by the step rule of the settings
-        (:class:`~sb3_trpo_plus.step.PolicyStep`; by default the trust-region step: natural-gradient
-        direction by conjugate gradient, maximal step, backtracking line search); a rejected step
-        leaves the policy exactly as it was.
-        """
+        """Maximise the surrogate under the constraint by the settings' step rule (:class:`~sb3_trpo_plus.step.PolicyStep`)."""
         self._settings()  # the step rule and constraint of the current arguments
         return self._step(self.policy, self._actor_params, obs, objective, constraint_obs)
 
     # ------------------------------------------------------------------ step 4: critic
 
     def _fit_critic(self, targets: ValueTargets) -> list[float]:
-        """
-        Regress the value function on the returns (:func:`sb3_trpo_plus.critic.fit_critic`): fused
-        for the standard MLP critic with Adam, through autograd otherwise. Parameters the policy
-        depends on (shared feature extractors included) are never moved.
-        """
+        """Regress the value function on the returns (:func:`~sb3_trpo_plus.critic.fit_critic`), the actor frozen."""
         return fit_critic(self.policy, targets, self.n_critic_updates, self.batch_size, self._actor_params, self.fast_paths)
 
     def _update_critic(self, batch: Any) -> list[float] | None:
-        """
-        Fit the critic on the trunk's returns and, in vine mode, the branches' (when recorded);
-        skipped (None) when a return is not finite: regressing on it would make the critic, and
-        every later advantage, non-finite.
-        """
-        targets = ValueTargets.from_buffer(self.rollout_buffer)
-        if isinstance(batch, VineBatch) and batch.critic_observations is not None and batch.critic_returns is not None:
-            targets = targets.extended(batch.critic_observations, batch.critic_returns)
-        if not bool(np.isfinite(targets.returns).all()):
-            return None
-        return self._fit_critic(targets)
-
-    def _rebootstrapped(self, batch: VineBatch) -> VineBatch:
-        """The vine batch with its cut and truncated branches completed by the (refitted) critic."""
-        if batch.bootstrap_observations is None:
-            return batch
-        with th.no_grad():
-            values = self.policy.predict_values(obs_as_tensor(batch.bootstrap_observations, self.device))  # type: ignore[arg-type]
-        return batch.rebootstrapped(values)
+        """Fit the critic on the batch's returns (:func:`~sb3_trpo_plus.critic.value_targets`); None: skipped."""
+        targets = value_targets(self.rollout_buffer, batch)
+        return None if targets is None else self._fit_critic(targets)
 
     # ------------------------------------------------------------------ one iteration
 
@@ -408,31 +311,25 @@ class TRPOPlus(OnPolicyAlgorithm):
         critic_first = isinstance(batch, VineBatch) and vine is not None and vine.refit_critic_first
         if critic_first:
             value_losses = self._update_critic(batch)
-            batch = self._rebootstrapped(batch)
-        surrogate = self._vine_surrogate(batch) if isinstance(batch, VineBatch) else self._surrogate(batch)
+            batch = rebootstrapped(self.policy, batch)
+        surrogate = self._surrogate(batch)
         if surrogate.invalid:
             step = StepResult(False, surrogate.invalid, 0.0, 0.0, 0.0, 0, math.nan, 0, 0.0)
         else:
             step = self._policy_step(surrogate.observations, surrogate.objective, surrogate.constraint_observations)
         if not critic_first:
             value_losses = self._update_critic(batch)
-        if value_losses is None:
-            self.logger.record("train/critic_fit_skipped", 1)
         self._n_updates += 1
-        self._record(step, value_losses or [], surrogate)
+        self._record(step, value_losses, surrogate)
 
-    def _record(self, step: StepResult, value_losses: list[float], surrogate: Surrogate) -> None:
-        if not step.accepted:
-            self.n_rejected_steps += 1
-            if self.verbose >= 1:
-                print(f"TRPOPlus: trust-region step rejected ({step.reason}); policy parameters kept")
+    def _record(self, step: StepResult, value_losses: list[float] | None, surrogate: Surrogate) -> None:
+        self.n_rejected_steps += 0 if step.accepted else 1
         with th.no_grad():
             ess = surrogate.ess(self.policy.get_distribution(surrogate.observations))
-        explained_var = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
-        std = th.exp(self.policy.log_std).mean().item() if hasattr(self.policy, "log_std") else None
-        record_iteration(self.logger, step, value_losses, ess, explained_var, self.n_rejected_steps, self._n_updates, std)
-        for key, value in surrogate.stats.items():
-            self.logger.record(f"train/{key}", value)
+        counts = (self.n_rejected_steps, self._n_updates)
+        record_iteration(
+            self.logger, step, value_losses, ess, self.rollout_buffer, self.policy, *counts, surrogate.stats, self.verbose
+        )
 
     def learn(
         self: SelfTRPOPlus,

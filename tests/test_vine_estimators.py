@@ -136,7 +136,7 @@ def test_max_weight_truncates_the_vine_importance_weights() -> None:
     batch = truncated._vine_batch
     with th.no_grad():
         dist = truncated.policy.get_distribution(batch.observations)
-        plain_surrogate, truncated_surrogate = plain._vine_surrogate(batch), truncated._vine_surrogate(batch)
+        plain_surrogate, truncated_surrogate = plain._surrogate(batch), truncated._surrogate(batch)
         # the objective is the self-normalised estimator with min(w, c) weights
         weights = th.exp(dist.log_prob(batch.actions) - batch.log_q).view(4, 4)
         assert float(weights.max()) > 10.0

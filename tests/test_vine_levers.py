@@ -219,7 +219,7 @@ def test_critic_is_fitted_first_on_trunk_and_branch_returns_and_completes_q(monk
         seen["fitted"] = True
         return fit(targets)
 
-    surrogate = model._vine_surrogate
+    surrogate = model._surrogate
 
     def spy_surrogate(batch: VineBatch) -> Any:
         seen["fitted_before_surrogate"] = seen.get("fitted", False)
@@ -234,7 +234,7 @@ def test_critic_is_fitted_first_on_trunk_and_branch_returns_and_completes_q(monk
         return surrogate(batch)
 
     monkeypatch.setattr(model, "_fit_critic", spy_fit)
-    monkeypatch.setattr(model, "_vine_surrogate", spy_surrogate)
+    monkeypatch.setattr(model, "_surrogate", spy_surrogate)
     model.learn(64, log_interval=10**6)
     # 8 rollout-set states (their V) and the 3 inner states of each of their 2 branches
     assert seen["n_branch_targets"] == 8 + 8 * 2 * 3
