@@ -6,7 +6,9 @@ The algorithm box of the paper, as :meth:`TRPOPlus.train` reads:
 1. Collect state-action pairs with pi_old and their advantages or Q-values (:meth:`collect_rollouts`:
    :mod:`sb3_trpo_plus.sampling`, and :mod:`sb3_trpo_plus.vine` in vine mode).
 2. Build the surrogate L(theta) from them (:meth:`_surrogate`, :mod:`sb3_trpo_plus.estimators`).
-3. Maximise it under the KL constraint (:meth:`_policy_step`, :mod:`sb3_trpo_plus.step`): natural
+3. Maximise it under the constraint mean KL(pi_theta || pi_old) <= delta, measured in the
+   direction sb3-contrib measures it (the paper writes KL(pi_old || pi_theta): the same Hessian
+   at theta_old, so the same step) (:meth:`_policy_step`, :mod:`sb3_trpo_plus.step`): natural
    gradient by conjugate gradient on Fisher-vector products, maximal step, line search.
 4. Fit the value function, never moving a parameter the policy depends on (:mod:`sb3_trpo_plus.critic`).
 
@@ -39,7 +41,7 @@ from sb3_trpo_plus.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_trpo_plus.q import SamplingDistribution
 from sb3_trpo_plus.recording import record_branching, record_iteration
 from sb3_trpo_plus.sampling import advance_progress_bars, collect_single_path
-from sb3_trpo_plus.settings import Settings, on_policy_arguments
+from sb3_trpo_plus.settings import Sampling, Settings, on_policy_arguments
 from sb3_trpo_plus.step import PolicyStep
 from sb3_trpo_plus.trust_region import StepResult
 from sb3_trpo_plus.validation import InvalidArgumentError as InvalidArgumentError  # re-exported: users catch it
@@ -169,7 +171,7 @@ class TRPOPlus(OnPolicyAlgorithm):
         if self._vine is not None:
             self._vine.close()
             self._vine = None
-        if self.sampling == "vine" and self.env is not None:
+        if self.sampling == Sampling.VINE and self.env is not None:
             settings = self._settings()
             assert settings.vine is not None
             q = SamplingDistribution(settings.q, self.action_space)
@@ -188,7 +190,7 @@ class TRPOPlus(OnPolicyAlgorithm):
 
     def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
         super().set_env(env, force_reset)
-        if self.sampling == "vine" and self.policy is not None:
+        if self.sampling == Sampling.VINE and self.policy is not None:
             self._setup_vine()
 
     def _excluded_save_params(self) -> list[str]:
@@ -206,7 +208,7 @@ class TRPOPlus(OnPolicyAlgorithm):
         """
         before_step = None
         self._vine_batch = None  # the batch of this iteration only
-        if self.sampling == "vine":
+        if self.sampling == Sampling.VINE:
             if self._vine is None:  # loaded without an environment, then given one
                 self._setup_vine()
             assert self._vine is not None
@@ -265,7 +267,7 @@ class TRPOPlus(OnPolicyAlgorithm):
         branched (vine), or the rollout's samples. The rollout is read in both modes (it flattens
         the buffer and draws SB3's permutation from NumPy's global generator).
         """
-        if self.sampling == "vine" and self._vine_batch is None:
+        if self.sampling == Sampling.VINE and self._vine_batch is None:
             raise RuntimeError("sampling='vine' but no vine batch was collected for this iteration (no fallback)")
         trunk = self._policy_batch()
         return replace(self._vine_batch, trunk=trunk) if self._vine_batch is not None else trunk

@@ -1,7 +1,7 @@
 """
 Checks of TRPOPlus's constructor arguments that sb3-contrib's TRPO also takes (and of the
 choices among TRPOPlus's own modes), run before any environment is built or any training time
-is spent. The vine settings and q are checked by their own modules.
+is spent. The vine settings, q and the surrogate's settings are checked when :mod:`sb3_trpo_plus.settings` builds them.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
-FISHER_MODES = ("analytic", "kl_hessian")
-SAMPLING_SCHEMES = ("single_path", "vine")
+from sb3_trpo_plus.settings import FisherMode, Sampling
+
+FISHER_MODES = tuple(mode.value for mode in FisherMode)
+SAMPLING_SCHEMES = tuple(scheme.value for scheme in Sampling)
 
 
 class InvalidArgumentError(ValueError, AssertionError):

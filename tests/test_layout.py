@@ -162,3 +162,16 @@ def test_the_layout_test_sees_the_known_edges() -> None:
     assert f"{PACKAGE}.fast.plain" in GRAPH[f"{PACKAGE}.fast.actor"]
     assert f"{PACKAGE}.buffers" in GRAPH[f"{PACKAGE}.vine"]  # imported inside a function
     assert f"{PACKAGE}.zoo.hub" in GRAPH[f"{PACKAGE}.zoo.cli"]  # "from package import module"
+    assert f"{PACKAGE}.observations" in GRAPH[f"{PACKAGE}.estimators"]  # "from package import module as name"
+
+
+def test_the_second_pass_rooms_hold_their_ideas() -> None:
+    # settings builds q (not the other way round), the step's seams sit on the Fisher products and
+    # the pure trust region, and every room takes its dict-or-array observations from one module
+    assert f"{PACKAGE}.q" in GRAPH[f"{PACKAGE}.settings"] and f"{PACKAGE}.settings" not in GRAPH[f"{PACKAGE}.q"]
+    assert {f"{PACKAGE}.fisher", f"{PACKAGE}.trust_region", f"{PACKAGE}.settings"} <= GRAPH[f"{PACKAGE}.step"]
+    assert f"{PACKAGE}.step" in GRAPH[f"{PACKAGE}.trpo_plus"] and f"{PACKAGE}.estimators" in GRAPH[f"{PACKAGE}.trpo_plus"]
+    for room in ("estimators", "fisher", "critic", "sampling", "buffers"):
+        assert f"{PACKAGE}.observations" in GRAPH[f"{PACKAGE}.{room}"], room
+    assert GRAPH[f"{PACKAGE}.observations"] == set()  # the bottom: imports nothing of the package
+    assert f"{PACKAGE}.policy_step" not in MODULES  # split into estimators, fisher and step
