@@ -405,7 +405,8 @@ class Settings:
         named = dict(zip(cls.ARGUMENTS, values, strict=True))
         sampling = SamplingSettings.from_arguments(named["sampling"], named["q"], named["q_kwargs"], named["vine_kwargs"])
         surrogate = SurrogateSettings(bool(named["normalize_advantage"]), named["q_kwargs"].get("max_weight"))
-        step = StepSettings(*(named[key] for key in cls.ARGUMENTS[5:]))
+        step_fields = [field.name for field in dataclasses.fields(StepSettings) if field.name in named]
+        step = StepSettings(**{name: named[name] for name in step_fields})
         return cls(values, sampling, surrogate, step).checked(action_space)
 
     def checked(self, action_space: spaces.Space | None) -> Settings:
