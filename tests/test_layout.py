@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("pure functions and the NumPy fast paths", ["surrogate", "trust_region", "fast"]),
     ("typed settings", ["settings"]),
     ("SB3's distribution families and action spaces", ["distributions"]),
+    ("environments of the package's own (gymnasium only)", ["noisy_envs"]),
 ]
 
 MAX_CLASS_LINES = 300  # lines of code: docstrings, comments and blank lines not counted
