@@ -19,8 +19,13 @@ from sb3_trpo_plus.surrogate import exact_sum_surrogate, importance_sampled_surr
 
 
 def categorical(policy: np.ndarray) -> CategoricalDistribution:
-    """An SB3 categorical distribution with one state per row of ``policy`` (float64)."""
-    logits = th.as_tensor(np.log(policy), dtype=th.float64)
+    """
+    An SB3 categorical distribution with one state per row of ``policy`` (float64). A probability
+    that underflowed to 0 gives a logit of -inf, which torch's KL treats exactly (an infinite KL
+    where the first distribution has mass and the second none).
+    """
+    with np.errstate(divide="ignore"):
+        logits = th.as_tensor(np.log(policy), dtype=th.float64)
     return CategoricalDistribution(policy.shape[1]).proba_distribution(action_logits=logits)
 
 
