@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         ["sampling", "vine", "critic", "recording", "validation", "actor_parameters", "policy_step"],
     ),
     ("data and sampling distributions", ["buffers", "q", "env_state", "policies"]),
-    ("pure functions and the NumPy fast paths", ["surrogate", "trust_region", "fast"]),
+    ("pure functions and the NumPy fast paths", ["surrogate", "trust_region", "bound", "fast"]),
     ("typed settings", ["settings"]),
     ("SB3's distribution families and action spaces", ["distributions"]),
     ("environments of the package's own (gymnasium only)", ["noisy_envs"]),
