@@ -25,9 +25,10 @@ action" mode and its exact-sum estimator).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -451,6 +452,26 @@ def detached(distribution: Distribution) -> Distribution:
     if family is None:
         raise TypeError(f"Cannot detach a {type(distribution).__name__}")
     return family.detach(distribution)
+
+
+@contextlib.contextmanager
+def preserved_state(distribution: Distribution) -> Iterator[None]:
+    """
+    Evaluations of a policy inside the block leave its SB3 distribution object (``policy.action_dist``)
+    as they found it, attribute for attribute, even on an exception. SB3 keeps the last torch
+    distribution a forward pass built on that object (``distribution``, and ``_latent_sde`` for
+    gSDE), attached to the autograd graph of that pass when it ran with gradients: left there, it
+    keeps the pass's activations alive and makes ``copy.deepcopy`` and ``pickle`` of the policy
+    fail until the next forward pass replaces it.
+
+    :param distribution: the policy's action distribution object
+    """
+    saved = dict(vars(distribution))
+    try:
+        yield
+    finally:
+        vars(distribution).clear()
+        vars(distribution).update(saved)
 
 
 def distribution_parameters(distribution: Distribution) -> list[th.Tensor]:
