@@ -428,7 +428,10 @@ class BernoulliFamily(Family):
 # --------------------------------------------------------------------------- by distribution
 
 
-def detached_torch(distribution: th.distributions.Distribution) -> th.distributions.Distribution:
+TorchDistribution = TypeVar("TorchDistribution", bound=th.distributions.Distribution)
+
+
+def detached_torch(distribution: TorchDistribution) -> TorchDistribution:
     """
     A copy of a torch distribution whose tensors are cut from the autograd graph, value for value.
     Building a new ``Categorical(logits=...)`` instead would normalise the already normalised
@@ -472,6 +475,27 @@ def preserved_state(distribution: Distribution) -> Iterator[None]:
     finally:
         vars(distribution).clear()
         vars(distribution).update(saved)
+
+
+def detach_exploration_noise(distribution: Distribution) -> None:
+    """
+    gSDE: cut the exploration matrices and the distribution they were drawn from
+    (``exploration_mat``, ``exploration_matrices``, ``weights_dist``) from the graph of log_std,
+    in place, value for value, no random number drawn. SB3 draws them with gradients (when it
+    builds the policy, and when it loads a model), which leaves log_std's graph on the policy.
+    Only sampling reads them; no gradient is ever taken through them. Other distributions: nothing.
+
+    :param distribution: the policy's action distribution object
+    """
+    if not isinstance(distribution, StateDependentNoiseDistribution):
+        return
+    for name in ("exploration_mat", "exploration_matrices"):
+        value = getattr(distribution, name, None)
+        if isinstance(value, th.Tensor):
+            setattr(distribution, name, value.detach())
+    weights = getattr(distribution, "weights_dist", None)
+    if isinstance(weights, Normal):
+        distribution.weights_dist = detached_torch(weights)
 
 
 def distribution_parameters(distribution: Distribution) -> list[th.Tensor]:

@@ -138,11 +138,16 @@ def test_gsde_noise_holds_no_graph() -> None:
     assert snapshots.after_update >= {"rollout_start", "step", "rollout_end", "training_end"}
 
 
-def test_a_loaded_model_holds_no_graph() -> None:
-    """Loading rebuilds the policy and finds its actor parameters again: the probe leaves nothing behind."""
+@pytest.mark.parametrize(("env_id", "use_sde"), [("CartPole-v1", False), ("Pendulum-v1", True)])
+def test_a_loaded_model_holds_no_graph(env_id: str, use_sde: bool) -> None:
+    """
+    Loading rebuilds the policy, finds its actor parameters again and (gSDE) draws new exploration
+    matrices: none of it leaves a graph behind.
+    """
     buffer = io.BytesIO()
-    _model("CartPole-v1", "single_path", True).save(buffer)
+    _model(env_id, "single_path", True, use_sde=use_sde).save(buffer)
     buffer.seek(0)
     loaded = TRPOPlus.load(buffer)
+    assert isinstance(loaded, TRPOPlus)
     assert graph_tensors(loaded.policy, "policy") == []
     copy.deepcopy(loaded.policy)
