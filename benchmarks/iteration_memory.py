@@ -9,10 +9,10 @@ For each case the model is built (seed 0) and runs ``--iterations`` iterations b
 profiler with ``profile_memory=True``; from its allocation records (every allocation and free of
 tensor memory, with its time) the script reports:
 
-- ``peak``: the largest amount of tensor memory live at once during ``train``, above what was live
-  when it started;
-- ``retained``: what ``train`` left allocated when it returned (tensors kept on the policy or the
-  model: the next iteration's starting point);
+- ``peak``: the largest amount of tensor memory allocated during ``train`` and live at once (the
+  profiler does not record the frees of blocks allocated before it started);
+- ``retained``: what of it ``train`` left allocated when it returned (tensors kept on the policy or
+  the model: the next iteration's starting point);
 - ``graph on policy``: tensors attached to an autograd graph reachable from the policy, counted
   after construction and after each ``train`` (what breaks ``copy.deepcopy`` of the policy).
 
