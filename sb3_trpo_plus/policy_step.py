@@ -30,7 +30,13 @@ from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
 
 from sb3_trpo_plus.buffers import VineBatch
-from sb3_trpo_plus.distributions import actions_for_log_prob, detached, distribution_metric, distribution_parameters
+from sb3_trpo_plus.distributions import (
+    actions_for_log_prob,
+    detached,
+    distribution_metric,
+    distribution_parameters,
+    preserved_state,
+)
 from sb3_trpo_plus.surrogate import (
     effective_sample_size,
     exact_sum_surrogate,
@@ -249,7 +255,8 @@ def vine_and_trunk_surrogate(
         return importance_sampled_surrogate(log_prob[n_vine:][rows], log_q[rows], advantages[rows], max_weight)
 
     # the two variances, from chunk gradients at theta_old (interleaved chunks: no random draw)
-    log_prob = policy.get_distribution(observations).log_prob(actions)
+    with preserved_state(policy.action_dist):  # the graph of this pass is not left on the policy
+        log_prob = policy.get_distribution(observations).log_prob(actions)
     trunk_chunks = [trunk_value(log_prob, slice(c, None, n_chunks)) for c in range(min(n_chunks, len(advantages)))]
     states = th.arange(vine.n_states, device=vine.group.device)
     chunk_states = [states[c::n_chunks].contiguous() for c in range(min(n_chunks, vine.n_states))]
@@ -432,14 +439,13 @@ def forward_mode_fisher_product(
     :param damping: c in (F + c I) v
     """
     states = _rng_states(policy.device)
-    saved = dict(vars(policy.action_dist))  # get_distribution rebinds the distribution object's attributes
     outputs_of = distribution_parameters_function(policy, actor_params, obs)
     product: MatVec | None
-    try:
-        product = linearized_fisher_vector_product(outputs, outputs_of, metric, actor_params, damping, len(outputs[0]))
-    except Exception:  # any failure to differentiate in forward mode or to trace: the caller falls back
-        product = None
-    vars(policy.action_dist).update(saved)
+    with preserved_state(policy.action_dist):  # get_distribution rebinds the distribution object's attributes
+        try:
+            product = linearized_fisher_vector_product(outputs, outputs_of, metric, actor_params, damping, len(outputs[0]))
+        except Exception:  # any failure to differentiate in forward mode or to trace: the caller falls back
+            product = None
     if any(not th.equal(before, after) for before, after in zip(states, _rng_states(policy.device), strict=True)):
         # a random forward pass (noise layers...): its linearisation would not match J
         _restore_rng_states(states, policy.device)
@@ -526,38 +532,42 @@ def trust_region_step(
     :param settings: the step's arguments
     :param constraint_obs: the states of the KL constraint, the Fisher matrix and the line
         search's KL (None: ``obs``)
+    :return: the measurements of the step; the policy's distribution object is left as it was
+        before the step (:func:`~sb3_trpo_plus.distributions.preserved_state`): the step's
+        distributions, attached to the graph of its forward passes, do not outlive it
     """
-    # SB3 policies keep one distribution object per policy, so each is used before the next is made
-    forward_mode = uses_forward_mode(policy, actor_params, settings)
-    obs, distribution = step_distribution(policy, obs, forward_mode)
-    old_distribution = detached(distribution)
-    surrogate = objective(distribution)
-    separate = constraint_obs is not None
-    if constraint_obs is None:
-        constraint_obs, constrained, old_constrained = obs, distribution, old_distribution
-    else:
-        constraint_obs, constrained = step_distribution(policy, constraint_obs, forward_mode)
-        old_constrained = detached(constrained)
-    product = fisher_product(policy, actor_params, constraint_obs, constrained, old_constrained, settings)
+    with preserved_state(policy.action_dist):
+        # SB3 policies keep one distribution object per policy, so each is used before the next is made
+        forward_mode = uses_forward_mode(policy, actor_params, settings)
+        obs, distribution = step_distribution(policy, obs, forward_mode)
+        old_distribution = detached(distribution)
+        surrogate = objective(distribution)
+        separate = constraint_obs is not None
+        if constraint_obs is None:
+            constraint_obs, constrained, old_constrained = obs, distribution, old_distribution
+        else:
+            constraint_obs, constrained = step_distribution(policy, constraint_obs, forward_mode)
+            old_constrained = detached(constrained)
+        product = fisher_product(policy, actor_params, constraint_obs, constrained, old_constrained, settings)
 
-    def evaluate() -> tuple[float, float]:
-        new_distribution = policy.get_distribution(obs)
-        value = float(objective(new_distribution))
-        new_constrained = policy.get_distribution(constraint_obs) if separate else new_distribution
-        # the constraint as sb3-contrib measures it, KL(pi_theta || pi_old), so that target_kl
-        # means the same (the paper's KL(pi_old || pi_theta) agrees to second order)
-        return value, float(mean_kl(new_constrained, old_constrained))
+        def evaluate() -> tuple[float, float]:
+            new_distribution = policy.get_distribution(obs)
+            value = float(objective(new_distribution))
+            new_constrained = policy.get_distribution(constraint_obs) if separate else new_distribution
+            # the constraint as sb3-contrib measures it, KL(pi_theta || pi_old), so that target_kl
+            # means the same (the paper's KL(pi_old || pi_theta) agrees to second order)
+            return value, float(mean_kl(new_constrained, old_constrained))
 
-    # Start CG from small noise rather than zero, as sb3-contrib does (same random stream).
-    x0 = 1e-4 * th.randn(sum(p.numel() for p in actor_params), device=policy.device)
-    return natural_gradient_step(
-        actor_params,
-        surrogate,
-        product,
-        evaluate,
-        max_kl=settings.target_kl,
-        cg_max_iter=settings.cg_max_steps,
-        shrinking_factor=settings.line_search_shrinking_factor,
-        line_search_max_iter=settings.line_search_max_iter,
-        cg_x0=x0,
-    )
+        # Start CG from small noise rather than zero, as sb3-contrib does (same random stream).
+        x0 = 1e-4 * th.randn(sum(p.numel() for p in actor_params), device=policy.device)
+        return natural_gradient_step(
+            actor_params,
+            surrogate,
+            product,
+            evaluate,
+            max_kl=settings.target_kl,
+            cg_max_iter=settings.cg_max_steps,
+            shrinking_factor=settings.line_search_shrinking_factor,
+            line_search_max_iter=settings.line_search_max_iter,
+            cg_x0=x0,
+        )
