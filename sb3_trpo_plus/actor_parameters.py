@@ -14,7 +14,7 @@ from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 
-from sb3_trpo_plus.distributions import distribution_parameters
+from sb3_trpo_plus.distributions import distribution_parameters, preserved_state
 
 
 def probe_observation(space: spaces.Space) -> Any:
@@ -43,10 +43,12 @@ def find_actor_parameters(policy: ActorCriticPolicy, observation_space: spaces.S
     graph from the distribution's parameters on a probe observation (not by names, so
     custom policies and shared feature extractors are handled). The probe is built from the
     space's structure: sampling the user's space would advance its random generator, which
-    SB3's identity environments also draw their states from.
+    SB3's identity environments also draw their states from. The probe's distribution, attached
+    to its graph, is not left on the policy (:func:`~sb3_trpo_plus.distributions.preserved_state`).
     """
     obs, _ = policy.obs_to_tensor(probe_observation(observation_space))
     params = [p for p in policy.parameters() if p.requires_grad]
-    outputs = distribution_parameters(policy.get_distribution(obs))
-    grads = th.autograd.grad([out.sum() for out in outputs], params, allow_unused=True)
+    with preserved_state(policy.action_dist):
+        outputs = distribution_parameters(policy.get_distribution(obs))
+        grads = th.autograd.grad([out.sum() for out in outputs], params, allow_unused=True)
     return [p for p, g in zip(params, grads, strict=True) if g is not None]

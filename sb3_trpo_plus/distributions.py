@@ -25,9 +25,10 @@ action" mode and its exact-sum estimator).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -429,7 +430,10 @@ class BernoulliFamily(Family):
 # --------------------------------------------------------------------------- by distribution
 
 
-def detached_torch(distribution: th.distributions.Distribution) -> th.distributions.Distribution:
+TorchDistribution = TypeVar("TorchDistribution", bound=th.distributions.Distribution)
+
+
+def detached_torch(distribution: TorchDistribution) -> TorchDistribution:
     """
     A copy of a torch distribution whose tensors are cut from the autograd graph, value for value.
     Building a new ``Categorical(logits=...)`` instead would normalise the already normalised
@@ -450,6 +454,47 @@ def detached(distribution: Distribution) -> Distribution:
     pi_old alive when the policy is evaluated again.
     """
     return family_of(distribution, "to detach it").detach(distribution)
+
+
+@contextlib.contextmanager
+def preserved_state(distribution: Distribution) -> Iterator[None]:
+    """
+    Evaluations of a policy inside the block leave its SB3 distribution object (``policy.action_dist``)
+    as they found it, attribute for attribute, even on an exception. SB3 keeps the last torch
+    distribution a forward pass built on that object (``distribution``, and ``_latent_sde`` for
+    gSDE), attached to the autograd graph of that pass when it ran with gradients: left there, it
+    keeps the pass's activations alive and makes ``copy.deepcopy`` and ``pickle`` of the policy
+    fail until the next forward pass replaces it.
+
+    :param distribution: the policy's action distribution object
+    """
+    saved = dict(vars(distribution))
+    try:
+        yield
+    finally:
+        vars(distribution).clear()
+        vars(distribution).update(saved)
+
+
+def detach_exploration_noise(distribution: Distribution) -> None:
+    """
+    gSDE: cut the exploration matrices and the distribution they were drawn from
+    (``exploration_mat``, ``exploration_matrices``, ``weights_dist``) from the graph of log_std,
+    in place, value for value, no random number drawn. SB3 draws them with gradients (when it
+    builds the policy, and when it loads a model), which leaves log_std's graph on the policy.
+    Only sampling reads them; no gradient is ever taken through them. Other distributions: nothing.
+
+    :param distribution: the policy's action distribution object
+    """
+    if not isinstance(distribution, StateDependentNoiseDistribution):
+        return
+    for name in ("exploration_mat", "exploration_matrices"):
+        value = getattr(distribution, name, None)
+        if isinstance(value, th.Tensor):
+            setattr(distribution, name, value.detach())
+    weights = getattr(distribution, "weights_dist", None)
+    if isinstance(weights, Normal):
+        distribution.weights_dist = detached_torch(weights)
 
 
 def distribution_parameters(distribution: Distribution) -> list[th.Tensor]:

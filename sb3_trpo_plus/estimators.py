@@ -27,7 +27,7 @@ from torch import nn
 
 from sb3_trpo_plus import observations as batches
 from sb3_trpo_plus.buffers import VineBatch
-from sb3_trpo_plus.distributions import actions_for_log_prob
+from sb3_trpo_plus.distributions import actions_for_log_prob, preserved_state
 from sb3_trpo_plus.settings import Estimator, SurrogateSettings, TrustRegionStates, VineSettings
 from sb3_trpo_plus.surrogate import (
     effective_sample_size,
@@ -218,7 +218,8 @@ def vine_and_trunk_surrogate(
         return importance_sampled_surrogate(log_prob[n_vine:][rows], log_q[rows], advantages[rows], max_weight)
 
     # the two variances, from chunk gradients at theta_old (interleaved chunks: no random draw)
-    log_prob = policy.get_distribution(observations).log_prob(actions)
+    with preserved_state(policy.action_dist):  # the graph of this pass is not left on the policy
+        log_prob = policy.get_distribution(observations).log_prob(actions)
     trunk_chunks = [trunk_value(log_prob, slice(c, None, n_chunks)) for c in range(min(n_chunks, len(advantages)))]
     states = th.arange(vine.n_states, device=vine.group.device)
     chunk_states = [states[c::n_chunks].contiguous() for c in range(min(n_chunks, vine.n_states))]

@@ -21,7 +21,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
 
 from sb3_trpo_plus import observations as batches
-from sb3_trpo_plus.distributions import detached, distribution_metric, distribution_parameters
+from sb3_trpo_plus.distributions import detached, distribution_metric, distribution_parameters, preserved_state
 from sb3_trpo_plus.settings import FisherMode, StepSettings
 from sb3_trpo_plus.surrogate import mean_kl
 from sb3_trpo_plus.trust_region import (
@@ -162,14 +162,13 @@ def forward_mode_fisher_product(
     :param damping: c in (F + c I) v
     """
     states = _rng_states(policy.device)
-    saved = dict(vars(policy.action_dist))  # get_distribution rebinds the distribution object's attributes
     outputs_of = distribution_parameters_function(policy, actor_params, obs)
     product: MatVec | None
-    try:
-        product = linearized_fisher_vector_product(outputs, outputs_of, metric, actor_params, damping, len(outputs[0]))
-    except Exception:  # any failure to differentiate in forward mode or to trace: the caller falls back
-        product = None
-    vars(policy.action_dist).update(saved)
+    with preserved_state(policy.action_dist):  # get_distribution rebinds the distribution object's attributes
+        try:
+            product = linearized_fisher_vector_product(outputs, outputs_of, metric, actor_params, damping, len(outputs[0]))
+        except Exception:  # any failure to differentiate in forward mode or to trace: the caller falls back
+            product = None
     if any(not th.equal(before, after) for before, after in zip(states, _rng_states(policy.device), strict=True)):
         # a random forward pass (noise layers...): its linearisation would not match J
         _restore_rng_states(states, policy.device)

@@ -78,6 +78,21 @@ def current_actor(actor: NumpyActor | TorchActor) -> NumpyActor | TorchActor:
     return actor
 
 
+def reset_noise(policy: ActorCriticPolicy, n_envs: int) -> None:
+    """
+    Draw new gSDE exploration matrices, as SB3's ``policy.reset_noise`` does, without gradient
+    tracking: the same values, but SB3 would draw them through log_std's graph and leave that
+    graph on the policy's distribution object (``weights_dist``, ``exploration_mat``,
+    ``exploration_matrices``) for the whole rollout, where it makes ``copy.deepcopy`` and ``pickle``
+    of the policy fail. Only sampling reads the matrices; no gradient is taken through them.
+
+    :param policy: the policy (gSDE)
+    :param n_envs: the number of environments, one matrix each
+    """
+    with th.no_grad():
+        policy.reset_noise(n_envs)
+
+
 def collect_single_path(
     env: VecEnv,
     policy: ActorCriticPolicy,
@@ -114,7 +129,7 @@ def collect_single_path(
     n_steps = 0
     rollout_buffer.reset()
     if use_sde:
-        policy.reset_noise(env.num_envs)
+        reset_noise(policy, env.num_envs)
     actor = make_actor(policy, fast_paths)
     fast_add = type(rollout_buffer) is RolloutBuffer
     action_space = policy.action_space
@@ -130,7 +145,7 @@ def collect_single_path(
 
         while n_steps < n_rollout_steps:
             if use_sde and sde_sample_freq > 0 and n_steps % sde_sample_freq == 0:
-                policy.reset_noise(env.num_envs)
+                reset_noise(policy, env.num_envs)
 
             if before_step is not None:
                 before_step(last_obs, last_episode_starts)

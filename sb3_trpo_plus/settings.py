@@ -146,6 +146,12 @@ class VineSettings:
         unknown = set(vine_kwargs or {}) - set(allowed)
         if unknown:
             raise ValueError(f"vine_kwargs has unknown keys {sorted(unknown)}; allowed: {allowed}")
+        n_states = (vine_kwargs or {}).get("n_states", "auto")
+        if "branch_share" in (vine_kwargs or {}) and n_states != "auto":
+            raise ValueError(
+                f"vine_kwargs['branch_share'] only sizes the rollout set when n_states='auto', but n_states={n_states!r} "
+                "was given: drop one of the two"
+            )
         return cls(**(vine_kwargs or {}))
 
     def resolved(self, action_space: spaces.Space, q_is_policy: bool = True) -> VineSettings:
@@ -204,6 +210,28 @@ class VineSettings:
             return max(1, math.ceil(self.n_states * trunk_size))
         return min(int(self.n_states), trunk_size)
 
+    def share_warning(self, trunk_size: int, n_branches: int) -> str | None:
+        """
+        With ``n_states="auto"``, a warning when the floor of 2 rollout-set states lets the branches
+        take more than ``branch_share`` of an iteration's environment steps (every branch running
+        its H steps), naming the numbers; None when the share holds (or N was given explicitly).
+
+        :param trunk_size: T, the trunk's states per iteration (``n_steps * n_envs``)
+        :param n_branches: branches per rollout-set state (K, or every action with ``all_actions``)
+        """
+        if self.n_states != "auto":
+            return None
+        n_states = self.rollout_set_size(trunk_size, n_branches)
+        branch_steps = n_states * n_branches * self.horizon
+        share = branch_steps / (branch_steps + trunk_size)
+        if share <= self.branch_share + 1e-12:
+            return None
+        return (
+            f"vine_kwargs: n_states='auto' takes at least 2 rollout-set states, so {n_states} states x {n_branches} "
+            f"branches x horizon {self.horizon} = {branch_steps} branch steps beside {trunk_size} trunk steps may take "
+            f"{share:.0%} of each iteration's environment steps, more than branch_share={self.branch_share}. "
+            "Raise n_steps (or n_envs), lower horizon or n_actions, or give n_states explicitly."
+        )
 
 # ----------------------------------------------------------------------------- the fixed choices
 

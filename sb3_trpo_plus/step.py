@@ -30,7 +30,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
 
-from sb3_trpo_plus.distributions import detached
+from sb3_trpo_plus.distributions import detached, preserved_state
 from sb3_trpo_plus.fisher import fisher_product, step_distribution, uses_forward_mode
 from sb3_trpo_plus.settings import StepSettings
 from sb3_trpo_plus.trust_region import MatVec, NaturalGradient, StepResult, natural_gradient_direction, trust_region_update
@@ -217,33 +217,35 @@ class PolicyStep:
             search's measure (None: ``obs``)
         """
         settings = self.settings
-        # SB3 policies keep one distribution object per policy, so each is used before the next is made
-        forward_mode = uses_forward_mode(policy, actor_params, settings)
-        obs, distribution = step_distribution(policy, obs, forward_mode)
-        old_distribution = detached(distribution)
-        surrogate = objective(distribution)
-        separate = constraint_obs is not None
-        if constraint_obs is None:
-            constraint_obs, constrained, old_constrained = obs, distribution, old_distribution
-        else:
-            constraint_obs, constrained = step_distribution(policy, constraint_obs, forward_mode)
-            old_constrained = detached(constrained)
-        product = fisher_product(policy, actor_params, constraint_obs, constrained, old_constrained, settings)
+        # the step's distributions, attached to the graph of its forward passes, do not outlive it
+        with preserved_state(policy.action_dist):
+            # SB3 policies keep one distribution object per policy, so each is used before the next is made
+            forward_mode = uses_forward_mode(policy, actor_params, settings)
+            obs, distribution = step_distribution(policy, obs, forward_mode)
+            old_distribution = detached(distribution)
+            surrogate = objective(distribution)
+            separate = constraint_obs is not None
+            if constraint_obs is None:
+                constraint_obs, constrained, old_constrained = obs, distribution, old_distribution
+            else:
+                constraint_obs, constrained = step_distribution(policy, constraint_obs, forward_mode)
+                old_constrained = detached(constrained)
+            product = fisher_product(policy, actor_params, constraint_obs, constrained, old_constrained, settings)
 
-        def per_state_kl() -> th.Tensor:
-            return self.constraint.per_state(policy.get_distribution(constraint_obs), old_constrained)
+            def per_state_kl() -> th.Tensor:
+                return self.constraint.per_state(policy.get_distribution(constraint_obs), old_constrained)
 
-        def evaluate() -> tuple[float, float]:
-            new_distribution = policy.get_distribution(obs)
-            value = float(objective(new_distribution))
-            new_constrained = policy.get_distribution(constraint_obs) if separate else new_distribution
-            # the constraint as sb3-contrib measures it, KL(pi_theta || pi_old), so that target_kl
-            # means the same (the paper's KL(pi_old || pi_theta) agrees to second order)
-            return value, float(self.constraint(new_constrained, old_constrained))
+            def evaluate() -> tuple[float, float]:
+                new_distribution = policy.get_distribution(obs)
+                value = float(objective(new_distribution))
+                new_constrained = policy.get_distribution(constraint_obs) if separate else new_distribution
+                # the constraint as sb3-contrib measures it, KL(pi_theta || pi_old), so that target_kl
+                # means the same (the paper's KL(pi_old || pi_theta) agrees to second order)
+                return value, float(self.constraint(new_constrained, old_constrained))
 
-        # Start CG from small noise rather than zero, as sb3-contrib does (same random stream).
-        x0 = 1e-4 * th.randn(sum(p.numel() for p in actor_params), device=policy.device)
-        return self.rule.take(StepProblem(actor_params, surrogate, product, evaluate, per_state_kl, x0))
+            # Start CG from small noise rather than zero, as sb3-contrib does (same random stream).
+            x0 = 1e-4 * th.randn(sum(p.numel() for p in actor_params), device=policy.device)
+            return self.rule.take(StepProblem(actor_params, surrogate, product, evaluate, per_state_kl, x0))
 
 
 def take_step(

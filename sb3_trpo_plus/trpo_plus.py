@@ -18,7 +18,9 @@ described in docs/arguments.md.
 
 from __future__ import annotations
 
+import io
 import math
+import pathlib
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, ClassVar, TypeVar
@@ -36,6 +38,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from sb3_trpo_plus.actor_parameters import find_actor_parameters
 from sb3_trpo_plus.buffers import VineBatch, every_kth
 from sb3_trpo_plus.critic import ValueTargets, fit_critic, rebootstrapped, value_targets
+from sb3_trpo_plus.distributions import detach_exploration_noise
 from sb3_trpo_plus.estimators import Surrogate, iteration_surrogate
 from sb3_trpo_plus.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_trpo_plus.q import SamplingDistribution
@@ -163,6 +166,7 @@ class TRPOPlus(OnPolicyAlgorithm):
 
     def _setup_model(self) -> None:
         super()._setup_model()
+        detach_exploration_noise(self.policy.action_dist)  # SB3 drew gSDE's first matrices with log_std's graph
         self._actor_params = find_actor_parameters(self.policy, self.observation_space)  # found through autograd
         self._setup_vine()
 
@@ -332,6 +336,26 @@ class TRPOPlus(OnPolicyAlgorithm):
         record_iteration(
             self.logger, step, value_losses, ess, self.rollout_buffer, self.policy, *counts, surrogate.stats, self.verbose
         )
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls: type[SelfTRPOPlus],
+        path: str | pathlib.Path | io.BufferedIOBase,
+        env: GymEnv | None = None,
+        device: th.device | str = "auto",
+        custom_objects: dict[str, Any] | None = None,
+        print_system_info: bool = False,
+        force_reset: bool = True,
+        **kwargs: Any,
+    ) -> SelfTRPOPlus:
+        """
+        SB3's ``load``; SB3 draws a gSDE model's exploration matrices again once the parameters
+        are loaded, with log_std's graph, which is cut here (same values, see
+        :func:`~sb3_trpo_plus.distributions.detach_exploration_noise`).
+        """
+        model = super().load(path, env, device, custom_objects, print_system_info, force_reset, **kwargs)
+        detach_exploration_noise(model.policy.action_dist)
+        return model
 
     def learn(
         self: SelfTRPOPlus,

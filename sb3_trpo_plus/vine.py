@@ -35,6 +35,7 @@ import copy
 import functools
 import heapq
 import multiprocessing as mp
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -856,6 +857,7 @@ class VineSampler:
         self.snapshot = trunk_snapshotter(env)
         self.trunk_step = 0
         self.stats: dict[str, float] = {}
+        self._share_checked = False
 
     def before_trunk_step(self, last_obs: Any, episode_starts: np.ndarray) -> None:
         """Offer the trunk's current states to the rollout set (called before every trunk step)."""
@@ -880,6 +882,11 @@ class VineSampler:
 
     def start_trunk(self, trunk_size: int) -> None:
         """Begin a new rollout set for a trunk of ``trunk_size`` states."""
+        if not self._share_checked:  # once: the trunk's size is the same every iteration
+            self._share_checked = True
+            message = self.settings.share_warning(trunk_size, self.pool.size)
+            if message is not None:
+                warnings.warn(message, UserWarning, stacklevel=2)
         self.trunk.size = self.settings.rollout_set_size(trunk_size, self.pool.size)
         self.trunk.reset()
         self.trunk_step = 0

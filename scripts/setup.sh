@@ -1,24 +1,19 @@
 #!/usr/bin/env bash
-# Installs everything sb3-trpo-plus needs into the current Python environment.
-# A CPU build of PyTorch is installed first when none is present, so that the plain
-# "torch" requirement does not pull a multi-GB CUDA build.
+# Installs sb3-trpo-plus (editable, with its extras zoo, bench and test) into the Python
+# environment that runs it: make and activate a virtualenv first (see the README).
+# A CPU build of PyTorch is installed first when none is present, so that the plain "torch"
+# requirement does not pull a multi-GB CUDA build. When this checkout and everything it declares
+# are already installed, it does nothing (scripts/installed.py checks, in a fraction of a second).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
+EXTRAS="zoo,bench,test"
+if "$PYTHON" scripts/installed.py ${EXTRAS//,/ } >/dev/null 2>&1; then
+    exit 0
+fi
+"$PYTHON" scripts/installed.py ${EXTRAS//,/ } || true
+echo "setup: installing into $("$PYTHON" -c 'import sys; print(sys.prefix)') (a few minutes on a fresh machine)"
 if ! "$PYTHON" -c "import torch" >/dev/null 2>&1; then
-    "$PYTHON" -m pip install --quiet "torch==2.13.0"
+    "$PYTHON" -m pip install "torch==2.13.0"
 fi
-"$PYTHON" -m pip install --quiet -e ".[zoo,bench,test]"
-
-# --- RL Zoo: PostgreSQL server programs for tests/test_zoo_postgres.py (owned by the zoo integration) ---
-# The tests start a throw-away server (initdb + pg_ctl, loopback only). Debian/Ubuntu keep these
-# programs in /usr/lib/postgresql/<version>/bin; install them when none is found.
-if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-        DEBIAN_FRONTEND=noninteractive apt-get update -q
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql
-    else
-        echo "setup.sh: PostgreSQL server programs (initdb, pg_ctl) not found; install postgresql for the zoo tests" >&2
-    fi
-fi
-# --- end RL Zoo ---
+"$PYTHON" -m pip install -e ".[$EXTRAS]"

@@ -1,4 +1,4 @@
-"""The logger keys design.md (section 3) promises for every iteration; several test modules check them."""
+"""The logger keys every iteration writes (docs/trust-region.md, "Diagnostics"); several test modules check them."""
 
 DESIGN_KEYS = (
     "train/kl",

@@ -30,9 +30,10 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("the Fisher-vector products of a policy", ["fisher"]),
     ("typed settings", ["settings"]),
     ("data and sampling distributions", ["buffers", "q", "env_state", "policies"]),
-    ("pure functions and the NumPy fast paths", ["surrogate", "trust_region", "fast"]),
+    ("pure functions and the NumPy fast paths", ["surrogate", "trust_region", "bound", "fast"]),
     ("SB3's distribution families and action spaces", ["distributions"]),
     ("dict-or-array observations", ["observations"]),
+    ("environments of the package's own (gymnasium only)", ["noisy_envs"]),
 ]
 
 MAX_CLASS_LINES = 300  # lines of code: docstrings, comments and blank lines not counted

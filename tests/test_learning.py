@@ -8,7 +8,7 @@ from stable_baselines3.common.callbacks import EvalCallback, StopTrainingOnRewar
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
-from sb3_trpo_plus import TRPOPlus
+from sb3_trpo_plus import TRPOPlus, demo
 from sb3_trpo_plus.demo import CARTPOLE_HYPERPARAMS
 
 # rl_zoo3 hyperparams/trpo.yml, CartPole-v1 (n_timesteps 1e5), as the demo uses them;
@@ -42,3 +42,14 @@ def test_cartpole_reaches_475_within_100k_steps() -> None:
     )
     print(f"CartPole-v1: mean return {np.mean(returns):.1f} over 20 episodes after {model.num_timesteps} steps")
     assert float(np.mean(returns)) >= 475, (model.num_timesteps, returns)
+
+
+def test_the_demo_learns_and_says_what_to_expect(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's main job on a fifth of its budget: far above a random policy (about 22), saved, and explained."""
+    result = demo.main(["--timesteps", "20000", "--out", str(tmp_path / "demo")])
+    out = capsys.readouterr().out
+    assert result.timesteps >= 20_000 and len(result.returns) == demo.N_EVAL_EPISODES
+    assert float(np.mean(result.returns)) >= 150 and min(result.returns) >= 100, result.returns
+    assert "1 torch thread(s)" in out and "Expected with the defaults: 500 on every one of the 20 evaluation episodes" in out
+    assert "solved at 475, maximum 500" in out
+    assert (tmp_path / "demo.zip").exists()

@@ -73,6 +73,31 @@ def test_auto_rollout_set_bounds_the_branch_share() -> None:
         assert size * 3 * 20 <= share / (1 - share) * 4096  # branches at most share of trunk + branches
 
 
+def test_the_floor_of_two_states_that_breaks_the_branch_share_is_named() -> None:
+    # Acrobot (3 actions, all branched), n_steps=64: N = 0.25 * 64 / 30 = 0.53, floored up to 2
+    message = VineSettings().share_warning(64, 3)
+    assert message is not None
+    assert "2 states x 3 branches x horizon 10 = 60 branch steps beside 64 trunk steps" in message
+    assert "48%" in message and "branch_share=0.2" in message
+    # MultiDiscrete([5, 5]) with all 25 actions on a 1024-step trunk: 500 / 1524 = 33%
+    assert "33%" in (VineSettings(all_actions=True).share_warning(1024, 25) or "")
+    assert VineSettings().share_warning(4096, 3) is None  # N = 34: the share holds
+    assert VineSettings(n_states=2).share_warning(64, 3) is None  # N given: the user chose it
+
+
+def test_the_share_warning_is_given_once_per_model() -> None:
+    model = TRPOPlus("MlpPolicy", "Acrobot-v1", n_steps=64, batch_size=64, sampling="vine", seed=0)
+    with pytest.warns(UserWarning, match=r"n_states='auto'.*48%") as caught:
+        model.learn(3 * 64)
+    assert sum("branch_share" in str(w.message) for w in caught) == 1
+
+
+def test_branch_share_beside_an_explicit_rollout_set_size_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"vine_kwargs\['branch_share'\] only sizes the rollout set when n_states='auto'.*8"):
+        TRPOPlus("MlpPolicy", "CartPole-v1", sampling="vine", vine_kwargs={"n_states": 8, "branch_share": 0.5})
+    TRPOPlus("MlpPolicy", "CartPole-v1", sampling="vine", vine_kwargs={"n_states": "auto", "branch_share": 0.5})
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

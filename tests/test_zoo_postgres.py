@@ -48,7 +48,7 @@ def _postgres_bindir() -> Path:
         subprocess.run(["apt-get", "install", "-y", "-q", "postgresql"], check=True, env=env, capture_output=True)
         bindir = find()
     if bindir is None:
-        pytest.fail("PostgreSQL server programs (initdb, pg_ctl) not found: run scripts/setup.sh or install postgresql")
+        pytest.fail("PostgreSQL server programs (initdb, pg_ctl) not found, and installing them needs root and apt-get")
     return bindir
 
 

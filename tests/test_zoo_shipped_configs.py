@@ -47,6 +47,20 @@ def test_shipped_names_resolve_in_the_clone(tmp_path: Path, monkeypatch: pytest.
     assert manager.config == str(vine)
 
 
+def test_an_unknown_shipped_name_is_one_line_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``trpo-plus-zoo train -conf pkg:typo`` ends with the message alone, exit status 2, no traceback."""
+    from sb3_trpo_plus.zoo.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--env", "CartPole-v1", "-conf", "pkg:nonexistent", "-f", str(tmp_path), "-n", "100"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "trpo-plus-zoo train: -conf pkg:nonexistent: no shipped configuration 'nonexistent'; "
+        "shipped: pkg:trpo_plus, pkg:trpo_plus_vine"
+    ]
+
+
 def _fresh_venv(path: Path) -> Path:
     """
     A venv seeing this interpreter's packages; returns its python. ``--system-site-packages``

@@ -27,6 +27,8 @@ import runpy
 import sys
 from collections.abc import Callable, Sequence
 
+from sb3_trpo_plus.zoo.configs import UnknownConfigError
+
 COMMANDS = (
     "train",
     "enjoy",
@@ -160,7 +162,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if command in ALGO_FLAGS:
         flags = [ALGO_FLAGS[command], sb3_trpo_plus.zoo.ALGO_NAME, *flags]
     sys.argv = [f"trpo-plus-zoo {command}", *flags]
-    SCRIPTS[command]()
+    try:
+        SCRIPTS[command]()
+    except UnknownConfigError as error:  # a user's typo, not a bug: the message alone says what to do
+        print(f"trpo-plus-zoo {command}: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

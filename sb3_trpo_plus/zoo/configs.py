@@ -23,6 +23,10 @@ DEFAULT_CONFIGS: dict[str, str] = {ALGO_NAME: "trpo_plus.yml"}
 SHIPPED_PREFIX = "pkg:"
 
 
+class UnknownConfigError(FileNotFoundError):
+    """``-conf pkg:NAME`` with a NAME that is not shipped (``trpo-plus-zoo`` prints it as one line)."""
+
+
 def zoo_configs_dir() -> Path:
     """
     The folder holding this package's hyperparameter files.
@@ -55,14 +59,14 @@ def resolve_config(config: str) -> str:
 
     :param config: value of ``-conf``
     :return: the path of a shipped file, or ``config`` unchanged
-    :raises FileNotFoundError: ``pkg:NAME`` with a NAME that is not shipped
+    :raises UnknownConfigError: ``pkg:NAME`` with a NAME that is not shipped
     """
     if config.startswith(SHIPPED_PREFIX):
         name = config[len(SHIPPED_PREFIX) :]
         path = _shipped(name)
         if path is None:
             known = ", ".join(f"{SHIPPED_PREFIX}{stem}" for stem in shipped_configs())
-            raise FileNotFoundError(f"-conf {config}: no shipped configuration {name!r}; shipped: {known}")
+            raise UnknownConfigError(f"-conf {config}: no shipped configuration {name!r}; shipped: {known}")
         return str(path)
     if "/" in config or "\\" in config or Path(config).exists():
         return config
