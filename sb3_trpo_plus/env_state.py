@@ -719,6 +719,11 @@ class BranchableEnv(gym.Wrapper):
     :raises UnbranchableEnvError: if ``env`` cannot be branched
     """
 
+    @classmethod
+    def around(cls, env: gym.Env) -> BranchableEnv:
+        """:return: ``env`` if it is a :class:`BranchableEnv`, else ``env`` wrapped in one"""
+        return env if isinstance(env, BranchableEnv) else cls(env)
+
     def __init__(self, env: gym.Env) -> None:
         check_branchable(env)
         replay_type = _replay_type(env.unwrapped) if needs_replay(env) else None
@@ -941,3 +946,15 @@ class WorkerFailure:
 
 class BranchWorkerError(RuntimeError):
     """An environment raised inside a worker process (a branch copy or a SubprocVecEnv trunk)."""
+
+
+def raise_failure(result: Any, where: str) -> Any:
+    """
+    :param result: what a worker sent back
+    :param where: what the caller asked (for the message)
+    :return: ``result``, unless it is a :class:`WorkerFailure`
+    :raises BranchWorkerError: for a :class:`WorkerFailure`, chained to the worker's exception
+    """
+    if isinstance(result, WorkerFailure):
+        raise result.error(where) from result.exception
+    return result

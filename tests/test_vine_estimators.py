@@ -23,7 +23,7 @@ from sb3_trpo_plus import TRPOPlus
 from sb3_trpo_plus.distributions import enumerate_actions
 from sb3_trpo_plus.policy_step import actions_for_log_prob
 from sb3_trpo_plus.settings import VineSettings
-from sb3_trpo_plus.vine import TrunkStates
+from sb3_trpo_plus.vine.trunk import TrunkStates
 
 SMALL = {"n_steps": 32, "batch_size": 32, "n_critic_updates": 1}
 
