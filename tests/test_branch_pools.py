@@ -94,8 +94,8 @@ def test_a_registered_pool_is_selectable_by_name_and_runs_the_branches() -> None
     register_branch_pool("counting", CountingPool)
     assert VineSettings(branch_vec_env="counting").branch_vec_env == "counting"
     counted = _q_values("counting")
-    # 4 rollout-set states (2 per trunk environment... whatever the rollout set is): one restore each,
-    # at least one step each, and the chain checked once at construction
+    # n_states=4 rollout-set states: one restore each, at least one step each; the chain is
+    # checked once at construction
     assert CountingPool.calls["restore"] == 4 and CountingPool.calls["step"] >= 4
     assert CountingPool.calls["chain"] == 1 and CountingPool.calls["close"] == 1
     # the same branches as the in-process pool it wraps
