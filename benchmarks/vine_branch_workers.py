@@ -32,7 +32,8 @@ import torch as th
 from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_trpo_plus import TRPOPlus
-from sb3_trpo_plus.vine import BranchPool, VineSampler
+from sb3_trpo_plus.branch_pool import BranchPool
+from sb3_trpo_plus.vine.sampler import VineSampler
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "Hopper-v5": {"n_steps": 1024, "batch_size": 128, "n_critic_updates": 20, "vine": {"n_actions": 4}},

@@ -24,6 +24,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 
+from sb3_trpo_plus.branch_pool import branch_pool_class, branch_pool_names
 from sb3_trpo_plus.distributions import enumerate_actions
 from sb3_trpo_plus.q import Q_REGISTRY, CallableQ, PolicyQ, Q, is_number
 
@@ -64,9 +65,11 @@ class VineSettings:
         policy's noise
     :param state_selection: "uniform" (N distinct trunk states) or "geometric" (N draws from
         the trunk's discounted state distribution)
-    :param branch_vec_env: "dummy" (branches in-process) or "subproc" (branches in worker processes)
-    :param n_branch_workers: with "subproc", the number of worker processes the K branch
-        environments are spread over (None: one per branch)
+    :param branch_vec_env: the branch pool: "dummy" (branches in-process), "subproc" (branches in
+        worker processes) or any name registered with
+        :func:`~sb3_trpo_plus.branch_pool.register_branch_pool`
+    :param n_branch_workers: with "subproc" (a pool that takes workers), the number of worker
+        processes the K branch environments are spread over (None: one per branch)
     :param make_branch_env: builds one branch environment (None: copies of trunk environment 0)
     :param trust_region_states: the states of the KL constraint, the Fisher matrix and the line
         search's KL: "trunk" (every trunk state, as single path) or "rollout_set" (the paper's)
@@ -120,7 +123,7 @@ class VineSettings:
                 raise ValueError(f"vine_kwargs['{key}'] must be True or False, got {getattr(self, key)!r}")
         for key, allowed in (
             ("state_selection", ("uniform", "geometric")),
-            ("branch_vec_env", ("dummy", "subproc")),
+            ("branch_vec_env", tuple(branch_pool_names())),
             ("trust_region_states", ("trunk", "rollout_set")),
             ("estimator", ("combined", "vine")),
             ("critic_targets", ("trunk_and_branches", "trunk")),
@@ -130,8 +133,12 @@ class VineSettings:
         workers = self.n_branch_workers
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1):
             raise ValueError(f"vine_kwargs['n_branch_workers'] must be None or an integer >= 1, got {workers!r}")
-        if workers is not None and self.branch_vec_env != "subproc":
-            raise ValueError("vine_kwargs['n_branch_workers'] needs vine_kwargs['branch_vec_env']='subproc'")
+        if workers is not None and not branch_pool_class(self.branch_vec_env).takes_workers:
+            with_workers = [name for name in branch_pool_names() if branch_pool_class(name).takes_workers]
+            raise ValueError(
+                f"vine_kwargs['n_branch_workers'] needs a vine_kwargs['branch_vec_env'] with worker processes "
+                f"(one of {with_workers}), got {self.branch_vec_env!r}"
+            )
         if self.make_branch_env is not None and not callable(self.make_branch_env):
             raise ValueError("vine_kwargs['make_branch_env'] must be None or a callable returning a gymnasium.Env")
 

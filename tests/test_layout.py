@@ -33,8 +33,32 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("pure functions and the NumPy fast paths", ["surrogate", "trust_region", "bound", "fast"]),
     ("SB3's distribution families and action spaces", ["distributions"]),
     ("dict-or-array observations", ["observations"]),
+    ("protocols and registries the settings read", ["branch_pool"]),
     ("environments of the package's own (gymnasium only)", ["noisy_envs"]),
 ]
+
+# The same rule one floor down, inside the packages cut into one module per idea: their modules
+# in layers from the top down (the package's __init__, "", re-exports at the top). A module may
+# import the modules of its package in layers below its own (and of its own room, e.g. vine.pools
+# and its modules), never upward: in particular never its own package's __init__, which would be
+# an import circle at run time.
+INNER_LAYERS: dict[str, list[list[str]]] = {
+    "vine": [
+        [""],
+        ["sampler"],  # one vine iteration
+        ["runner", "pools"],  # the branches of one state; the branch pools
+        ["trunk"],  # the rollout set, snapshots of the trunk, branch copies of it
+        ["wrappers", "rows"],  # the trunk's VecEnv wrappers replayed; rows <-> batch
+    ],
+    "env_state": [
+        [""],
+        ["branchable"],  # BranchableEnv
+        ["snapshots", "copies", "failures"],  # snapshot/restore; branch copies and chain checks; worker failures
+        ["registry", "replay"],  # which environments are branchable and how; replay
+        ["adapters"],  # state adapters
+        ["layers", "attributes", "errors"],  # wrapper chains and the InternalWrapper marker; plain copies; errors
+    ],
+}
 
 MAX_CLASS_LINES = 300  # lines of code: docstrings, comments and blank lines not counted
 
@@ -106,6 +130,41 @@ def test_imports_only_run_downhill() -> None:
     assert not upward, "\n".join(sorted(upward))
 
 
+def _inner_room(package: str, module: str) -> tuple[int, str]:
+    """(inner layer index, room) of a module of one of the packages of :data:`INNER_LAYERS`."""
+    prefix = f"{PACKAGE}.{package}"
+    relative = module[len(prefix) + 1 :] if module != prefix else ""
+    best: tuple[int, str] | None = None
+    for index, rooms in enumerate(INNER_LAYERS[package]):
+        for room in rooms:
+            if relative == room or (room and relative.startswith(room + ".")):
+                if best is None or len(room) > len(best[1]):
+                    best = (index, room)
+    assert best is not None, f"{module} is in no layer of {prefix}: add it to INNER_LAYERS in tests/test_layout.py"
+    return best
+
+
+def _package_modules(package: str) -> list[str]:
+    prefix = f"{PACKAGE}.{package}"
+    return [module for module in MODULES if module == prefix or module.startswith(prefix + ".")]
+
+
+@pytest.mark.parametrize("package", sorted(INNER_LAYERS))
+def test_imports_inside_a_package_only_run_downhill(package: str) -> None:
+    modules = _package_modules(package)
+    assert len(modules) > 1, f"{package} is not a package of several modules"
+    upward = []
+    for module in modules:
+        layer, room = _inner_room(package, module)
+        for target in GRAPH[module]:
+            if target not in modules:
+                continue
+            target_layer, target_room = _inner_room(package, target)
+            if target_layer < layer or (target_layer == layer and target_room != room):
+                upward.append(f"{module} imports {target}")
+    assert not upward, "\n".join(sorted(upward))
+
+
 def test_the_import_graph_has_no_cycle() -> None:
     done: set[str] = set()
 
@@ -161,7 +220,14 @@ def test_the_layout_test_sees_the_known_edges() -> None:
     assert f"{PACKAGE}.sampling" in GRAPH[f"{PACKAGE}.trpo_plus"]
     assert f"{PACKAGE}.fast" in GRAPH[f"{PACKAGE}.critic"]
     assert f"{PACKAGE}.fast.plain" in GRAPH[f"{PACKAGE}.fast.actor"]
-    assert f"{PACKAGE}.buffers" in GRAPH[f"{PACKAGE}.vine"]  # imported inside a function
+    assert f"{PACKAGE}.buffers" in GRAPH[f"{PACKAGE}.vine.sampler"]
+    assert f"{PACKAGE}.vine.trunk" in GRAPH[f"{PACKAGE}.vine.runner"]
+    assert f"{PACKAGE}.branch_pool" in GRAPH[f"{PACKAGE}.settings"]  # the names vine_kwargs['branch_vec_env'] accepts
+    # env_state's one tie, cut by the InternalWrapper marker: the chain checks and the snapshots
+    # recognise the package's own wrappers without importing them
+    assert f"{PACKAGE}.env_state.layers" in GRAPH[f"{PACKAGE}.env_state.copies"]
+    assert f"{PACKAGE}.env_state.branchable" not in GRAPH[f"{PACKAGE}.env_state.copies"]
+    assert f"{PACKAGE}.env_state.branchable" not in GRAPH[f"{PACKAGE}.env_state.snapshots"]
     assert f"{PACKAGE}.zoo.hub" in GRAPH[f"{PACKAGE}.zoo.cli"]  # "from package import module"
     assert f"{PACKAGE}.observations" in GRAPH[f"{PACKAGE}.estimators"]  # "from package import module as name"
 

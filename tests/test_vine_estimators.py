@@ -22,7 +22,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from sb3_trpo_plus import TRPOPlus
 from sb3_trpo_plus.distributions import actions_for_log_prob, enumerate_actions
 from sb3_trpo_plus.settings import VineSettings
-from sb3_trpo_plus.vine import TrunkStates
+from sb3_trpo_plus.vine.trunk import TrunkStates
 
 SMALL = {"n_steps": 32, "batch_size": 32, "n_critic_updates": 1}
 

@@ -31,7 +31,9 @@ from stable_baselines3.common.vec_env import (
 
 from sb3_trpo_plus import TRPOPlus
 from sb3_trpo_plus.env_state import BranchableEnv, BranchWorkerError, ChainMismatchError, UnbranchableEnvError
-from sb3_trpo_plus.vine import BranchPool, VineSampler, bootstraps
+from sb3_trpo_plus.vine.pools.subproc import SubprocBranchPool
+from sb3_trpo_plus.vine.runner import bootstraps
+from sb3_trpo_plus.vine.sampler import VineSampler
 
 gym.register_envs(ale_py)
 
@@ -335,7 +337,7 @@ class Exploding(Countdown):
 
 
 def test_branch_worker_errors_name_the_env_and_the_original_exception() -> None:
-    pool = BranchPool(lambda: Exploding(None), 1, "subproc")
+    pool = SubprocBranchPool(lambda: Exploding(None), 1)
     try:
         pool.restore(pool_state(), None)
         with pytest.raises(
@@ -361,7 +363,7 @@ class Dying(Countdown):
 
 
 def test_a_branch_worker_that_dies_is_named() -> None:
-    pool = BranchPool(lambda: Dying(None), 1, "subproc")
+    pool = SubprocBranchPool(lambda: Dying(None), 1)
     try:
         assert pool.chain()[-1][0].endswith("Dying")
         with pytest.raises(BranchWorkerError, match=r"branch worker 0 \(.*Dying\) died without a message \(exit code 3\)"):

@@ -15,7 +15,7 @@ from stable_baselines3.common.distributions import (
 
 from sb3_trpo_plus.distributions import sample_with_noise
 from sb3_trpo_plus.settings import VineSettings
-from sb3_trpo_plus.vine import TrunkStates
+from sb3_trpo_plus.vine.trunk import TrunkStates
 
 
 def _fill(trunk: TrunkStates, n_steps: int, n_envs: int, done_every: int = 0) -> None:
