@@ -471,10 +471,17 @@ class Settings:
         """These settings after the checks that need the environment's action space (none when it is unknown)."""
         return self if action_space is None else dataclasses.replace(self, sampling=self.sampling.checked(action_space))
 
+    #: the arguments that may be left out of ``arguments``, with their defaults (TRPOPlus always passes them)
+    DEFAULTS: ClassVar[dict[str, Any]] = {"step": "trust_region", "kl_constraint": "mean", "step_size": None, "gamma": 0.99}
+
     @classmethod
     def plain(cls, arguments: Mapping[str, Any]) -> tuple[Any, ...]:
-        """The values of :attr:`ARGUMENTS` in ``arguments``, dicts for None ``q_kwargs`` and ``vine_kwargs``."""
-        return tuple(dict(arguments[key] or {}) if key.endswith("_kwargs") else arguments[key] for key in cls.ARGUMENTS)
+        """
+        The values of :attr:`ARGUMENTS` in ``arguments`` (:attr:`DEFAULTS` for those left out),
+        dicts for None ``q_kwargs`` and ``vine_kwargs``.
+        """
+        values = {**cls.DEFAULTS, **arguments}
+        return tuple(dict(values[key] or {}) if key.endswith("_kwargs") else values[key] for key in cls.ARGUMENTS)
 
     def built_from(self, arguments: Mapping[str, Any]) -> bool:
         """Whether these are the settings of ``arguments`` (a loaded model, or an edited attribute, may differ)."""
