@@ -287,3 +287,28 @@ def test_the_step_arguments_are_saved_and_loaded_with_the_model(tmp_path: Path) 
     )
     assert type(loaded._step.rule) is FixedNaturalGradientStep and type(loaded._step.constraint) is MaxKL
     loaded.learn(SMALL["n_steps"])
+
+
+def test_the_step_arguments_reach_the_model_from_an_rl_zoo3_hyperparameter_file(tmp_path: Path) -> None:
+    from zoo_utils import run_zoo
+
+    config = tmp_path / "variants.yml"
+    config.write_text(
+        "CartPole-v1:\n"
+        "  policy: 'MlpPolicy'\n"
+        "  n_timesteps: 128\n"
+        "  n_steps: 64\n"
+        "  batch_size: 64\n"
+        "  step: 'natural_gradient'\n"
+        "  step_size: 0.05\n"
+        "  kl_constraint: 'max'\n"
+        "  fisher: 'empirical'\n"
+    )
+    arguments = ["train", "--env", "CartPole-v1", "-conf", str(config), "--seed", "0", "-f", "logs", "--eval-freq", "-1"]
+    run_zoo(arguments, tmp_path)
+    (model_path,) = (tmp_path / "logs" / "trpo_plus").glob("CartPole-v1_1/CartPole-v1.zip")
+    model = TRPOPlus.load(model_path)
+    arguments_ = (model.step, model.step_size, model.kl_constraint, model.fisher)
+    assert arguments_ == ("natural_gradient", 0.05, "max", "empirical")
+    assert model._settings().step.step_size == 0.05  # the loaded arguments' settings (built on first use)
+    assert model._n_updates == 2 and type(model._step.rule) is FixedNaturalGradientStep
