@@ -161,8 +161,8 @@ def iqm_intervals(scores: dict[str, np.ndarray]) -> dict[str, tuple[float, float
     return {name: (float(points[name][0]), float(intervals[name][0, 0]), float(intervals[name][1, 0])) for name in complete}
 
 
-def write_report(out: Path, runs: list[dict[str, Any]], command: str) -> None:
-    """per_seed.csv, curves.csv, report.md and iqm.png from the runs."""
+def write_report(out: Path, runs: list[dict[str, Any]], command: str, smoke: bool = False) -> None:
+    """per_seed.csv, curves.csv, report.md and iqm.png from the runs (``smoke``: said so in the report)."""
     with open(out / "per_seed.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         columns = ("variant", "env", "seed", "budget", "final_return", "rejected_steps", "seconds")
@@ -179,7 +179,7 @@ def write_report(out: Path, runs: list[dict[str, Any]], command: str) -> None:
     sweep = {name: value for name, value in intervals.items() if name.startswith("natural_gradient_")}
     best = max(sweep, key=lambda name: sweep[name][0]) if sweep else None
     lines = [
-        "# The paper's comparison, reproduced",
+        "# The paper's comparison, reproduced" + (" (SMOKE RUN: a pipeline check, no conclusion)" if smoke else ""),
         "",
         f"Command: `{command}`. Budgets: {sorted({(run['env'], run['budget']) for run in runs})}.",
         "Score: mean return of the last 10 training episodes at the end of the budget, min-max normalised",
@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> None:
                 record = run_one(variant, env_id, seed, budget, args.smoke)
                 path.write_text(json.dumps(record))
                 print(f"{variant} {env_id} seed {seed}: {record['final_return']:.1f} ({record['seconds']:.0f} s)", flush=True)
-    write_report(out, load_runs(out), "python -m benchmarks.paper_ablation " + " ".join(argv or sys.argv[1:]))
+    command = "python -m benchmarks.paper_ablation " + " ".join(argv or sys.argv[1:])
+    write_report(out, load_runs(out), command, args.smoke)
 
 
 if __name__ == "__main__":
