@@ -3,6 +3,8 @@ Fisher-vector products of an SB3 policy at theta_old, for the step's conjugate g
 
 - :func:`fisher_product`: analytic (F = J^T M J / N with the distribution's closed-form Fisher
   M) or by double backprop through the mean KL, on an ``fvp_subsample`` share of the states;
+- the empirical Fisher (``fisher="empirical"``): (1/N) sum_i g_i g_i^T of the per-sample score
+  gradients g_i = grad log pi(a_i|s_i), as (1/N) J^T (J v);
 - :func:`forward_mode_fisher_product`: the analytic product with J v by forward-mode
   differentiation, taken on convolutional policies (:func:`uses_forward_mode`);
 - :func:`step_distribution`: pi_theta on the step's states, on images in the channels_last
@@ -29,6 +31,7 @@ from sb3_trpo_plus.trust_region import (
     MetricFn,
     OutputsFn,
     analytic_fisher_vector_product,
+    empirical_fisher_vector_product,
     kl_hessian_vector_product,
     linearized_fisher_vector_product,
 )
@@ -189,21 +192,33 @@ def fisher_product(
     distribution: Distribution,
     old_distribution: Distribution,
     settings: StepSettings,
+    actions: th.Tensor | None = None,
 ) -> MatVec:
     """
     Fisher-vector products at theta_old, on a random ``fvp_subsample`` share of ``obs``: by
-    double backprop through the mean KL (``fisher="kl_hessian"``) or as J^T M J / N
+    double backprop through the mean KL (``fisher="kl_hessian"``), as J^T M J / N
     (``"analytic"``), with J v by forward mode on convolutional policies that support it
     (:func:`uses_forward_mode`, :func:`forward_mode_fisher_product`) and by the
-    double-backward trick otherwise.
+    double-backward trick otherwise, or as the empirical Fisher (``"empirical"``, see
+    :func:`~sb3_trpo_plus.trust_region.empirical_fisher_vector_product`).
+
+    :param actions: with ``fisher="empirical"``, the actions a_i taken in ``obs`` (in the format
+        ``Distribution.log_prob`` takes); None: drawn from pi_old at those states (the
+        distribution the batch's own actions come from in single-path sampling)
     """
     if settings.fvp_subsample < 1.0:
         n_obs = batches.count(obs)
         size = max(1, math.ceil(settings.fvp_subsample * n_obs))
         index = th.randperm(n_obs, device=policy.device)[:size]
         obs = batches.index(obs, index)
+        actions = None if actions is None else actions[index]
         distribution = policy.get_distribution(obs)
         old_distribution = detached(distribution)
+    if settings.fisher is FisherMode.EMPIRICAL:
+        if actions is None:
+            with th.no_grad():
+                actions = old_distribution.sample()
+        return empirical_fisher_vector_product(distribution.log_prob(actions), actor_params, settings.cg_damping)
     if settings.fisher is FisherMode.KL_HESSIAN:
         kl = mean_kl(distribution, old_distribution)  # its Hessian at theta_old is the Fisher matrix
         return kl_hessian_vector_product(kl, actor_params, settings.cg_damping)

@@ -5,6 +5,7 @@ fit, sb3-contrib's keys so that dashboards written for TRPO keep working) and of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -14,6 +15,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.policies import BasePolicy
 from stable_baselines3.common.utils import explained_variance
 
+from sb3_trpo_plus import bound
 from sb3_trpo_plus.trust_region import StepResult
 
 
@@ -71,6 +73,37 @@ def record_iteration(
     record("train/n_updates", n_updates, exclude="tensorboard")
     for key, value in stats.items():
         record(f"train/{key}", value)
+
+
+def bound_diagnostics(step: StepResult, epsilon: float, gamma: float) -> dict[str, float]:
+    """
+    Theorem 1's quantities for the step just taken (:mod:`sb3_trpo_plus.bound`): ``kl_max``
+    (D_KL^max(pi_old, pi_new), joint over action dimensions), ``tv_max``, ``bound_epsilon`` (eps in
+    the surrogate's scale), ``bound_penalty_c`` (C = 4 eps gamma / (1 - gamma)^2) and
+    ``bound_lower`` (the surrogate gain in the paper's scale, gain / (1 - gamma), minus C * kl_max).
+    C and the bound are nan at gamma = 1 (C infinite) or when eps is unknown.
+
+    :param step: the step (its ``kl_max``, ``tv_max`` and ``surrogate_gain``)
+    :param epsilon: max |A| over the batch, in the surrogate's scale
+    :param gamma: the discount factor
+    """
+    penalty = lower = math.nan
+    if gamma < 1.0 and math.isfinite(epsilon):
+        penalty = bound.penalty_coefficient(epsilon, gamma)
+        lower = bound.lower_bound(step.surrogate_gain / (1.0 - gamma), penalty, step.kl_max)
+    return {
+        "kl_max": step.kl_max,
+        "tv_max": step.tv_max,
+        "bound_epsilon": epsilon,
+        "bound_penalty_c": penalty,
+        "bound_lower": lower,
+    }
+
+
+def record_bound(logger: Logger, step: StepResult, epsilon: float, gamma: float) -> None:
+    """Record :func:`bound_diagnostics` under ``train/``."""
+    for key, value in bound_diagnostics(step, epsilon, gamma).items():
+        logger.record(f"train/{key}", value)
 
 
 def record_branching(logger: Logger, branch_steps: int, trunk_steps: int, stats: Mapping[str, float]) -> None:

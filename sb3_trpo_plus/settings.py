@@ -255,6 +255,7 @@ class FisherMode(StrEnum):
 
     ANALYTIC = "analytic"
     KL_HESSIAN = "kl_hessian"
+    EMPIRICAL = "empirical"
 
 
 class Estimator(StrEnum):
@@ -379,6 +380,8 @@ class StepSettings:
     :param fvp_subsample: share of the states of the Fisher-vector products, in (0, 1]
     :param step: the step rule, a name of ``sb3_trpo_plus.step.STEP_RULES``
     :param kl_constraint: the constraint, a name of ``sb3_trpo_plus.step.CONSTRAINTS``
+    :param step_size: the fixed step length of ``step="natural_gradient"`` (None: not used)
+    :param gamma: the discount factor (Theorem 1's penalty coefficient and bound)
     """
 
     target_kl: float
@@ -390,11 +393,27 @@ class StepSettings:
     fvp_subsample: float
     step: str = "trust_region"
     kl_constraint: str = "mean"
+    step_size: float | None = None
+    gamma: float = 0.99
 
     def __post_init__(self) -> None:
         if self.fisher not in tuple(FisherMode):
             raise ValueError(f"fisher must be one of {[mode.value for mode in FisherMode]}, got {self.fisher!r}")
         object.__setattr__(self, "fisher", FisherMode(self.fisher))
+        size = self.step_size
+        if size is not None and not (is_number(size) and math.isfinite(size) and size > 0):
+            raise ValueError(f"step_size must be a finite number > 0 or None, got {size!r}")
+        if self.step == "natural_gradient" and size is None:
+            raise ValueError("step='natural_gradient' takes a fixed step theta += step_size * F^-1 g: give step_size (> 0)")
+        if self.step != "natural_gradient" and size is not None:
+            raise ValueError(
+                f"step_size is only used by step='natural_gradient', got step_size={size!r} with step={self.step!r}"
+            )
+        if self.step == "theory_penalty" and not self.gamma < 1.0:
+            raise ValueError(
+                f"step='theory_penalty' needs gamma < 1: its penalty coefficient 4 eps gamma / (1 - gamma)^2 is infinite "
+                f"at gamma={self.gamma!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -422,6 +441,10 @@ class Settings:
         "line_search_max_iter",
         "fisher",
         "fvp_subsample",
+        "step",
+        "kl_constraint",
+        "step_size",
+        "gamma",
     )
     arguments: tuple[Any, ...]
     sampling: SamplingSettings
@@ -448,10 +471,17 @@ class Settings:
         """These settings after the checks that need the environment's action space (none when it is unknown)."""
         return self if action_space is None else dataclasses.replace(self, sampling=self.sampling.checked(action_space))
 
+    #: the arguments that may be left out of ``arguments``, with their defaults (TRPOPlus always passes them)
+    DEFAULTS: ClassVar[dict[str, Any]] = {"step": "trust_region", "kl_constraint": "mean", "step_size": None, "gamma": 0.99}
+
     @classmethod
     def plain(cls, arguments: Mapping[str, Any]) -> tuple[Any, ...]:
-        """The values of :attr:`ARGUMENTS` in ``arguments``, dicts for None ``q_kwargs`` and ``vine_kwargs``."""
-        return tuple(dict(arguments[key] or {}) if key.endswith("_kwargs") else arguments[key] for key in cls.ARGUMENTS)
+        """
+        The values of :attr:`ARGUMENTS` in ``arguments`` (:attr:`DEFAULTS` for those left out),
+        dicts for None ``q_kwargs`` and ``vine_kwargs``.
+        """
+        values = {**cls.DEFAULTS, **arguments}
+        return tuple(dict(values[key] or {}) if key.endswith("_kwargs") else values[key] for key in cls.ARGUMENTS)
 
     def built_from(self, arguments: Mapping[str, Any]) -> bool:
         """Whether these are the settings of ``arguments`` (a loaded model, or an edited attribute, may differ)."""

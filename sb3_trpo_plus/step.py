@@ -4,14 +4,18 @@ Step 3 of the algorithm box as two seams, each chosen once from the
 
 - a **constraint** measures how far pi_theta moved from pi_old on the constraint's states: a
   per-state KL, reduced to one number (:class:`MeanKL`: the mean, the practical algorithm's and
-  sb3-contrib's). A new constraint is one :class:`Constraint` subclass (its ``reduce``) plus
+  sb3-contrib's; :class:`MaxKL`: the largest per-state value, the paper's "max KL" variant). A new
+  constraint is one :class:`Constraint` subclass (its ``reduce``) plus
   :func:`register_constraint`; ``StepSettings.kl_constraint`` names it.
 - a **step rule** turns the natural-gradient direction into new parameters. The trust-region
   rule (:class:`TrustRegionStep`) extends the natural-gradient one
   (:class:`NaturalGradientStep`: g, then s ~ F^-1 g by conjugate gradient on Fisher-vector
   products) with the maximal step sqrt(2 delta / s^T F s) and the backtracking line search on
-  the surrogate and the constraint. A new rule is one :class:`StepRule` subclass (its
-  :meth:`StepRule.take`) plus :func:`register_step_rule`; ``StepSettings.step`` names it.
+  the surrogate and the constraint; :class:`FixedNaturalGradientStep` takes a fixed
+  ``step_size`` along the direction (the paper's natural-gradient baseline);
+  :class:`TheoryPenaltyStep` maximises Theorem 1's penalised bound (Algorithm 1). A new rule is
+  one :class:`StepRule` subclass (its :meth:`StepRule.take`) plus :func:`register_step_rule`;
+  ``StepSettings.step`` names it.
 
 :class:`PolicyStep` binds both to an SB3 policy: it evaluates pi_theta on the step's states,
 builds the Fisher-vector products (:mod:`sb3_trpo_plus.fisher`) and hands a :class:`StepProblem`
@@ -20,8 +24,9 @@ to the rule. The numerics are the pure functions of :mod:`sb3_trpo_plus.trust_re
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, TypeVar
 
 import torch as th
@@ -30,10 +35,19 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
 
+from sb3_trpo_plus import bound
 from sb3_trpo_plus.distributions import detached, preserved_state
 from sb3_trpo_plus.fisher import fisher_product, step_distribution, uses_forward_mode
 from sb3_trpo_plus.settings import StepSettings
-from sb3_trpo_plus.trust_region import MatVec, NaturalGradient, StepResult, natural_gradient_direction, trust_region_update
+from sb3_trpo_plus.trust_region import (
+    MatVec,
+    NaturalGradient,
+    StepResult,
+    fixed_natural_gradient_update,
+    natural_gradient_direction,
+    penalized_update,
+    trust_region_update,
+)
 
 # ----------------------------------------------------------------------------- constraints
 
@@ -84,6 +98,20 @@ class MeanKL(Constraint):
         return per_state.mean()
 
 
+@register_constraint
+class MaxKL(Constraint):
+    """
+    The largest KL(pi_theta || pi_old) over the states, each state's KL averaged over its action
+    dimensions as :class:`MeanKL` averages them (so ``target_kl`` is on the same scale): after an
+    accepted step, every state of the batch has moved by at most ``target_kl``.
+    """
+
+    name: ClassVar[str] = "max"
+
+    def reduce(self, per_state: th.Tensor) -> th.Tensor:
+        return per_state.reshape(per_state.shape[0], -1).mean(dim=1).max()
+
+
 # ----------------------------------------------------------------------------- step rules
 
 
@@ -100,6 +128,11 @@ class StepProblem:
     :param per_state_kl: the constraint's per-state measure at the current values of ``params``
         (:meth:`Constraint.per_state`), without gradient tracking
     :param cg_x0: the conjugate gradient's starting point
+    :param theorem_kl_max: Theorem 1's D_KL^max(pi_old, pi_theta) on the constraint's states at the
+        current values of ``params`` (KL of the joint action distribution, from pi_old), without
+        gradient tracking
+    :param epsilon: Theorem 1's eps, max |A| over the batch's advantages in the surrogate's scale
+        (nan: unknown)
     """
 
     params: list[nn.Parameter]
@@ -108,6 +141,8 @@ class StepProblem:
     evaluate: Callable[[], tuple[float, float]]
     per_state_kl: Callable[[], th.Tensor]
     cg_x0: th.Tensor
+    theorem_kl_max: Callable[[], float] = lambda: math.nan
+    epsilon: float = math.nan
 
 
 STEP_RULES: dict[str, type[StepRule]] = {}
@@ -176,6 +211,68 @@ class TrustRegionStep(NaturalGradientStep):
         )
 
 
+@register_step_rule
+class FixedNaturalGradientStep(NaturalGradientStep):
+    """
+    The paper's natural-gradient baseline: theta = theta_old + step_size * s, s ~ F^-1 g, a fixed
+    step with no line search and no check of the constraint (``StepSettings.step_size``). Only a
+    missing direction or a non-finite result keeps theta_old.
+    """
+
+    name: ClassVar[str] = "natural_gradient"
+
+    def take(self, problem: StepProblem) -> StepResult:
+        assert self.settings.step_size is not None, "step='natural_gradient' needs step_size"
+        natural = self.direction(problem)
+        return fixed_natural_gradient_update(problem.params, natural, self.settings.step_size, problem.evaluate)
+
+
+def surrogate_penalty(epsilon: float, gamma: float) -> float:
+    """
+    Theorem 1's penalty coefficient in the scale of the package's surrogate: (1 - gamma) * C =
+    4 eps gamma / (1 - gamma). The surrogate is a batch mean, an estimate of the expectation over
+    the normalised discounted state distribution, i.e. (1 - gamma) times the paper's L (see
+    :func:`~sb3_trpo_plus.bound.lower_bound`); maximising L_batch - (1 - gamma) C KL^max is
+    maximising the paper's L - C KL^max.
+
+    :param epsilon: max |A| in the surrogate's scale
+    :param gamma: the discount factor, in [0, 1)
+    """
+    return (1.0 - gamma) * bound.penalty_coefficient(epsilon, gamma)
+
+
+@register_step_rule
+class TheoryPenaltyStep(NaturalGradientStep):
+    """
+    The paper's Algorithm 1: maximise L(theta) - C * D_KL^max(pi_old, pi_theta), C = 4 eps gamma /
+    (1 - gamma)^2 with eps = max |A| over the batch, by a line search along the natural-gradient
+    direction on the penalised surrogate (:func:`~sb3_trpo_plus.trust_region.penalized_update`;
+    C taken in the surrogate's scale, :func:`surrogate_penalty`). A step is accepted only when it
+    raises the penalised surrogate; ``target_kl`` is not used.
+    """
+
+    name: ClassVar[str] = "theory_penalty"
+
+    def take(self, problem: StepProblem) -> StepResult:
+        natural = self.direction(problem)
+        if not math.isfinite(problem.epsilon):
+            return natural.rejected(problem.params, "non-finite surrogate or KL")
+        penalty = surrogate_penalty(problem.epsilon, self.settings.gamma)
+        settings = self.settings
+        shrink, iterations = settings.line_search_shrinking_factor, settings.line_search_max_iter
+        return penalized_update(problem.params, natural, penalty, problem.evaluate, problem.theorem_kl_max, shrink, iterations)
+
+
+def check_step_names(step: str, kl_constraint: str) -> None:
+    """
+    Refuse a step rule or a constraint no registry knows.
+
+    :raises ValueError: naming ``step`` or ``kl_constraint`` and the registered names
+    """
+    _registered(STEP_RULES, step, "step")
+    _registered(CONSTRAINTS, kl_constraint, "kl_constraint")
+
+
 def _registered(registry: dict[str, type], name: str, argument: str) -> type:
     if name not in registry:
         raise ValueError(f"{argument} must be one of {sorted(registry)}, got {name!r}")
@@ -205,9 +302,12 @@ class PolicyStep:
         obs: PyTorchObs,
         objective: Callable[[Distribution], th.Tensor],
         constraint_obs: PyTorchObs | None = None,
+        epsilon: float = math.nan,
+        fisher_actions: th.Tensor | None = None,
     ) -> StepResult:
         """
-        Maximise the surrogate under the constraint, by the settings' rule.
+        Maximise the surrogate under the constraint, by the settings' rule, and measure Theorem 1's
+        D_KL^max and D_TV^max of the step on the constraint's states (``kl_max``, ``tv_max``).
 
         :param policy: the policy (pi_theta at its current parameters is pi_old)
         :param actor_params: the parameters the action distribution depends on (moved by the step)
@@ -215,6 +315,9 @@ class PolicyStep:
         :param objective: the surrogate as a function of pi_theta's distribution on ``obs``
         :param constraint_obs: the states of the constraint, the Fisher matrix and the line
             search's measure (None: ``obs``)
+        :param epsilon: Theorem 1's eps in the surrogate's scale (``step="theory_penalty"`` needs it)
+        :param fisher_actions: the actions taken in the Fisher matrix's states (``fisher="empirical"``;
+            None: drawn from pi_old)
         """
         settings = self.settings
         # the step's distributions, attached to the graph of its forward passes, do not outlive it
@@ -230,7 +333,9 @@ class PolicyStep:
             else:
                 constraint_obs, constrained = step_distribution(policy, constraint_obs, forward_mode)
                 old_constrained = detached(constrained)
-            product = fisher_product(policy, actor_params, constraint_obs, constrained, old_constrained, settings)
+            product = fisher_product(
+                policy, actor_params, constraint_obs, constrained, old_constrained, settings, fisher_actions
+            )
 
             def per_state_kl() -> th.Tensor:
                 return self.constraint.per_state(policy.get_distribution(constraint_obs), old_constrained)
@@ -243,9 +348,21 @@ class PolicyStep:
                 # means the same (the paper's KL(pi_old || pi_theta) agrees to second order)
                 return value, float(self.constraint(new_constrained, old_constrained))
 
+            def theorem_kl_max() -> float:
+                return float(bound.kl_max(old_constrained, policy.get_distribution(constraint_obs), joint=True))
+
             # Start CG from small noise rather than zero, as sb3-contrib does (same random stream).
             x0 = 1e-4 * th.randn(sum(p.numel() for p in actor_params), device=policy.device)
-            return self.rule.take(StepProblem(actor_params, surrogate, product, evaluate, per_state_kl, x0))
+            problem = StepProblem(actor_params, surrogate, product, evaluate, per_state_kl, x0, theorem_kl_max, epsilon)
+            result = self.rule.take(problem)
+            with th.no_grad():
+                new_constrained = policy.get_distribution(constraint_obs)
+                kl_max = float(bound.kl_max(old_constrained, new_constrained, joint=True))
+                try:
+                    tv_max = float(bound.tv_max(old_constrained, new_constrained))
+                except TypeError:  # a distribution class without a total variation
+                    tv_max = math.nan
+            return replace(result, kl_max=kl_max, tv_max=tv_max)
 
 
 def take_step(
@@ -255,6 +372,8 @@ def take_step(
     objective: Callable[[Distribution], th.Tensor],
     settings: StepSettings,
     constraint_obs: PyTorchObs | None = None,
+    epsilon: float = math.nan,
+    fisher_actions: th.Tensor | None = None,
 ) -> StepResult:
     """One step with the settings' rule and constraint (:class:`PolicyStep`, built for this call)."""
-    return PolicyStep(settings)(policy, actor_params, obs, objective, constraint_obs)
+    return PolicyStep(settings)(policy, actor_params, obs, objective, constraint_obs, epsilon, fisher_actions)

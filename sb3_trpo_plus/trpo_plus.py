@@ -35,17 +35,18 @@ from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
 from stable_baselines3.common.vec_env import VecEnv
 
+from sb3_trpo_plus import bound
 from sb3_trpo_plus.actor_parameters import find_actor_parameters
 from sb3_trpo_plus.buffers import VineBatch, every_kth
 from sb3_trpo_plus.critic import ValueTargets, fit_critic, rebootstrapped, value_targets
-from sb3_trpo_plus.distributions import detach_exploration_noise
-from sb3_trpo_plus.estimators import Surrogate, iteration_surrogate
+from sb3_trpo_plus.distributions import actions_for_log_prob, detach_exploration_noise
+from sb3_trpo_plus.estimators import Surrogate, iteration_surrogate, standardized_advantages
 from sb3_trpo_plus.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_trpo_plus.q import SamplingDistribution
-from sb3_trpo_plus.recording import record_branching, record_iteration
+from sb3_trpo_plus.recording import record_bound, record_branching, record_iteration
 from sb3_trpo_plus.sampling import advance_progress_bars, collect_single_path
 from sb3_trpo_plus.settings import Sampling, Settings, on_policy_arguments
-from sb3_trpo_plus.step import PolicyStep
+from sb3_trpo_plus.step import PolicyStep, check_step_names
 from sb3_trpo_plus.trust_region import StepResult
 from sb3_trpo_plus.validation import InvalidArgumentError as InvalidArgumentError  # re-exported: users catch it
 from sb3_trpo_plus.validation import check_batch_size, validate_arguments
@@ -92,9 +93,14 @@ class TRPOPlus(OnPolicyAlgorithm):
     :param vine_kwargs: vine settings (:class:`sb3_trpo_plus.settings.VineSettings`), only with "vine"
     :param q: sampling distribution of the branch actions (:mod:`sb3_trpo_plus.q`)
     :param q_kwargs: settings of ``q``, and ``max_weight`` (truncation of the importance weights)
-    :param fisher: Fisher-vector products: "analytic" or "kl_hessian"
+    :param fisher: Fisher-vector products: "analytic", "kl_hessian" or "empirical" (the covariance
+        of the per-sample score gradients)
     :param fvp_subsample: share of the batch, in (0, 1], of the Fisher-vector products
     :param fast_paths: let the NumPy fast paths serve the policies they compute exactly
+    :param step: the step rule: "trust_region" (TRPO), "natural_gradient" (a fixed ``step_size``
+        along F^-1 g) or "theory_penalty" (the paper's Algorithm 1)
+    :param kl_constraint: the trust region's KL over the states: "mean" or "max"
+    :param step_size: the fixed step length of ``step="natural_gradient"`` (> 0; None otherwise)
     :param _init_setup_model: whether to build the network at the creation of the instance
     """
 
@@ -139,10 +145,14 @@ class TRPOPlus(OnPolicyAlgorithm):
         fisher: str = "analytic",
         fvp_subsample: float = 1.0,
         fast_paths: bool = True,
+        step: str = "trust_region",
+        kl_constraint: str = "mean",
+        step_size: float | None = None,
         _init_setup_model: bool = True,
     ):
         arguments = dict(locals())  # every constructor argument, by name
         validate_arguments(arguments)
+        check_step_names(step, kl_constraint)
         # every settings object, built once (the checks that need the action space follow once the env is known)
         settings = Settings.from_arguments(arguments)
         policy_step = PolicyStep(settings.step)
@@ -155,6 +165,7 @@ class TRPOPlus(OnPolicyAlgorithm):
         self.sampling, self.vine_kwargs, self.q, self.q_kwargs = sampling, dict(vine_kwargs or {}), q, dict(q_kwargs or {})
         self.sub_sampling_factor, self.fisher, self.fvp_subsample = sub_sampling_factor, fisher, fvp_subsample
         self.fast_paths = fast_paths
+        self.step, self.kl_constraint, self.step_size = step, kl_constraint, step_size
         self.n_rejected_steps = 0
         self._vine: VineSampler | None = None
         self._vine_batch: VineBatch | None = None  # set by collect_rollouts in vine mode
@@ -284,11 +295,32 @@ class TRPOPlus(OnPolicyAlgorithm):
     # ------------------------------------------------------------------ step 3: trust region
 
     def _policy_step(
-        self, obs: PyTorchObs, objective: Callable[[Distribution], th.Tensor], constraint_obs: PyTorchObs | None = None
+        self,
+        obs: PyTorchObs,
+        objective: Callable[[Distribution], th.Tensor],
+        constraint_obs: PyTorchObs | None = None,
+        batch: Any = None,
     ) -> StepResult:
         """Maximise the surrogate under the constraint by the settings' step rule (:class:`~sb3_trpo_plus.step.PolicyStep`)."""
-        self._settings()  # the step rule and constraint of the current arguments
-        return self._step(self.policy, self._actor_params, obs, objective, constraint_obs)
+        settings = self._settings()  # the step rule and constraint of the current arguments
+        epsilon = self._bound_epsilon(batch)
+        actions = None
+        trunk = batch.trunk if isinstance(batch, VineBatch) else batch
+        if settings.step.fisher == "empirical" and trunk is not None and constraint_obs is None and trunk is batch:
+            actions = actions_for_log_prob(trunk.actions, self.action_space)  # single path: the batch's own actions
+        return self._step(self.policy, self._actor_params, obs, objective, constraint_obs, epsilon, actions)
+
+    def _bound_epsilon(self, batch: Any) -> float:
+        """
+        Theorem 1's eps on the batch: max |A| over the trunk's (rollout's) advantages, standardised
+        as the surrogate standardises them (so in the surrogate's scale); nan without them.
+        """
+        trunk = batch.trunk if isinstance(batch, VineBatch) else batch
+        advantages = getattr(trunk, "advantages", None)
+        if advantages is None or advantages.numel() == 0:
+            return math.nan
+        scaled, _ = standardized_advantages(advantages, self.normalize_advantage)
+        return bound.bound_epsilon(scaled) if bool(th.isfinite(scaled).all()) else math.nan
 
     # ------------------------------------------------------------------ step 4: critic
 
@@ -322,14 +354,15 @@ class TRPOPlus(OnPolicyAlgorithm):
         if surrogate.invalid:
             step = StepResult(False, surrogate.invalid, 0.0, 0.0, 0.0, 0, math.nan, 0, 0.0)
         else:
-            step = self._policy_step(surrogate.observations, surrogate.objective, surrogate.constraint_observations)
+            step = self._policy_step(surrogate.observations, surrogate.objective, surrogate.constraint_observations, batch)
         if not critic_first:
             value_losses = self._update_critic(batch)
         self._n_updates += 1
-        self._record(step, value_losses, surrogate)
+        self._record(step, value_losses, surrogate, self._bound_epsilon(batch))
 
-    def _record(self, step: StepResult, value_losses: list[float] | None, surrogate: Surrogate) -> None:
+    def _record(self, step: StepResult, value_losses: list[float] | None, surrogate: Surrogate, epsilon: float) -> None:
         self.n_rejected_steps += 0 if step.accepted else 1
+        record_bound(self.logger, step, epsilon, self.gamma)
         with th.no_grad():
             ess = surrogate.ess(self.policy.get_distribution(surrogate.observations))
         counts = (self.n_rejected_steps, self._n_updates)

@@ -193,6 +193,23 @@ def analytic_fisher_vector_product(
     return product
 
 
+def empirical_fisher_vector_product(log_probs: th.Tensor, params: Sequence[nn.Parameter], damping: float) -> MatVec:
+    """
+    Products with the empirical Fisher matrix F = (1/N) sum_i g_i g_i^T, g_i = grad log pi(a_i|s_i)
+    at theta_old, without forming it: F v = (1/N) J^T (J v) with J the N x P Jacobian of the
+    per-sample log-probabilities (rows g_i). It is the factored form of
+    :func:`analytic_fisher_vector_product` with the log-probabilities as outputs and M = I, so J v
+    and J^T w come from the same retained graph.
+
+    :param log_probs: log pi_theta(a_i|s_i) for the N samples, shape (N,), attached to the graph of ``params``
+    :param params: actor parameters theta
+    :param damping: c in (F + c I) v
+    :return: function v -> (F + c I) v
+    """
+    flat = log_probs.reshape(-1)
+    return analytic_fisher_vector_product([flat], lambda tangents: list(tangents), params, damping, flat.numel())
+
+
 OutputsFn = Callable[[Sequence[th.Tensor]], Sequence[th.Tensor]]
 
 
@@ -328,6 +345,10 @@ class StepResult:
     :param cg_residual: norm of the conjugate-gradient residual
     :param cg_iterations: conjugate-gradient iterations spent
     :param step_fraction: accepted fraction of the maximal step
+    :param kl_max: after the step, the largest per-state KL(pi_old || pi_new) of the joint action
+        distribution on the constraint's states (Theorem 1's D_KL^max on the batch; nan: not measured)
+    :param tv_max: after the step, the largest per-state total variation on those states (an upper
+        bound where :func:`~sb3_trpo_plus.bound.tv_is_exact` is False; nan: not measured)
     """
 
     accepted: bool
@@ -339,6 +360,8 @@ class StepResult:
     cg_residual: float
     cg_iterations: int
     step_fraction: float
+    kl_max: float = math.nan
+    tv_max: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -494,3 +517,106 @@ def natural_gradient_step(
     """
     natural = natural_gradient_direction(params, objective, fisher_product, cg_max_iter, cg_x0, cg_residual_tol)
     return trust_region_update(params, natural, fisher_product, evaluate, max_kl, shrinking_factor, line_search_max_iter)
+
+
+def fixed_natural_gradient_update(
+    params: Sequence[nn.Parameter],
+    natural: NaturalGradient,
+    step_size: float,
+    evaluate: Callable[[], tuple[float, float]],
+) -> StepResult:
+    """
+    The natural-gradient baseline of the paper's comparison: theta = theta_old + step_size * s,
+    s ~ F^-1 g, with no line search and no check of the constraint. The step is taken whatever it
+    does to the surrogate; only a missing direction, or a non-finite surrogate or constraint
+    value after the step, restores theta_old (bit for bit) and reports why.
+
+    :param params: parameters moved by the step (the actor's)
+    :param natural: the direction (:func:`natural_gradient_direction`)
+    :param step_size: the fixed step length (> 0)
+    :param evaluate: function returning (surrogate, constraint value) at the current values of
+        ``params``; called without gradient tracking (measured for the logs only)
+    """
+    if natural.reason:
+        return natural.rejected(params, natural.reason)
+    assert natural.gradient is not None and natural.cg is not None
+    full_step = step_size * natural.direction
+    write_parameters(natural.theta_old + full_step, params)
+    with th.no_grad():
+        objective, kl = evaluate()
+    if not (math.isfinite(objective) and math.isfinite(kl)):
+        return natural.rejected(params, "non-finite surrogate or KL", 1)
+    return StepResult(
+        accepted=True,
+        reason="",
+        kl=kl,
+        surrogate_gain=objective - natural.baseline,
+        expected_gain=float(th.dot(natural.gradient, full_step)),
+        line_search_steps=1,
+        cg_residual=natural.cg.residual_norm,
+        cg_iterations=natural.cg.iterations,
+        step_fraction=1.0,
+    )
+
+
+def penalized_update(
+    params: Sequence[nn.Parameter],
+    natural: NaturalGradient,
+    penalty: float,
+    evaluate: Callable[[], tuple[float, float]],
+    kl_max: Callable[[], float],
+    shrinking_factor: float,
+    line_search_max_iter: int,
+) -> StepResult:
+    """
+    A step that maximises the penalised surrogate L(theta) - penalty * kl_max(theta) (Algorithm 1
+    of Schulman et al. 2015 when ``penalty`` is Theorem 1's C in the surrogate's scale and
+    ``kl_max`` is D_KL^max(pi_old, pi_theta)) by a backtracking line search along s ~ F^-1 g.
+
+    The first candidate is s / penalty, the maximiser of the quadratic model
+    g^T d - penalty * 1/2 d^T F d (the mean KL's quadratic model standing in for the maximum);
+    the fractions 1, r, r^2, ... of it are tried and the first one that raises the penalised
+    surrogate strictly above its value at theta_old (L(theta_old), the penalty being 0 there) is
+    accepted. When none does, or any value is non-finite, theta_old is restored bit for bit.
+
+    :param params: parameters moved by the step (the actor's)
+    :param natural: the direction (:func:`natural_gradient_direction`)
+    :param penalty: the penalty coefficient (> 0, finite)
+    :param evaluate: function returning (surrogate, constraint value) at the current values of
+        ``params``; called without gradient tracking
+    :param kl_max: the penalised divergence at the current values of ``params``, without gradient tracking
+    :param shrinking_factor: r in (0, 1)
+    :param line_search_max_iter: number of candidate steps
+    """
+    if natural.reason:
+        return natural.rejected(params, natural.reason)
+    assert natural.gradient is not None and natural.cg is not None
+    if not (math.isfinite(penalty) and penalty > 0.0):
+        return natural.rejected(params, "non-finite surrogate or KL")
+    full_step = natural.direction / penalty
+    theta_old = natural.theta_old
+
+    def evaluate_fraction(fraction: float) -> tuple[float, float]:
+        write_parameters(theta_old + fraction * full_step, params)
+        with th.no_grad():
+            objective, _ = evaluate()
+            divergence = kl_max()
+        return objective - penalty * divergence, divergence
+
+    search = backtracking_line_search(evaluate_fraction, natural.baseline, math.inf, shrinking_factor, line_search_max_iter)
+    if not search.success:
+        return natural.rejected(params, search.reason, search.n_evaluations)
+    write_parameters(theta_old + search.step_fraction * full_step, params)
+    with th.no_grad():
+        objective, kl = evaluate()
+    return StepResult(
+        accepted=True,
+        reason="",
+        kl=kl,
+        surrogate_gain=objective - natural.baseline,
+        expected_gain=float(th.dot(natural.gradient, full_step)) * search.step_fraction,
+        line_search_steps=search.n_evaluations,
+        cg_residual=natural.cg.residual_norm,
+        cg_iterations=natural.cg.iterations,
+        step_fraction=search.step_fraction,
+    )

@@ -10,4 +10,9 @@ DESIGN_KEYS = (
     "train/value_loss",
     "train/explained_variance",
     "train/is_ess",
+    "train/kl_max",
+    "train/tv_max",
+    "train/bound_epsilon",
+    "train/bound_penalty_c",
+    "train/bound_lower",
 )

@@ -25,7 +25,13 @@ from benchmarks.tabular.checks import (  # noqa: E402
 )
 from benchmarks.tabular.harness import HarnessConfig, Report, format_report, run  # noqa: E402
 from benchmarks.tabular.mdp import FiniteMDP, evaluate, local_approximation, random_mdp, softmax  # noqa: E402
-from benchmarks.tabular.steps import cg_direction, constrained_step, iterate, penalised_step  # noqa: E402
+from benchmarks.tabular.steps import (  # noqa: E402
+    cg_direction,
+    constrained_step,
+    iterate,
+    package_rule_step,
+    penalised_step,
+)
 
 TOLERANCE = 1e-10  # a bound holds when its slack is >= -TOLERANCE (rounding only)
 GAMMAS = (0.5, 0.9, 0.99)
@@ -147,3 +153,50 @@ def test_iterate_refuses_an_unknown_rule() -> None:
     mdp = random_mdp(np.random.default_rng(8), 2, 2, 0.5)
     with pytest.raises(ValueError, match="rule"):
         iterate(mdp, np.zeros((2, 2)), "fixed", 1)
+
+
+# ----------------------------------------------------------------------------- the package's step rules
+
+STEP_OPTIONS: list[dict[str, object]] = [
+    {"step": "trust_region"},
+    {"step": "trust_region", "kl_constraint": "max"},
+    {"step": "natural_gradient", "step_size": 0.03},
+    {"step": "natural_gradient", "step_size": 3.0},
+    {"step": "theory_penalty"},
+]
+
+
+@pytest.mark.parametrize("gamma", GAMMAS)
+def test_theorem_one_holds_for_the_steps_of_every_step_option(gamma: float) -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(3):
+        mdp = random_mdp(rng, 5, 3, gamma)
+        logits = rng.normal(size=(5, 3))
+        old = evaluate(mdp, softmax(logits))
+        for option in STEP_OPTIONS:
+            outcome, result = package_rule_step(mdp, logits, delta=0.01, **option)  # type: ignore[arg-type]
+            assert result.accepted, (option, result.reason)
+            new_policy = softmax(outcome.logits)
+            kl_slack, tv_slack = theorem1_slacks(mdp, old, new_policy)
+            assert kl_slack >= -TOLERANCE and tv_slack >= -TOLERANCE, option
+            assert outcome.eta_gain >= outcome.penalised_gain - TOLERANCE
+            kl_new_old = (new_policy * (np.log(new_policy) - np.log(old.policy))).sum(axis=1)
+            if option.get("kl_constraint") == "max":
+                assert kl_new_old.max() <= 0.01  # every state, not only on average
+            elif option["step"] == "trust_region":
+                assert (1.0 - gamma) * old.visitation @ kl_new_old <= 0.01
+            if option["step"] == "theory_penalty":
+                # Algorithm 1: the penalised bound rises, so eta does (monotonic improvement)
+                assert outcome.penalised_gain > 0.0 and outcome.eta_gain > 0.0
+
+
+def test_the_theory_penalty_steps_are_orders_of_magnitude_smaller_than_the_trust_regions() -> None:
+    rng = np.random.default_rng(12)
+    ratios = {}
+    for gamma in GAMMAS:
+        mdp = random_mdp(rng, 5, 3, gamma)
+        logits = rng.normal(size=(5, 3))
+        trust, _ = package_rule_step(mdp, logits, step="trust_region")
+        penalty, _ = package_rule_step(mdp, logits, step="theory_penalty")
+        ratios[gamma] = np.log10(trust.mean_kl / penalty.mean_kl)
+    assert ratios[0.5] < ratios[0.99] and ratios[0.99] > 3.0  # the penalty's KL 1000 times smaller at 0.99

@@ -28,7 +28,9 @@ import torch as th
 from benchmarks.tabular.checks import kl_and_tv
 from benchmarks.tabular.mdp import Evaluation, FiniteMDP, evaluate, policy_advantage, softmax
 from sb3_trpo_plus.bound import penalty_coefficient
-from sb3_trpo_plus.trust_region import backtracking_line_search, conjugate_gradient, max_step_length
+from sb3_trpo_plus.settings import FisherMode, StepSettings
+from sb3_trpo_plus.step import CONSTRAINTS, STEP_RULES, StepProblem
+from sb3_trpo_plus.trust_region import StepResult, backtracking_line_search, conjugate_gradient, max_step_length
 
 GRID_PER_DECADE = 16
 GRID_DECADES = 16
@@ -174,3 +176,81 @@ def iterate(mdp: FiniteMDP, logits: np.ndarray, rule: str, n_iterations: int, de
         steps.append(step)
         logits = step.logits
     return steps
+
+
+# ----------------------------------------------------------------------------- the package's step rules
+
+
+def package_rule_step(
+    mdp: FiniteMDP,
+    logits: np.ndarray,
+    step: str = "trust_region",
+    kl_constraint: str = "mean",
+    step_size: float | None = None,
+    delta: float = 0.01,
+) -> tuple[StepOutcome, StepResult]:
+    """
+    One step of a registered step rule of the package (``sb3_trpo_plus.step.STEP_RULES[step]``,
+    with the constraint ``CONSTRAINTS[kl_constraint]``) on the exact tabular problem: the
+    parameters are the logits, the surrogate is the normalised one, (1 - gamma) sum_s rho_pi(s)
+    sum_a pi_theta(a|s) A_pi(s, a) (the scale of the package's batch mean), the Fisher products
+    are the exact ones of the mean KL over d = (1 - gamma) rho_pi, the constraint's per-state KL
+    is KL(pi_theta || pi_old) (weighted by d for the mean: the mean over d stands for the batch's
+    mean over visited states; as it is for the max, over every state), D_KL^max is Theorem 1's
+    max_s KL(pi_old || pi_theta) and eps is max |A_pi|.
+
+    :param mdp: the MDP
+    :param logits: theta_old, shape (S, A)
+    :param step: a name of ``STEP_RULES``
+    :param kl_constraint: a name of ``CONSTRAINTS``
+    :param step_size: the fixed step length of ``step="natural_gradient"``
+    :param delta: ``target_kl``
+    :return: the step taken (as :class:`StepOutcome`, ``beta`` the norm of the logits' change) and
+        the rule's own report
+    """
+    old = evaluate(mdp, softmax(logits))
+    gamma = mdp.gamma
+    d = th.as_tensor((1.0 - gamma) * old.visitation, dtype=th.float64)
+    advantages = th.as_tensor(old.advantages, dtype=th.float64)
+    old_probs = th.as_tensor(old.policy, dtype=th.float64)
+    theta = th.nn.Parameter(th.as_tensor(logits, dtype=th.float64).clone())
+    n_states = mdp.n_states
+
+    def surrogate() -> th.Tensor:
+        return (d * (th.softmax(theta, dim=1) * advantages).sum(dim=1)).sum()
+
+    def per_state_kl() -> th.Tensor:
+        log_new = th.log_softmax(theta, dim=1)
+        kl_new_old = (log_new.exp() * (log_new - old_probs.log())).sum(dim=1)
+        # the mean's states weighted by d (its plain mean is then the mean over d); the max's as they are
+        return n_states * d * kl_new_old if kl_constraint == "mean" else kl_new_old
+
+    settings = StepSettings(
+        delta, n_states * 4, 0.0, 0.8, 30, FisherMode.KL_HESSIAN, 1.0, step, kl_constraint, step_size, gamma
+    )
+    constraint = CONSTRAINTS[kl_constraint]()
+
+    def evaluate_step() -> tuple[float, float]:
+        return float(surrogate()), float(constraint.reduce(per_state_kl()))
+
+    def theorem_kl_max() -> float:
+        log_new = th.log_softmax(theta, dim=1)
+        return float((old_probs * (old_probs.log() - log_new)).sum(dim=1).max())
+
+    problem = StepProblem(
+        [theta],
+        surrogate(),
+        lambda v: fisher_product(old, gamma, v),
+        evaluate_step,
+        per_state_kl,
+        th.zeros(theta.numel(), dtype=th.float64),
+        theorem_kl_max,
+        float(np.abs(old.advantages).max()),
+    )
+    result = STEP_RULES[step](settings).take(problem)
+    new_logits = theta.detach().numpy().copy()
+    c = penalty_coefficient(float(np.abs(old.advantages).max()), gamma)
+    change = new_logits - logits
+    norm = float(np.linalg.norm(change))
+    direction = change / norm if norm > 0 else np.zeros_like(change)
+    return _outcome(mdp, old, logits, direction, norm, c), result
