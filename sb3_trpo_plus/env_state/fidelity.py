@@ -119,7 +119,10 @@ def largest_difference(expected: Transition, got: Transition) -> tuple[float, st
     return difference, quantity
 
 
-#: the largest difference the probe accepts, by the kind of state the snapshot holds
+#: the largest difference the probe accepts, by the kind of state the snapshot holds. MuJoCo is
+#: exact too: restoring mjSTATE_INTEGRATION (and the derived quantities) reproduces the next step
+#: bit for bit in the same process; measured on every step of 150-step random walks of Hopper,
+#: HalfCheetah, Walker2d, Ant, Humanoid, InvertedDoublePendulum, Swimmer and Reacher (v5)
 FIDELITY_TOLERANCES: dict[str, float] = {"mujoco": 0.0, "exact": 0.0}
 
 
