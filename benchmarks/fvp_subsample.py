@@ -9,7 +9,7 @@ Direction quality. TRPOPlus (zoo settings, ``fvp_subsample=1.0``) trains briefly
 at ``--checkpoints`` policies along the run it collects a fresh batch and, on that one batch
 and its one surrogate gradient g, computes the trust-region step with Fisher-vector products
 on a random share f of the batch, for f in ``--fractions``, ``--draws`` random subsamples each
-(the subsample is drawn as ``TRPOPlus._fisher_product`` draws it). Conjugate gradient starts
+(the subsample is drawn as the step's ``fisher.fisher_product`` draws it). Conjugate gradient starts
 from zero with the model's ``cg_max_steps`` and damping, so the only thing that changes with f
 is the Fisher matrix. Against the full-batch (f = 1) step it reports:
 
@@ -56,6 +56,7 @@ from zoo_settings import algo_kwargs, make_env, settings
 
 from sb3_trpo_plus import TRPOPlus
 from sb3_trpo_plus.distributions import detached
+from sb3_trpo_plus.fisher import fisher_product
 from sb3_trpo_plus.surrogate import mean_kl
 from sb3_trpo_plus.trust_region import (
     backtracking_line_search,
@@ -77,6 +78,12 @@ def collect_batch(model: TRPOPlus) -> Any:
     return model._surrogate(model._policy_batch())
 
 
+def _fisher_product(model: TRPOPlus, obs: Any, distribution: Any) -> Any:
+    """The step's Fisher-vector products at the model's current settings (``fvp_subsample`` included)."""
+    settings = model._settings().step
+    return fisher_product(model.policy, model._actor_params, obs, distribution, detached(distribution), settings)
+
+
 def step_for(model: TRPOPlus, obs: Any, gradient: th.Tensor, fraction: float) -> dict[str, Any]:
     """
     The maximal trust-region step with Fisher products on a ``fraction`` subsample, at the
@@ -86,7 +93,7 @@ def step_for(model: TRPOPlus, obs: Any, gradient: th.Tensor, fraction: float) ->
     model.fvp_subsample = fraction
     start = time.perf_counter()
     distribution = model.policy.get_distribution(obs)
-    product = model._fisher_product(obs, distribution, detached(distribution))
+    product = _fisher_product(model, obs, distribution)
     cg = conjugate_gradient(product, gradient, max_iter=model.cg_max_steps)
     beta = max_step_length(cg.solution, product(cg.solution), model.target_kl)
     elapsed = time.perf_counter() - start
@@ -138,14 +145,15 @@ def measure_checkpoint(model: TRPOPlus, fractions: list[float], draws: int, seed
     old = detached(distribution)
     gradient = flat_grad(surrogate.objective(distribution), params).detach()
 
-    model.fvp_subsample = 1.0
-    full_distribution = model.policy.get_distribution(obs)
-    full_product = model._fisher_product(obs, full_distribution, detached(full_distribution))
     full = step_for(model, obs, gradient, 1.0)
     full_search = line_search(model, obs, surrogate.objective, old, theta_old, full["step"])
 
-    def fisher_quadratic(v: th.Tensor) -> float:  # v^T F_1 v, undamped
-        return float(v @ (full_product(v) - model.cg_damping * v))
+    def fisher_quadratic(v: th.Tensor) -> float:  # v^T F_1 v, undamped, at theta_old
+        # built anew each time: a line search writes the parameters in place, which invalidates
+        # the graph an earlier product kept
+        model.fvp_subsample = 1.0
+        product = _fisher_product(model, obs, model.policy.get_distribution(obs))
+        return float(v @ (product(v) - model.cg_damping * v))
 
     rows = []
     for draw in range(draws):

@@ -55,6 +55,67 @@ def gradient(model: TRPOPlus) -> tuple[np.ndarray, int]:
     return grad.detach().cpu().numpy(), model.num_timesteps - start
 
 
+def variance_by_scheme(
+    env_id: str,
+    settings: dict[str, Any],
+    schemes: dict[str, dict[str, Any]],
+    pretrain: int,
+    repeats: int,
+    seed: int,
+    env_kwargs: dict[str, Any] | None = None,
+    save_policy: Path | None = None,
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """
+    Train single path for ``pretrain`` steps, freeze that policy and critic, then draw ``repeats``
+    batches with each scheme from it and measure the spread of their gradients.
+
+    :param env_id: a registered environment
+    :param settings: TRPOPlus arguments shared by every scheme
+    :param schemes: scheme name -> the TRPOPlus arguments that make it (``{}``: single path)
+    :param pretrain: environment steps of the single-path training that gives the fixed policy
+    :param repeats: batches per scheme
+    :param seed: seed of the pre-training (the schemes' runs use ``seed + 1``)
+    :param env_kwargs: keyword arguments of the environment (a noise level, for instance)
+    :param save_policy: where to save the fixed policy (None: not saved)
+    :return: per scheme its figures (steps and seconds per batch, relative variance, per env step,
+        mean pairwise cosine), and per scheme the cosine of its mean gradient with the first scheme's
+    """
+    base_env = make_vec_env(env_id, n_envs=2, seed=seed, env_kwargs=env_kwargs)
+    base = TRPOPlus("MlpPolicy", base_env, seed=seed, **settings)
+    base.learn(pretrain)
+    if save_policy is not None:
+        base.save(save_policy)
+    results: dict[str, dict[str, float]] = {}
+    estimates: dict[str, np.ndarray] = {}
+    for scheme, extra in schemes.items():
+        env = make_vec_env(env_id, n_envs=2, seed=seed + 1, env_kwargs=env_kwargs)
+        model = TRPOPlus("MlpPolicy", env, seed=seed + 1, **settings, **extra)
+        model.set_parameters(base.get_parameters())
+        model._setup_learn(10**9, None)
+        grads, steps, started = [], [], time.perf_counter()
+        for _ in range(repeats):
+            grad, n_steps = gradient(model)
+            grads.append(grad)
+            steps.append(n_steps)
+        stacked = np.stack(grads)
+        estimates[scheme] = stacked
+        mean = stacked.mean(axis=0)
+        relative_variance = float(np.sum(stacked.var(axis=0, ddof=1)) / np.sum(mean**2))
+        unit = stacked / np.linalg.norm(stacked, axis=1, keepdims=True)
+        off_diagonal = (unit @ unit.T)[~np.eye(len(unit), dtype=bool)]
+        results[scheme] = {
+            "env_steps_per_batch": float(np.mean(steps)),
+            "seconds_per_batch": (time.perf_counter() - started) / repeats,
+            "relative_variance": relative_variance,
+            "relative_variance_x_steps": relative_variance * float(np.mean(steps)),
+            "mean_pairwise_cosine": float(off_diagonal.mean()),
+        }
+    first = next(iter(estimates.values())).mean(axis=0)
+    reference = first / np.linalg.norm(first)
+    cosine = {scheme: float(g.mean(axis=0) @ reference / np.linalg.norm(g.mean(axis=0))) for scheme, g in estimates.items()}
+    return results, cosine
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="CartPole-v1", choices=sorted(SETTINGS))
@@ -67,61 +128,22 @@ def main() -> None:
     settings = dict(SETTINGS[args.env])
     pretrain = settings.pop("pretrain")
     vine = dict(settings.pop("vine"), n_states=args.n_states)
-    base = TRPOPlus("MlpPolicy", make_vec_env(args.env, n_envs=2, seed=args.seed), seed=args.seed, **settings)
-    base.learn(pretrain)
     path = Path(args.out)
     path.mkdir(parents=True, exist_ok=True)
-    base.save(path / "gradient_variance_policy.zip")
-
-    results = {}
-    estimates: dict[str, list[np.ndarray]] = {}
-    schemes: tuple[tuple[str, dict[str, Any]], ...] = (
-        ("single_path", {}),
-        ("vine_paper", {"sampling": "vine", "vine_kwargs": {**PAPER_VINE_KWARGS, **vine}}),
-        ("vine_default", {"sampling": "vine"}),
-    )
-    for scheme, extra in schemes:
-        model = TRPOPlus(
-            "MlpPolicy", make_vec_env(args.env, n_envs=2, seed=args.seed + 1), seed=args.seed + 1, **settings, **extra
-        )
-        model.set_parameters(base.get_parameters())
-        model._setup_learn(10**9, None)
-        grads, steps, started = [], [], time.perf_counter()
-        for _ in range(args.repeats):
-            grad, n_steps = gradient(model)
-            grads.append(grad)
-            steps.append(n_steps)
-        estimates[scheme] = grads
-        results[scheme] = {
-            "env_steps_per_batch": float(np.mean(steps)),
-            "seconds_per_batch": (time.perf_counter() - started) / args.repeats,
-        }
-
-    for scheme, grads in estimates.items():
-        stacked = np.stack(grads)
-        mean = stacked.mean(axis=0)
-        relative_variance = float(np.sum(stacked.var(axis=0, ddof=1)) / np.sum(mean**2))
-        unit = stacked / np.linalg.norm(stacked, axis=1, keepdims=True)
-        pairwise = unit @ unit.T
-        off_diagonal = pairwise[~np.eye(len(unit), dtype=bool)]
-        results[scheme].update(
-            {
-                "relative_variance": relative_variance,
-                "relative_variance_x_steps": relative_variance * results[scheme]["env_steps_per_batch"],
-                "mean_pairwise_cosine": float(off_diagonal.mean()),
-            }
-        )
-    means = {scheme: np.stack(grads).mean(axis=0) for scheme, grads in estimates.items()}
-    reference = means["single_path"] / np.linalg.norm(means["single_path"])
-    cosine = {
-        scheme: float(mean @ reference / np.linalg.norm(mean)) for scheme, mean in means.items() if scheme != "single_path"
+    schemes: dict[str, dict[str, Any]] = {
+        "single_path": {},
+        "vine_paper": {"sampling": "vine", "vine_kwargs": {**PAPER_VINE_KWARGS, **vine}},
+        "vine_default": {"sampling": "vine"},
     }
+    results, cosine = variance_by_scheme(
+        args.env, settings, schemes, pretrain, args.repeats, args.seed, save_policy=path / "gradient_variance_policy.zip"
+    )
     summary = {
         "env": args.env,
         "repeats": args.repeats,
         "vine_paper_kwargs": {**PAPER_VINE_KWARGS, **vine},
         "schemes": results,
-        "cosine_of_mean_gradient_with_single_path": cosine,
+        "cosine_of_mean_gradient_with_single_path": {k: v for k, v in cosine.items() if k != "single_path"},
     }
     print(json.dumps(summary, indent=2))
     for scheme, figures in results.items():

@@ -48,7 +48,7 @@ INNER_LAYERS: dict[str, list[list[str]]] = {
         ["sampler"],  # one vine iteration
         ["runner", "pools", "probe"],  # the branches of one state; the branch pools; the fidelity probe
         ["trunk"],  # the rollout set, snapshots of the trunk, branch copies of it
-        ["wrappers", "rows"],  # the trunk's VecEnv wrappers replayed; rows <-> batch
+        ["wrappers"],  # the trunk's VecEnv wrappers replayed
     ],
     "env_state": [
         [""],

@@ -16,9 +16,9 @@ from gymnasium import spaces
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import obs_as_tensor
 
+from sb3_trpo_plus import observations as batches
 from sb3_trpo_plus.branch_pool import BranchPool
 from sb3_trpo_plus.distributions import distribution_parameters, find_family, sample_with_noise
-from sb3_trpo_plus.vine.rows import rows_of, stack_rows
 from sb3_trpo_plus.vine.trunk import BranchState, GsdeNoise
 from sb3_trpo_plus.vine.wrappers import VecWrappers
 
@@ -125,7 +125,7 @@ class BranchRunner:
 
     def _values(self, observations: list[Any]) -> np.ndarray:
         with th.no_grad():
-            obs_tensor = obs_as_tensor(stack_rows(observations), self._device)
+            obs_tensor = obs_as_tensor(batches.stack(observations), self._device)
             return self.policy.predict_values(obs_tensor).cpu().numpy().reshape(-1)  # type: ignore[arg-type]
 
     def restore(self, state: BranchState, seeds: np.ndarray | None = None) -> None:
@@ -151,8 +151,8 @@ class BranchRunner:
         if not active.all():
             filler = next(obs for obs in raw if obs is not None)
             raw = [obs if obs is not None else filler for obs in raw]
-        observations, rewards = self.vec_wrappers.process(stack_rows(raw), rewards)
-        rows = rows_of(observations, self.pool.size)
+        observations, rewards = self.vec_wrappers.process(batches.stack(raw), rewards)
+        rows = batches.rows(observations, self.pool.size)
         if previous is not None:
             rows = [rows[index] if active[index] else previous[index] for index in range(self.pool.size)]
         return rows, np.where(active, rewards, 0.0), terminated, truncated
@@ -255,7 +255,7 @@ class BranchRunner:
 
     def _policy_actions(self, observations: list[Any]) -> np.ndarray:
         with th.no_grad():
-            obs_tensor = obs_as_tensor(stack_rows(observations), self._device)
+            obs_tensor = obs_as_tensor(batches.stack(observations), self._device)
             distribution = self.policy.get_distribution(obs_tensor)  # type: ignore[arg-type]
             if self.gsde:
                 return self._gsde_actions(distribution)

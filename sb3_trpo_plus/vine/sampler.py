@@ -16,13 +16,13 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 
+from sb3_trpo_plus import observations as batches
 from sb3_trpo_plus.branch_pool import BranchPool, branch_pool_class
 from sb3_trpo_plus.buffers import VineBatch
 from sb3_trpo_plus.distributions import actions_for_log_prob
 from sb3_trpo_plus.env_state import check_same_chain
 from sb3_trpo_plus.settings import VineSettings
 from sb3_trpo_plus.vine.probe import FidelityProbe
-from sb3_trpo_plus.vine.rows import row_of, stack_rows
 from sb3_trpo_plus.vine.runner import BranchRunner
 from sb3_trpo_plus.vine.trunk import (
     GsdeNoise,
@@ -103,7 +103,7 @@ class VineSampler:
         self.probe.before_step(self.trunk_step)
         self.trunk.episode_time[np.asarray(episode_starts, dtype=bool)] = 0
         for index in range(self.env.num_envs):
-            self.trunk.offer(index, row_of(last_obs, index), functools.partial(self._take_state, index))
+            self.trunk.offer(index, batches.index(last_obs, index), functools.partial(self._take_state, index))
         self.trunk.episode_time += 1
         self.trunk_step += 1
 
@@ -143,7 +143,7 @@ class VineSampler:
         observations, taken = self.trunk.states()
         states = [state for state, _ in taken]
         noises = [noise for _, noise in taken]
-        obs_tensor = obs_as_tensor(stack_rows(observations), self.policy.device)
+        obs_tensor = obs_as_tensor(batches.stack(observations), self.policy.device)
         n_states = len(states)
         with th.no_grad():
             pi_old = self.policy.get_distribution(obs_tensor)  # type: ignore[arg-type]
@@ -196,8 +196,8 @@ class VineSampler:
             partial_returns=tensor([result.partial_returns for result in results]),
             bootstrap_discount=tensor([result.bootstrap_discount for result in results]),
             bootstrap_rows=th.as_tensor(bootstrap_rows, dtype=th.long, device=device),
-            bootstrap_observations=stack_rows(bootstrap_obs) if bootstrap_obs else None,
-            critic_observations=stack_rows(critic_obs) if critic_obs else None,
+            bootstrap_observations=batches.stack(bootstrap_obs) if bootstrap_obs else None,
+            critic_observations=batches.stack(critic_obs) if critic_obs else None,
             critic_returns=np.asarray(critic_returns, dtype=np.float32),
         )
         env_steps = sum(result.env_steps for result in results)

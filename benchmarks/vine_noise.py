@@ -1,0 +1,132 @@
+"""
+Vine under noisy dynamics: the gradient variance per environment step of single path, vine with
+common random numbers and vine without them, across noise levels of the noisy environment family
+(:mod:`sb3_trpo_plus.noisy_envs`; the noise comes from the environment's own ``np_random``, so the
+K branches of a state share it exactly when common random numbers are on).
+
+At each noise level, single path trains for a while, its policy and critic are frozen, and each
+scheme draws ``--repeats`` batches from them (:func:`gradient_variance.variance_by_scheme`). The
+figure is the relative variance tr Cov(g) / |E g|^2 times the environment steps of a batch: the
+variance per environment step, lower is better. The ratio vine / single path below 1 means vine's
+gradient is the less noisy per step; CRN's share is the gap between the two vine curves.
+
+    python benchmarks/vine_noise.py variance [--envs NoisyCartPole-v1 ...] [--repeats 20]
+
+Results: ``benchmarks/results/vine_noise/variance.json``, ``variance.md`` and ``variance.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch as th
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gradient_variance import variance_by_scheme
+
+import sb3_trpo_plus.noisy_envs  # noqa: F401  (registers the noisy ids)
+
+OUT = Path(__file__).resolve().parent / "results" / "vine_noise"
+
+#: env -> (shared TRPOPlus arguments, pre-training steps, noise levels)
+SETTINGS: dict[str, tuple[dict[str, Any], int, list[float]]] = {
+    "NoisyCartPole-v1": ({"n_steps": 512, "gae_lambda": 0.98}, 10_000, [0.0, 0.25, 0.5, 1.0]),
+    "NoisyAcrobot-v1": ({"n_steps": 1024}, 20_000, [0.0, 0.5, 1.0]),
+    "NoisyPendulum-v1": ({"n_steps": 1024, "gamma": 0.9}, 20_000, [0.0, 0.1, 0.3]),
+}
+SCHEMES: dict[str, dict[str, Any]] = {
+    "single_path": {},
+    "vine_crn": {"sampling": "vine"},
+    "vine_no_crn": {"sampling": "vine", "vine_kwargs": {"common_random_numbers": False}},
+}
+
+
+def run_variance(envs: list[str], repeats: int, seed: int) -> list[dict[str, Any]]:
+    """Every (env, noise level, scheme) measurement, appended to ``variance.json`` as it comes."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / "variance.json"
+    rows: list[dict[str, Any]] = json.loads(path.read_text()) if path.exists() else []
+    done = {(row["env"], row["noise"]) for row in rows if row["repeats"] == repeats and row["seed"] == seed}
+    for env_id in envs:
+        settings, pretrain, levels = SETTINGS[env_id]
+        for noise in levels:
+            if (env_id, noise) in done:
+                continue
+            results, cosine = variance_by_scheme(env_id, settings, SCHEMES, pretrain, repeats, seed, {"noise": noise})
+            for scheme, figures in results.items():
+                rows.append(
+                    {"env": env_id, "noise": noise, "scheme": scheme, "repeats": repeats, "seed": seed, **figures}
+                    | {"cosine_with_single_path": cosine[scheme]}
+                )
+            path.write_text(json.dumps(rows, indent=1))
+            per_step = {scheme: figures["relative_variance_x_steps"] for scheme, figures in results.items()}
+            print(f"{env_id} noise {noise}: " + ", ".join(f"{k} {v:.0f}" for k, v in per_step.items()), flush=True)
+    return rows
+
+
+def report(rows: list[dict[str, Any]]) -> None:
+    """``variance.md`` (the ratio table) and ``variance.png`` (the ratio against the noise level)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = {(row["env"], row["noise"], row["scheme"]): row for row in rows}
+    envs = sorted({row["env"] for row in rows}, key=list(SETTINGS).index)
+    lines = [
+        "# Gradient variance per environment step under noisy dynamics",
+        "",
+        "Relative variance tr Cov(g) / |E g|^2 times the environment steps of a batch (lower is better), at a "
+        "fixed policy and critic; vine with its defaults, with and without common random numbers (CRN). "
+        "Made by `python benchmarks/vine_noise.py variance`.",
+        "",
+        "| env | noise | single path | vine, CRN | vine, no CRN | vine CRN / single path | vine no CRN / single path |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    figure, axes = plt.subplots(1, len(envs), figsize=(4.2 * len(envs), 3.4), squeeze=False)
+    for axis, env_id in zip(axes[0], envs, strict=True):
+        levels = sorted({row["noise"] for row in rows if row["env"] == env_id})
+        ratios: dict[str, list[float]] = {"vine_crn": [], "vine_no_crn": []}
+        for noise in levels:
+            single = table[(env_id, noise, "single_path")]["relative_variance_x_steps"]
+            values = {s: table[(env_id, noise, s)]["relative_variance_x_steps"] for s in SCHEMES}
+            for scheme in ratios:
+                ratios[scheme].append(values[scheme] / single)
+            lines.append(
+                f"| {env_id} | {noise:g} | {values['single_path']:,.0f} | {values['vine_crn']:,.0f} | "
+                f"{values['vine_no_crn']:,.0f} | {ratios['vine_crn'][-1]:.2f} | {ratios['vine_no_crn'][-1]:.2f} |"
+            )
+        axis.plot(levels, ratios["vine_crn"], "o-", label="vine, CRN")
+        axis.plot(levels, ratios["vine_no_crn"], "s--", label="vine, no CRN")
+        axis.axhline(1.0, color="grey", lw=0.8)
+        axis.set_title(env_id)
+        axis.set_xlabel("noise level")
+        axis.set_ylabel("variance per step / single path's")
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(OUT / "variance.png", dpi=110)
+    (OUT / "variance.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["variance", "report"])
+    parser.add_argument("--envs", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    th.set_num_threads(1)
+    if args.command == "variance":
+        rows = run_variance(args.envs, args.repeats, args.seed)
+    else:
+        rows = json.loads((OUT / "variance.json").read_text())
+    report(rows)
+
+
+if __name__ == "__main__":
+    main()
