@@ -110,6 +110,14 @@ def record_branching(logger: Logger, branch_steps: int, trunk_steps: int, stats:
     """Record a vine rollout: branch steps, their share of the budget, and the sampler's statistics."""
     logger.record("rollout/branch_steps", branch_steps)
     logger.record("rollout/branch_fraction", branch_steps / max(1, branch_steps + trunk_steps))
-    for key in ("rollout_set_size", "branch_length_mean", "replayed_steps", "q_value_mean", "critic_targets_from_branches"):
+    for key in (
+        "rollout_set_size",
+        "branch_length_mean",
+        "replayed_steps",
+        "q_value_mean",
+        "critic_targets_from_branches",
+        "branch_probe_count",
+        "branch_probe_max_diff",
+    ):
         if key in stats:
             logger.record(f"rollout/{key}", stats[key])

@@ -81,6 +81,11 @@ class VineSettings:
         "trunk" (the paper's)
     :param refit_critic_first: fit the critic before the policy step and complete the branches'
         Q-values with the refitted critic (False: the critic of the previous iteration)
+    :param fidelity_probe: how often the run-time fidelity probe checks that a branch copy
+        restored to a trunk state reproduces the trunk's next step: at the first iteration and then
+        every that many iterations (an integer >= 0; 0: never)
+    :param fidelity_probe_action: what a probe that finds a difference does: "raise" a
+        :class:`~sb3_trpo_plus.env_state.BranchFidelityError`, or "warn" (a warning; training goes on)
     :raises ValueError: naming the ``vine_kwargs`` entry and what is allowed
     """
 
@@ -98,6 +103,8 @@ class VineSettings:
     estimator: str = "combined"
     critic_targets: str = "trunk_and_branches"
     refit_critic_first: bool = True
+    fidelity_probe: int = 10
+    fidelity_probe_action: str = "raise"
 
     def __post_init__(self) -> None:
         n_states = self.n_states
@@ -127,9 +134,16 @@ class VineSettings:
             ("trust_region_states", ("trunk", "rollout_set")),
             ("estimator", ("combined", "vine")),
             ("critic_targets", ("trunk_and_branches", "trunk")),
+            ("fidelity_probe_action", ("raise", "warn")),
         ):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"vine_kwargs['{key}'] must be one of {list(allowed)}, got {getattr(self, key)!r}")
+        probe = self.fidelity_probe
+        if isinstance(probe, bool) or not isinstance(probe, (int, np.integer)) or probe < 0:
+            raise ValueError(
+                "vine_kwargs['fidelity_probe'] must be an integer >= 0 (probe at the first iteration and then every that "
+                f"many iterations; 0: never), got {probe!r}"
+            )
         workers = self.n_branch_workers
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1):
             raise ValueError(f"vine_kwargs['n_branch_workers'] must be None or an integer >= 1, got {workers!r}")

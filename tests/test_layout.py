@@ -46,7 +46,7 @@ INNER_LAYERS: dict[str, list[list[str]]] = {
     "vine": [
         [""],
         ["sampler"],  # one vine iteration
-        ["runner", "pools"],  # the branches of one state; the branch pools
+        ["runner", "pools", "probe"],  # the branches of one state; the branch pools; the fidelity probe
         ["trunk"],  # the rollout set, snapshots of the trunk, branch copies of it
         ["wrappers"],  # the trunk's VecEnv wrappers replayed
     ],
@@ -54,7 +54,7 @@ INNER_LAYERS: dict[str, list[list[str]]] = {
         [""],
         ["branchable"],  # BranchableEnv
         ["snapshots", "copies", "failures"],  # snapshot/restore; branch copies and chain checks; worker failures
-        ["registry", "replay"],  # which environments are branchable and how; replay
+        ["registry", "replay", "fidelity"],  # which environments are branchable and how; replay; what the probe compares
         ["adapters"],  # state adapters
         ["layers", "attributes", "errors"],  # wrapper chains and the InternalWrapper marker; plain copies; errors
     ],

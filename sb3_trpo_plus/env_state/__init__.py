@@ -55,7 +55,8 @@ The modules, one idea each: :mod:`~sb3_trpo_plus.env_state.adapters` (state adap
 :mod:`~sb3_trpo_plus.env_state.registry` (which environments are branchable and how),
 :mod:`~sb3_trpo_plus.env_state.snapshots` (snapshot and restore),
 :mod:`~sb3_trpo_plus.env_state.replay` (replay), :mod:`~sb3_trpo_plus.env_state.branchable`
-(:class:`BranchableEnv`), :mod:`~sb3_trpo_plus.env_state.copies` (branch copies and chain
+(:class:`BranchableEnv`), :mod:`~sb3_trpo_plus.env_state.fidelity` (what vine's fidelity probe
+compares), :mod:`~sb3_trpo_plus.env_state.copies` (branch copies and chain
 checks) and :mod:`~sb3_trpo_plus.env_state.failures` (the worker-failure transport), over
 :mod:`~sb3_trpo_plus.env_state.layers`, :mod:`~sb3_trpo_plus.env_state.attributes` and
 :mod:`~sb3_trpo_plus.env_state.errors`.
@@ -71,8 +72,9 @@ from sb3_trpo_plus.env_state.adapters import (
 )
 from sb3_trpo_plus.env_state.branchable import BranchableEnv
 from sb3_trpo_plus.env_state.copies import branch_copy, check_same_chain, wrapper_chain
-from sb3_trpo_plus.env_state.errors import ChainMismatchError, UnbranchableEnvError
+from sb3_trpo_plus.env_state.errors import BranchFidelityError, ChainMismatchError, UnbranchableEnvError
 from sb3_trpo_plus.env_state.failures import BranchWorkerError, WorkerFailure, raise_failure
+from sb3_trpo_plus.env_state.fidelity import ProbeRecord, Transition, fidelity_tolerance, largest_difference
 from sb3_trpo_plus.env_state.registry import (
     check_branchable,
     find_adapter,
@@ -86,21 +88,26 @@ from sb3_trpo_plus.env_state.snapshots import EnvSnapshot, restore, snapshot
 __all__ = [
     "AtariAdapter",
     "AttributeAdapter",
+    "BranchFidelityError",
     "BranchWorkerError",
     "BranchableEnv",
     "ChainMismatchError",
     "EnvSnapshot",
     "MujocoAdapter",
     "MujocoState",
+    "ProbeRecord",
     "ProtocolAdapter",
     "ReplayLog",
     "StateAdapter",
+    "Transition",
     "UnbranchableEnvError",
     "WorkerFailure",
     "branch_copy",
     "check_branchable",
     "check_same_chain",
+    "fidelity_tolerance",
     "find_adapter",
+    "largest_difference",
     "needs_replay",
     "raise_failure",
     "register_replay_env",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import gymnasium as gym
 
 from sb3_trpo_plus.env_state.copies import pickled_branch_copy, wrapper_chain
 from sb3_trpo_plus.env_state.failures import WorkerFailure
+from sb3_trpo_plus.env_state.fidelity import ProbeRecord, Transition
 from sb3_trpo_plus.env_state.layers import InternalWrapper, wrappers_of
 from sb3_trpo_plus.env_state.registry import check_branchable, find_replay_type, needs_replay
 from sb3_trpo_plus.env_state.replay import ReplayRecorder, find_recorder
@@ -52,6 +54,39 @@ class BranchableEnv(InternalWrapper):
             else:
                 env = ReplayRecorder(env, replay_type.rebuild)
         super().__init__(env)
+        self._probe: ProbeRecord | None = None  # armed, waiting for the next step
+        self._probe_done: ProbeRecord | None = None  # stepped, waiting for probe_record()
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        result = self.env.step(action)
+        if self._probe is not None:  # armed by arm_probe(): keep this one step for the fidelity probe
+            self._probe.action, self._probe.outcome = copy.deepcopy(action), Transition.of(result)
+            self._probe_done, self._probe = self._probe, None
+        return result
+
+    def watch_replay(self, watch: bool) -> None:
+        """
+        Keep (or stop keeping) every observation of a replayed environment's episodes, which the
+        fidelity probe compares with a replay's (nothing for an environment not branched by replay).
+        """
+        recorder = find_recorder(self.env)
+        if recorder is not None:
+            recorder.watch = watch
+
+    def arm_probe(self) -> None:
+        """
+        Snapshot the current state for vine's fidelity probe and keep the next step's action and
+        outcome (see :meth:`probe_record`); costs nothing until called.
+        """
+        recorder = find_recorder(self.env)
+        observations = None if recorder is None or recorder.observations is None else list(recorder.observations)
+        self._probe = ProbeRecord(self.get_state(), observations)
+        self._probe_done = None
+
+    def probe_record(self) -> ProbeRecord | None:
+        """:return: the record of the last :meth:`arm_probe` once the environment stepped (then forgotten), else None"""
+        record, self._probe_done = self._probe_done, None
+        return record
 
     @property
     def replayed_steps(self) -> int:

@@ -9,3 +9,10 @@ class UnbranchableEnvError(ValueError):
 
 class ChainMismatchError(UnbranchableEnvError):
     """Branch copies whose wrappers differ from the trunk's: the branches would simulate another MDP."""
+
+
+class BranchFidelityError(UnbranchableEnvError):
+    """
+    A branch copy restored to a trunk state did not reproduce the trunk's next step (raised by
+    vine's run-time fidelity probe, before the branches' Q-values reach a policy step).
+    """

@@ -68,6 +68,10 @@ class ReplayRecorder(InternalWrapper):
 
     :param env: the unwrapped environment
     :param rebuild: rebuild the environment at every reset (see :func:`register_replay_env`)
+
+    With :attr:`watch` on (vine's fidelity probe turns it on), it also keeps a copy of every
+    observation of the current episode, the reset's first (:attr:`observations`); a replay then
+    fills it with the replayed observations, so that they can be compared with the trunk's.
     """
 
     def __init__(self, env: gym.Env, rebuild: bool) -> None:
@@ -75,6 +79,8 @@ class ReplayRecorder(InternalWrapper):
         self.rebuild = rebuild
         self.log: ReplayLog | None = None
         self.replayed_steps = 0
+        self.watch = False
+        self.observations: list[Any] | None = None
 
     def _start(self, seed: int | None, options: dict[str, Any] | None, rng_state: dict[str, Any]) -> Any:
         unwrapped = self.env.unwrapped
@@ -86,12 +92,17 @@ class ReplayRecorder(InternalWrapper):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         rng_state = dict(copy.deepcopy(self.env.unwrapped.np_random.bit_generator.state))  # creates np_random if needed
         self.log = ReplayLog(seed, copy.deepcopy(options), rng_state)
-        return self._start(seed, options, rng_state)
+        obs, info = self._start(seed, options, rng_state)
+        self.observations = [copy.deepcopy(obs)] if self.watch else None
+        return obs, info
 
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
         if self.log is not None:
             self.log.actions.append(copy.deepcopy(action))
-        return self.env.step(action)
+        result = self.env.step(action)
+        if self.observations is not None:
+            self.observations.append(copy.deepcopy(result[0]))
+        return result
 
     def replay(self, log: ReplayLog) -> None:
         """
@@ -100,10 +111,14 @@ class ReplayRecorder(InternalWrapper):
 
         :param log: the episode to replay (not modified)
         """
-        self._start(log.seed, log.options, log.rng_state)
+        obs, _ = self._start(log.seed, log.options, log.rng_state)
         unwrapped = self.env.unwrapped
+        observations = [copy.deepcopy(obs)] if self.watch else None
         for action in log.actions:
-            unwrapped.step(copy.deepcopy(action))
+            result = unwrapped.step(copy.deepcopy(action))
+            if observations is not None:
+                observations.append(copy.deepcopy(result[0]))
+        self.observations = observations
         self.replayed_steps += len(log.actions)
         self.log = copy.deepcopy(log)
 

@@ -33,11 +33,14 @@ trunk's VecEnv wrappers are replayed on branch observations and rewards (:class:
 The modules, one idea each: :mod:`~sb3_trpo_plus.vine.wrappers` (the trunk's VecEnv wrappers
 replayed on branches), :mod:`~sb3_trpo_plus.vine.trunk` (the rollout set and snapshots of the
 trunk), :mod:`~sb3_trpo_plus.vine.pools` (the branch pools), :mod:`~sb3_trpo_plus.vine.runner`
-(the branches of one state) and :mod:`~sb3_trpo_plus.vine.sampler` (one vine iteration).
+(the branches of one state), :mod:`~sb3_trpo_plus.vine.probe` (the run-time fidelity probe: a
+restored branch copy must reproduce the trunk) and :mod:`~sb3_trpo_plus.vine.sampler` (one vine
+iteration).
 """
 
 from sb3_trpo_plus.branch_pool import BranchPool, register_branch_pool
 from sb3_trpo_plus.vine.pools import InProcessBranchPool, SubprocBranchPool
+from sb3_trpo_plus.vine.probe import FidelityProbe
 from sb3_trpo_plus.vine.runner import BranchResult, BranchRunner, bootstraps
 from sb3_trpo_plus.vine.sampler import VineSampler
 from sb3_trpo_plus.vine.trunk import BranchState, GsdeNoise, TrunkStates, make_trunk_branchable, trunk_snapshotter
@@ -48,6 +51,7 @@ __all__ = [
     "BranchResult",
     "BranchRunner",
     "BranchState",
+    "FidelityProbe",
     "GsdeNoise",
     "InProcessBranchPool",
     "SubprocBranchPool",

@@ -22,6 +22,7 @@ from sb3_trpo_plus.buffers import VineBatch
 from sb3_trpo_plus.distributions import actions_for_log_prob
 from sb3_trpo_plus.env_state import check_same_chain
 from sb3_trpo_plus.settings import VineSettings
+from sb3_trpo_plus.vine.probe import FidelityProbe
 from sb3_trpo_plus.vine.runner import BranchRunner
 from sb3_trpo_plus.vine.trunk import (
     GsdeNoise,
@@ -92,12 +93,14 @@ class VineSampler:
         )
         self.trunk = TrunkStates(1, gamma, settings.state_selection == "geometric", env.num_envs, self.rng)
         self.snapshot = trunk_snapshotter(env)
+        self.probe = FidelityProbe(settings.fidelity_probe, settings.fidelity_probe_action, env, factory, seed)
         self.trunk_step = 0
         self.stats: dict[str, float] = {}
         self._share_checked = False
 
     def before_trunk_step(self, last_obs: Any, episode_starts: np.ndarray) -> None:
         """Offer the trunk's current states to the rollout set (called before every trunk step)."""
+        self.probe.before_step(self.trunk_step)
         self.trunk.episode_time[np.asarray(episode_starts, dtype=bool)] = 0
         for index in range(self.env.num_envs):
             self.trunk.offer(index, batches.index(last_obs, index), functools.partial(self._take_state, index))
@@ -126,14 +129,17 @@ class VineSampler:
         self.trunk.size = self.settings.rollout_set_size(trunk_size, self.pool.size)
         self.trunk.reset()
         self.trunk_step = 0
+        self.probe.start_iteration(trunk_size // self.env.num_envs)
 
     def branch(self) -> tuple[VineBatch, int]:
         """
-        Run the branches of every rollout-set state (their statistics go to :attr:`stats`).
+        Run the fidelity probe if this iteration has one (see :class:`FidelityProbe`), then the
+        branches of every rollout-set state (their statistics go to :attr:`stats`).
 
         :return: the :class:`~sb3_trpo_plus.buffers.VineBatch` of the rollout set and the number
             of environment steps the branches took
         """
+        self.probe.check()
         observations, taken = self.trunk.states()
         states = [state for state, _ in taken]
         noises = [noise for _, noise in taken]
@@ -203,9 +209,11 @@ class VineSampler:
             "replayed_steps": float(self.pool.replayed_steps() - replayed_before),
             "q_value_mean": float(q_values.mean()) if q_values.size else 0.0,
             "critic_targets_from_branches": float(len(critic_returns)),
+            **self.probe.stats(),
         }
         return batch, env_steps
 
     def close(self) -> None:
         """Release the branch environments."""
         self.pool.close()
+        self.probe.close()
