@@ -24,11 +24,21 @@ from stable_baselines3.common.distributions import Distribution, kl_divergence
 
 def importance_weights(log_prob: th.Tensor, log_q: th.Tensor, max_weight: float | None = None) -> th.Tensor:
     """
-    pi_theta(a|s) / q(a|s) from log-probabilities, truncated at ``max_weight`` when given
-    (truncated weights carry no gradient: less variance for some bias).
+    pi_theta(a|s) / q(a|s) from log-probabilities, truncated at ``max_weight`` = c when given.
+
+    A truncated weight has the value c and keeps a gradient: it is c * w / stopgrad(w), whose
+    gradient is c * grad log pi_theta(a|s) (a plain clamp would give it none, and the truncated
+    actions would leave the step's direction). At theta_old the estimators' gradients are then the
+    untruncated ones with every action's weight w replaced by min(w, c): for the self-normalised
+    estimator with many actions, the policy gradient of the actions weighted by
+    rho(a|s) proportional to min(pi_old(a|s), c q(a|s)) instead of pi_old(a|s) (see docs/q.md).
     """
-    weights = th.exp(log_prob - log_q)
-    return weights if max_weight is None else th.clamp(weights, max=max_weight)
+    log_ratio = log_prob - log_q
+    weights = th.exp(log_ratio)
+    if max_weight is None:
+        return weights
+    truncated = max_weight * th.exp(log_ratio - log_ratio.detach())  # the value c, the gradient c grad log pi
+    return th.where(weights > max_weight, truncated, weights)
 
 
 def importance_sampled_surrogate(
