@@ -88,6 +88,21 @@ def self_normalized_surrogate(
     return (numerator / denominator).mean()
 
 
+def self_normalized_gradient_correction(n_actions: int) -> float:
+    """
+    K / (K - 1): the factor that makes the self-normalised estimator's gradient at theta_old
+    unbiased when its K actions per state are drawn from q. At theta_old its gradient is
+    (1/K) sum_k w_k grad log pi_k (Q_k - Qbar) / mean_k w_k; each action's Q_k also sits in the
+    mean Qbar with weight 1/K, so the expected gradient is (K - 1)/K of the policy gradient
+    (exactly so for q = pi_old; to first order in 1/K for another q), in the right direction.
+
+    :param n_actions: K, the actions per state (>= 2)
+    """
+    if n_actions < 2:
+        raise ValueError(f"the self-normalised estimator needs at least 2 actions per state, got {n_actions}")
+    return n_actions / (n_actions - 1)
+
+
 def variance_of_mean(chunk_estimates: th.Tensor) -> float:
     """
     Total variance (trace of the covariance) of the mean of B independent, equally sized chunk
