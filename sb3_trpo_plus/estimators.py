@@ -49,7 +49,8 @@ class Surrogate:
 
     :param observations: the states the objective and the KL constraint are evaluated on
     :param objective: the surrogate L(theta) as a function of pi_theta's distribution on them
-    :param ess: effective sample size of the importance weights under a distribution
+    :param ess: effective sample size of the importance weights under a distribution (None when
+        the estimator has no importance weights: every action branched, the exact sum)
     :param invalid: why the batch cannot be used ("" when it can)
     :param constraint_observations: the states of the KL constraint and the Fisher matrix, when
         they are not ``observations`` (vine: the trunk's states)
@@ -58,7 +59,7 @@ class Surrogate:
 
     observations: PyTorchObs
     objective: Callable[[Distribution], th.Tensor]
-    ess: Callable[[Distribution], float]
+    ess: Callable[[Distribution], float] | None
     invalid: str
     constraint_observations: PyTorchObs | None = None
     stats: dict[str, float] = field(default_factory=dict)
@@ -145,7 +146,8 @@ def vine_surrogate(batch: VineBatch, action_space: spaces.Space, max_weight: flo
         return vine_ess(distribution.log_prob(actions), batch, max_weight)
 
     finite = bool(th.isfinite(batch.q_values).all())
-    return Surrogate(batch.observations, objective, ess, "" if finite else "non-finite Q-values")
+    weighted = ess if not batch.all_actions else None  # the exact sum has no importance weights
+    return Surrogate(batch.observations, objective, weighted, "" if finite else "non-finite Q-values")
 
 
 def _chunk_gradient_variance(estimates: list[th.Tensor], params: list[nn.Parameter]) -> float:
@@ -253,7 +255,8 @@ def vine_and_trunk_surrogate(
         "grad_variance_vine_bound": var_vine_bound,
     }
     # "rollout_set": the KL and the Fisher matrix on the rollout set's states only (not the trunk's)
-    return Surrogate(observations, objective, ess, "", constraint if on_trunk else vine.observations, stats)
+    weighted = ess if not vine.all_actions else None  # the exact sum has no importance weights
+    return Surrogate(observations, objective, weighted, "", constraint if on_trunk else vine.observations, stats)
 
 
 def iteration_surrogate(

@@ -181,3 +181,19 @@ def test_combined_weight_can_be_recomputed_from_the_logged_variances() -> None:
     bound = stats["grad_variance_vine_bound"]
     assert bound > stats["grad_variance_vine"]
     assert stats["vine_weight"] == pytest.approx(stats["grad_variance_trunk"] / (stats["grad_variance_trunk"] + bound))
+
+
+# ------------------------------------------------------------------ train/is_ess
+
+
+@pytest.mark.parametrize("all_actions", [True, False])
+def test_is_ess_is_logged_only_where_there_are_importance_weights(all_actions: bool) -> None:
+    """With every action branched (the exact sum) there are no weights: no ``train/is_ess`` key."""
+    from sb3_trpo_plus import TRPOPlus
+
+    vine = {"n_states": 3, "n_actions": 2, "horizon": 3, "all_actions": all_actions}
+    model = TRPOPlus("MlpPolicy", "CartPole-v1", n_steps=32, batch_size=32, seed=0, sampling="vine", vine_kwargs=vine)
+    model.learn(32)
+    logged = model.logger.name_to_value
+    assert "train/kl" in logged
+    assert ("train/is_ess" in logged) is (not all_actions)
