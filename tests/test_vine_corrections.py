@@ -168,7 +168,8 @@ def test_combined_estimator_with_sampled_actions_is_unbiased_at_theta_old() -> N
 def test_combined_estimator_trust_region_states(trust_region_states: str) -> None:
     """The KL and Fisher rows: every trunk state, or the rollout set's rows only (N * K), as documented."""
     policy = _bandit_policy()
-    surrogate = _combined(policy, th.Generator().manual_seed(0), n_trunk=128, n_states=6, k=4, trust_region_states=trust_region_states)
+    generator = th.Generator().manual_seed(0)
+    surrogate = _combined(policy, generator, n_trunk=128, n_states=6, k=4, trust_region_states=trust_region_states)
     rows: Any = surrogate.constraint_observations
     assert rows is not None
     assert len(rows) == (128 if trust_region_states == "trunk" else 6 * 4)
