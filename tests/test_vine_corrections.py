@@ -198,3 +198,15 @@ def test_is_ess_is_logged_only_where_there_are_importance_weights(all_actions: b
     logged = model.logger.name_to_value
     assert "train/kl" in logged
     assert ("train/is_ess" in logged) is (not all_actions)
+
+
+# ------------------------------------------------------------------ refused combinations
+
+
+def test_geometric_selection_is_refused_with_the_combined_estimator() -> None:
+    from sb3_trpo_plus.settings import VineSettings
+
+    with pytest.raises(ValueError, match=r"state_selection.*geometric.*estimator.*combined"):
+        VineSettings(state_selection="geometric")
+    VineSettings(state_selection="geometric", estimator="vine")  # the rollout set alone: one distribution
+    VineSettings(state_selection="uniform", estimator="combined")
