@@ -210,3 +210,29 @@ def test_geometric_selection_is_refused_with_the_combined_estimator() -> None:
         VineSettings(state_selection="geometric")
     VineSettings(state_selection="geometric", estimator="vine")  # the rollout set alone: one distribution
     VineSettings(state_selection="uniform", estimator="combined")
+
+
+# ------------------------------------------------------------------ q="uniform" on a Box
+
+
+def _uniform_on_box(q: str) -> Any:
+    from sb3_trpo_plus import TRPOPlus
+
+    vine = {"n_states": 2, "n_actions": 2, "horizon": 2}
+    return TRPOPlus("MlpPolicy", "Pendulum-v1", n_steps=32, batch_size=32, seed=0, sampling="vine", q=q, vine_kwargs=vine)
+
+
+def test_uniform_q_on_a_box_warns_once_when_pi_old_has_mass_outside_the_bounds() -> None:
+    """Pendulum's initial policy (std 1, bounds +-2) has about 5% of its mass outside: warned once, by name."""
+    import warnings
+
+    model = _uniform_on_box("uniform")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.learn(64)  # two iterations
+    named = [w for w in caught if "q='uniform' does not cover pi_old" in str(w.message)]
+    assert len(named) == 1, [str(w.message) for w in caught]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _uniform_on_box("mixture").learn(32)  # mixture covers pi_old: no warning
+    assert not [w for w in caught if "does not cover" in str(w.message)]
