@@ -236,3 +236,32 @@ def test_uniform_q_on_a_box_warns_once_when_pi_old_has_mass_outside_the_bounds()
         warnings.simplefilter("always")
         _uniform_on_box("mixture").learn(32)  # mixture covers pi_old: no warning
     assert not [w for w in caught if "does not cover" in str(w.message)]
+
+
+# ------------------------------------------------------------------ the vine weight in the benchmark
+
+
+def test_vine_benchmark_records_the_per_iteration_vine_weight(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every update of a vine run leaves its train/vine_weight in the result, the CSV and the table."""
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benchmarks import vine_vs_single_path as bench
+
+    row = {"env_id": "CartPole-v1", "budget": 3 * 64 + 64, "normalize": False, "n_envs": 1}
+    row |= {"kwargs": {"n_steps": 64, "batch_size": 64}, "vine": {"n_states": 4, "horizon": 4}}
+    monkeypatch.setattr(bench, "ENVS", {"tiny": row})
+    monkeypatch.setattr(bench, "EVAL_EPISODES", 1)
+    result = bench.run(("tiny", "vine", 0, 1.0, "{}"))
+    weights = [entry["vine_weight"] for entry in result["vine_weights"]]
+    updates = len(result["curve"])  # one per rollout
+    assert len(weights) == updates >= 2
+    assert all(0.0 <= w <= 1.0 for w in weights)
+    bench.report([result], tmp_path, "test")
+    assert (tmp_path / "vine_weights.csv").read_text().count("\n") == updates + 1
+    table = (tmp_path / "vine_vs_single_path.md").read_text()
+    summary = bench.weight_summary(weights)
+    assert f"{summary['median']:.2f} [{summary['p10']:.2f}, {summary['p90']:.2f}] ({updates})" in table
