@@ -220,9 +220,10 @@ def vine_and_trunk_surrogate(
 
     log_q = trunk.old_log_prob
     vine_cap = None if vine.all_actions else max_weight
-    # the vine part in the trunk's units (1 / sigma) and, with sampled actions, rescaled to be
-    # unbiased at theta_old (the self-normalised estimator's expected gradient is (K-1)/K of it)
-    vine_scale = (1.0 if vine.all_actions else self_normalized_gradient_correction(n_vine // vine.n_states)) / scale
+    # the vine part is put in the trunk's units (/ sigma) and, with sampled actions, rescaled to be
+    # unbiased at theta_old (the self-normalised estimator's expected gradient is (K-1)/K of it);
+    # (v * 1.0) / sigma is v / sigma to the bit: the exact sum's arithmetic is unchanged
+    correction = 1.0 if vine.all_actions else self_normalized_gradient_correction(n_vine // vine.n_states)
 
     def trunk_value(log_prob: th.Tensor, rows: slice = slice(None)) -> th.Tensor:
         return importance_sampled_surrogate(log_prob[n_vine:][rows], log_q[rows], advantages[rows], max_weight)
@@ -233,7 +234,9 @@ def vine_and_trunk_surrogate(
     trunk_chunks = [trunk_value(log_prob, slice(c, None, n_chunks)) for c in range(min(n_chunks, len(advantages)))]
     states = th.arange(vine.n_states, device=vine.group.device)
     chunk_states = [states[c::n_chunks].contiguous() for c in range(min(n_chunks, vine.n_states))]
-    vine_chunks = [vine_value(log_prob[:n_vine], vine, vine_cap, chosen) * vine_scale for chosen in chunk_states]
+    vine_chunks = [
+        vine_value(log_prob[:n_vine], vine, vine_cap, chosen) * correction / scale for chosen in chunk_states
+    ]
     var_trunk = _chunk_gradient_variance(trunk_chunks, actor_params) if len(trunk_chunks) >= 2 else math.inf
     var_vine = _chunk_gradient_variance(vine_chunks, actor_params) if len(vine_chunks) >= 2 else math.inf
     # the rollout set has few states: its variance is weighed at its 90% upper bound, so that a
@@ -243,7 +246,8 @@ def vine_and_trunk_surrogate(
 
     def objective(distribution: Distribution) -> th.Tensor:
         log_prob = distribution.log_prob(actions)
-        return (1.0 - weight) * trunk_value(log_prob) + weight * vine_value(log_prob[:n_vine], vine, vine_cap) * vine_scale
+        vine_part = vine_value(log_prob[:n_vine], vine, vine_cap)
+        return (1.0 - weight) * trunk_value(log_prob) + weight * vine_part * correction / scale
 
     def ess(distribution: Distribution) -> float:
         return vine_ess(distribution.log_prob(actions)[:n_vine], vine, vine_cap)
