@@ -16,7 +16,11 @@ default (one env, n_steps 2048), vine against single path.
 
 Outputs in ``benchmarks/results/vine/``: ``curves.csv`` (per run and iteration: total steps,
 mean return of the last 10 training episodes), ``final_eval.csv`` (deterministic evaluation,
-20 episodes on a separately seeded env), ``vine_vs_single_path.png`` and ``vine_vs_single_path.md``.
+20 episodes on a separately seeded env), ``vine_weights.csv`` (per vine run and iteration: the
+combined estimator's weight of the vine part, ``train/vine_weight``, with the variances it came
+from), ``vine_vs_single_path.png`` and ``vine_vs_single_path.md`` (its table gives the
+distribution of the vine weight over every iteration of every vine run of the row: how much the
+vine actually votes).
 """
 
 from __future__ import annotations
@@ -90,6 +94,33 @@ def _make_env(env_id: str, seed: int, normalize: bool, training: bool = True, n_
 
 EVAL_EPISODES = 20
 
+#: the combined estimator's statistics recorded per iteration (``train/<key>``)
+WEIGHT_KEYS = ("vine_weight", "grad_variance_trunk", "grad_variance_vine", "grad_variance_vine_bound")
+
+
+def iteration_weights(logged: dict[str, Any]) -> dict[str, float] | None:
+    """The combined estimator's statistics of one iteration from the logger's values (None when absent)."""
+    if "train/vine_weight" not in logged:
+        return None
+    return {key: float(logged.get(f"train/{key}", np.nan)) for key in WEIGHT_KEYS}
+
+
+def weight_summary(weights: list[float]) -> dict[str, float]:
+    """The distribution of the vine weight over iterations: count, mean, 10/50/90% quantiles, min, max."""
+    if not weights:
+        return {"n": 0}
+    values = np.asarray(weights, dtype=float)
+    p10, p50, p90 = np.quantile(values, [0.1, 0.5, 0.9])
+    return {
+        "n": len(values),
+        "mean": float(values.mean()),
+        "p10": float(p10),
+        "median": float(p50),
+        "p90": float(p90),
+        "min": float(values.min()),
+        "max": float(values.max()),
+    }
+
 
 def run(job: tuple[str, str, int, float, str]) -> dict[str, Any]:
     """Train one (row, scheme, seed) and return its curve and final evaluation."""
@@ -108,10 +139,20 @@ def run(job: tuple[str, str, int, float, str]) -> dict[str, Any]:
     extra = {"sampling": "vine", "vine_kwargs": vine_kwargs} if scheme == "vine" else {}
     model = TRPOPlus("MlpPolicy", env, seed=seed, **spec["kwargs"], **extra)
     curve: list[tuple[int, float]] = []
+    weights: list[dict[str, float]] = []
+
+    def record_weights() -> None:  # the train/ values of the last update, before the next dump
+        found = iteration_weights(model.logger.name_to_value)
+        if found is not None:
+            weights.append(found)
 
     class Curve(BaseCallback):
         def _on_step(self) -> bool:
             return True
+
+        def _on_rollout_start(self) -> None:
+            if self.model._n_updates > len(weights):  # type: ignore[attr-defined]
+                record_weights()
 
         def _on_rollout_end(self) -> None:
             episodes = [info["r"] for info in self.model.ep_info_buffer][-10:]
@@ -122,6 +163,8 @@ def run(job: tuple[str, str, int, float, str]) -> dict[str, Any]:
     budget = int(spec["budget"] * scale)
     model.learn(budget, callback=Curve())
     seconds = time.perf_counter() - started
+    if model._n_updates > len(weights):  # the last update's values
+        record_weights()
     eval_env = _make_env(env_id, seed + 10_000, spec["normalize"], training=False)
     if spec["normalize"]:
         eval_env.obs_rms = env.obs_rms  # training statistics, frozen
@@ -136,6 +179,7 @@ def run(job: tuple[str, str, int, float, str]) -> dict[str, Any]:
         "eval_std": float(std),
         "seconds": seconds,
         "curve": curve,
+        "vine_weights": weights,
     }
 
 
@@ -159,6 +203,14 @@ def report(results: list[dict[str, Any]], out: Path, command: str) -> None:
         for result in results:
             writer.writerow([result[k] for k in ("env", "scheme", "seed", "timesteps", "eval_mean", "eval_std", "seconds")])
 
+    with open(out / "vine_weights.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["env", "seed", "vine_kwargs", "iteration", *WEIGHT_KEYS])
+        for result in results:
+            for iteration, row in enumerate(result.get("vine_weights", [])):
+                settings = result.get("vine_kwargs", "")
+                writer.writerow([result["env"], result["seed"], settings, iteration, *(row[k] for k in WEIGHT_KEYS)])
+
     envs = [env for env in ENVS if any(r["env"] == env for r in results)]
     figure, axes = plt.subplots(1, len(envs), figsize=(4.5 * len(envs), 3.6), squeeze=False)
     lines = [
@@ -170,9 +222,12 @@ def report(results: list[dict[str, Any]], out: Path, command: str) -> None:
         f"included. Final evaluation: deterministic policy, {EVAL_EPISODES} episodes on a separately seeded env;",
         "mean +- std over seeds, and the 95% confidence interval of the difference of the means (Welch's t).",
         "",
+        "vine weight: the combined estimator's weight w of the vine part (`train/vine_weight`), over every",
+        "iteration of every vine run of the row: median [10%, 90%] (iterations); '-' where not recorded.",
+        "",
         "| env | total steps | vine_kwargs | seeds | single path | vine | vine - single path [95% CI] | "
-        "within 1 std of single path | single path per seed | vine per seed |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- | --- | --- |",
+        "within 1 std of single path | vine weight | single path per seed | vine per seed |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- | --- | --- | --- |",
     ]
     for axis, env_id in zip(axes[0], envs, strict=True):
         finals = {}
@@ -210,9 +265,15 @@ def report(results: list[dict[str, Any]], out: Path, command: str) -> None:
         budget = max((r["timesteps"] for r in results if r["env"] == env_id), default=0)
         settings = sorted({r.get("vine_kwargs", "") for r in results if r["env"] == env_id and r["scheme"] == "vine"})
         shown = ", ".join(json.dumps({**ENVS[env_id]["vine"], **json.loads(text or "{}")}) for text in settings) or "-"
+        vine_runs = [r for r in results if r["env"] == env_id and r["scheme"] == "vine"]
+        summary = weight_summary([row["vine_weight"] for r in vine_runs for row in r.get("vine_weights", [])])
+        voted = "-"
+        if summary["n"]:
+            voted = f"{summary['median']:.2f} [{summary['p10']:.2f}, {summary['p90']:.2f}] ({summary['n']})"
         lines.append(
             f"| {env_id} | {budget:,} | `{shown}` | {len(single)} / {len(vine)} | {cell(single)} | {cell(vine)} | "
-            f"{difference} | {within} | {', '.join(f'{v:.1f}' for v in single)} | {', '.join(f'{v:.1f}' for v in vine)} |"
+            f"{difference} | {within} | {voted} | {', '.join(f'{v:.1f}' for v in single)} | "
+            f"{', '.join(f'{v:.1f}' for v in vine)} |"
         )
     figure.tight_layout()
     figure.savefig(out / "vine_vs_single_path.png", dpi=110)

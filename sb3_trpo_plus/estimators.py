@@ -35,6 +35,7 @@ from sb3_trpo_plus.surrogate import (
     importance_sampled_surrogate,
     importance_weights,
     inverse_variance_weight,
+    self_normalized_gradient_correction,
     self_normalized_surrogate,
     variance_of_mean,
     variance_upper_bound,
@@ -48,7 +49,8 @@ class Surrogate:
 
     :param observations: the states the objective and the KL constraint are evaluated on
     :param objective: the surrogate L(theta) as a function of pi_theta's distribution on them
-    :param ess: effective sample size of the importance weights under a distribution
+    :param ess: effective sample size of the importance weights under a distribution (None when
+        the estimator has no importance weights: every action branched, the exact sum)
     :param invalid: why the batch cannot be used ("" when it can)
     :param constraint_observations: the states of the KL constraint and the Fisher matrix, when
         they are not ``observations`` (vine: the trunk's states)
@@ -57,7 +59,7 @@ class Surrogate:
 
     observations: PyTorchObs
     objective: Callable[[Distribution], th.Tensor]
-    ess: Callable[[Distribution], float]
+    ess: Callable[[Distribution], float] | None
     invalid: str
     constraint_observations: PyTorchObs | None = None
     stats: dict[str, float] = field(default_factory=dict)
@@ -144,7 +146,8 @@ def vine_surrogate(batch: VineBatch, action_space: spaces.Space, max_weight: flo
         return vine_ess(distribution.log_prob(actions), batch, max_weight)
 
     finite = bool(th.isfinite(batch.q_values).all())
-    return Surrogate(batch.observations, objective, ess, "" if finite else "non-finite Q-values")
+    weighted = ess if not batch.all_actions else None  # the exact sum has no importance weights
+    return Surrogate(batch.observations, objective, weighted, "" if finite else "non-finite Q-values")
 
 
 def _chunk_gradient_variance(estimates: list[th.Tensor], params: list[nn.Parameter]) -> float:
@@ -178,14 +181,17 @@ def vine_and_trunk_surrogate(
 
     - ``trust_region_states="trunk"``: the KL constraint and the Fisher matrix are measured on
       every trunk state (samples of the same state distribution as the rollout set, and many
-      more of them) rather than on the rollout set;
-    - ``estimator="combined"``: the objective is (1 - w) L_trunk + w L_vine / sigma, the
+      more of them); ``"rollout_set"``: on the rollout set's rows only, with either estimator;
+    - ``estimator="combined"``: the objective is (1 - w) L_trunk + w c L_vine / sigma, the
       single-path surrogate of the trunk (advantages normalised as sb3-contrib does, by sigma)
-      and the vine surrogate of the rollout set, both estimates of the same policy gradient. The
-      weight w = var_trunk / (var_trunk + var_vine) minimises the variance of the combination;
-      each variance is that of the estimator's gradient at theta_old, measured on the batch
-      itself from ``n_chunks`` interleaved chunks of its samples (rollout-set states for the
-      vine), the vine's taken at its 90% upper confidence bound (it rests on few states).
+      and the vine surrogate of the rollout set, both estimates of the same policy gradient
+      (c = K / (K - 1) with sampled actions, :func:`~sb3_trpo_plus.surrogate.self_normalized_gradient_correction`,
+      makes the vine's unbiased at theta_old; 1 with every action branched). The weight
+      w = var_trunk / (var_trunk + B_vine) minimises the variance of the combination; each
+      variance is that of the estimator's gradient at theta_old, measured on the batch itself
+      from ``n_chunks`` interleaved chunks of its samples (rollout-set states for the vine), and
+      B_vine is var_vine's 90% upper confidence bound (it rests on few states), logged as
+      ``grad_variance_vine_bound`` so that w can be recomputed from the logs.
 
     :param vine: the rollout set's batch
     :param trunk: the trunk's samples (SB3's rollout samples)
@@ -199,7 +205,8 @@ def vine_and_trunk_surrogate(
     :param n_chunks: chunks per estimator for the variances
     """
     vine_part = vine_surrogate(vine, action_space, max_weight)
-    constraint = trunk.observations if TrustRegionStates(trust_region_states) is TrustRegionStates.TRUNK else None
+    on_trunk = TrustRegionStates(trust_region_states) is TrustRegionStates.TRUNK
+    constraint = trunk.observations if on_trunk else None
     if Estimator(estimator) is Estimator.VINE or vine_part.invalid:
         return replace(vine_part, constraint_observations=constraint)
     advantages, scale = standardized_advantages(trunk.advantages, normalize_advantage)  # scale: sigma
@@ -213,6 +220,10 @@ def vine_and_trunk_surrogate(
 
     log_q = trunk.old_log_prob
     vine_cap = None if vine.all_actions else max_weight
+    # the vine part is put in the trunk's units (/ sigma) and, with sampled actions, rescaled to be
+    # unbiased at theta_old (the self-normalised estimator's expected gradient is (K-1)/K of it);
+    # (v * 1.0) / sigma is v / sigma to the bit: the exact sum's arithmetic is unchanged
+    correction = 1.0 if vine.all_actions else self_normalized_gradient_correction(n_vine // vine.n_states)
 
     def trunk_value(log_prob: th.Tensor, rows: slice = slice(None)) -> th.Tensor:
         return importance_sampled_surrogate(log_prob[n_vine:][rows], log_q[rows], advantages[rows], max_weight)
@@ -223,22 +234,33 @@ def vine_and_trunk_surrogate(
     trunk_chunks = [trunk_value(log_prob, slice(c, None, n_chunks)) for c in range(min(n_chunks, len(advantages)))]
     states = th.arange(vine.n_states, device=vine.group.device)
     chunk_states = [states[c::n_chunks].contiguous() for c in range(min(n_chunks, vine.n_states))]
-    vine_chunks = [vine_value(log_prob[:n_vine], vine, vine_cap, chosen) / scale for chosen in chunk_states]
+    vine_chunks = [
+        vine_value(log_prob[:n_vine], vine, vine_cap, chosen) * correction / scale for chosen in chunk_states
+    ]
     var_trunk = _chunk_gradient_variance(trunk_chunks, actor_params) if len(trunk_chunks) >= 2 else math.inf
     var_vine = _chunk_gradient_variance(vine_chunks, actor_params) if len(vine_chunks) >= 2 else math.inf
     # the rollout set has few states: its variance is weighed at its 90% upper bound, so that a
     # small sample that happens to look precise does not take over the step
-    weight = inverse_variance_weight(var_trunk, variance_upper_bound(var_vine, len(vine_chunks)))
+    var_vine_bound = variance_upper_bound(var_vine, len(vine_chunks))
+    weight = inverse_variance_weight(var_trunk, var_vine_bound)
 
     def objective(distribution: Distribution) -> th.Tensor:
         log_prob = distribution.log_prob(actions)
-        return (1.0 - weight) * trunk_value(log_prob) + weight * vine_value(log_prob[:n_vine], vine, vine_cap) / scale
+        vine_part = vine_value(log_prob[:n_vine], vine, vine_cap)
+        return (1.0 - weight) * trunk_value(log_prob) + weight * vine_part * correction / scale
 
     def ess(distribution: Distribution) -> float:
         return vine_ess(distribution.log_prob(actions)[:n_vine], vine, vine_cap)
 
-    stats = {"vine_weight": weight, "grad_variance_trunk": var_trunk, "grad_variance_vine": var_vine}
-    return Surrogate(observations, objective, ess, "", constraint, stats)
+    stats = {
+        "vine_weight": weight,
+        "grad_variance_trunk": var_trunk,
+        "grad_variance_vine": var_vine,
+        "grad_variance_vine_bound": var_vine_bound,
+    }
+    # "rollout_set": the KL and the Fisher matrix on the rollout set's states only (not the trunk's)
+    weighted = ess if not vine.all_actions else None  # the exact sum has no importance weights
+    return Surrogate(observations, objective, weighted, "", constraint if on_trunk else vine.observations, stats)
 
 
 def iteration_surrogate(

@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
@@ -207,14 +208,50 @@ class _BoundedQ(Q):
             raise ValueError(f"q={self.name!r} needs an action space with finite bounds, got {action_space}")
 
 
+def mass_outside_box(pi_old: PiOld) -> float:
+    """
+    The mean over pi_old's states of the probability that a Gaussian pi_old draws an action
+    outside the Box's bounds (0 for any other policy or action space).
+    """
+    space, part = pi_old.action_space, pi_old.parts[0]
+    if not isinstance(space, spaces.Box) or not isinstance(part, th.distributions.Normal):
+        return 0.0
+    with th.no_grad():
+        low = th.as_tensor(space.low, dtype=part.loc.dtype, device=part.loc.device).flatten()
+        high = th.as_tensor(space.high, dtype=part.loc.dtype, device=part.loc.device).flatten()
+        loc, scale = part.loc.reshape(len(part.loc), -1), part.scale.reshape(len(part.loc), -1)
+        inside = th.special.ndtr((high - loc) / scale) - th.special.ndtr((low - loc) / scale)
+        return float((1.0 - inside.prod(dim=-1)).mean())
+
+
+#: the share of pi_old's mass outside a Box above which q="uniform" warns (its support does not cover pi_old's)
+UNIFORM_UNCOVERED_MASS_WARNING = 0.01
+
+
 @register_q
 @dataclass(frozen=True)
 class UniformQ(_BoundedQ):
-    """Uniform over the action space."""
+    """
+    Uniform over the action space. On a Box, a Gaussian pi_old has mass outside the bounds that
+    q never samples: the estimator then does not converge to pi_old's gradient (the log-std's
+    gradient can take the wrong sign). The first time the rollout set's pi_old puts more than
+    :data:`UNIFORM_UNCOVERED_MASS_WARNING` of its mass there, a ``UserWarning`` names it (once).
+    """
 
     name: ClassVar[str] = "uniform"
 
     def distribution(self, pi_old: PiOld, observations: Any) -> Any:
+        if not getattr(self, "_warned", False):
+            outside = mass_outside_box(pi_old)
+            if outside > UNIFORM_UNCOVERED_MASS_WARNING:
+                object.__setattr__(self, "_warned", True)  # once per q
+                warnings.warn(
+                    f"q='uniform' does not cover pi_old: {outside:.1%} of pi_old's mass lies outside the Box "
+                    f"action space's bounds, where q never samples, so the vine estimator is biased (the "
+                    f"log-std's gradient can take the wrong sign); use q='mixture' or q='scaled' on a Box",
+                    UserWarning,
+                    stacklevel=2,
+                )
         return pi_old.uniform()
 
 

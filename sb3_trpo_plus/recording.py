@@ -23,7 +23,7 @@ def record_iteration(
     logger: Logger,
     step: StepResult,
     value_losses: list[float] | None,
-    ess: float,
+    ess: float | None,
     rollout_buffer: RolloutBuffer,
     policy: BasePolicy,
     rejected_steps: int,
@@ -36,7 +36,8 @@ def record_iteration(
 
     :param step: the trust-region step
     :param value_losses: the loss of every minibatch of the critic fit (None when it was skipped)
-    :param ess: effective sample size of the surrogate's importance weights after the step
+    :param ess: effective sample size of the surrogate's importance weights after the step (None:
+        the estimator has none, and ``train/is_ess`` is not logged)
     :param rollout_buffer: the iteration's rollout (explained variance of its returns by its values)
     :param policy: the policy (the mean standard deviation of a Gaussian policy is logged)
     :param rejected_steps: number of rejected steps since the model was built
@@ -61,7 +62,8 @@ def record_iteration(
     record("train/cg_iterations", step.cg_iterations)
     record("train/step_fraction", step.step_fraction)
     record("train/rejected_steps", rejected_steps)
-    record("train/is_ess", ess)
+    if ess is not None:
+        record("train/is_ess", ess)
     if value_losses:
         record("train/value_loss", float(np.mean(value_losses)))
     record("train/explained_variance", explained_var)

@@ -64,7 +64,8 @@ class VineSettings:
     :param common_random_numbers: the K branches of a state share the environment's and the
         policy's noise
     :param state_selection: "uniform" (N distinct trunk states) or "geometric" (N draws from
-        the trunk's discounted state distribution)
+        the trunk's discounted state distribution; only with ``estimator="vine"``: the trunk
+        samples the undiscounted distribution, so the combined estimator would mix two gradients)
     :param branch_vec_env: the branch pool: "dummy" (branches in-process), "subproc" (branches in
         worker processes) or any name registered with
         :func:`~sb3_trpo_plus.branch_pool.register_branch_pool`
@@ -143,6 +144,15 @@ class VineSettings:
             raise ValueError(
                 "vine_kwargs['fidelity_probe'] must be an integer >= 0 (probe at the first iteration and then every that "
                 f"many iterations; 0: never), got {probe!r}"
+            )
+        if self.state_selection == "geometric" and self.estimator == "combined":
+            # the rollout set would sample the discounted state distribution, the trunk the
+            # undiscounted one: the two estimate different gradients and their mix is biased
+            raise ValueError(
+                "vine_kwargs['state_selection']='geometric' cannot go with vine_kwargs['estimator']='combined' "
+                "(the default): the geometric rollout set samples the discounted state distribution, the trunk "
+                "the undiscounted one, so the two estimate different gradients; use estimator='vine' with "
+                "geometric selection, or state_selection='uniform'"
             )
         workers = self.n_branch_workers
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1):

@@ -24,11 +24,21 @@ from stable_baselines3.common.distributions import Distribution, kl_divergence
 
 def importance_weights(log_prob: th.Tensor, log_q: th.Tensor, max_weight: float | None = None) -> th.Tensor:
     """
-    pi_theta(a|s) / q(a|s) from log-probabilities, truncated at ``max_weight`` when given
-    (truncated weights carry no gradient: less variance for some bias).
+    pi_theta(a|s) / q(a|s) from log-probabilities, truncated at ``max_weight`` = c when given.
+
+    A truncated weight has the value c and keeps a gradient: it is c * w / stopgrad(w), whose
+    gradient is c * grad log pi_theta(a|s) (a plain clamp would give it none, and the truncated
+    actions would leave the step's direction). At theta_old the estimators' gradients are then the
+    untruncated ones with every action's weight w replaced by min(w, c): for the self-normalised
+    estimator with many actions, the policy gradient of the actions weighted by
+    rho(a|s) proportional to min(pi_old(a|s), c q(a|s)) instead of pi_old(a|s) (see docs/q.md).
     """
-    weights = th.exp(log_prob - log_q)
-    return weights if max_weight is None else th.clamp(weights, max=max_weight)
+    log_ratio = log_prob - log_q
+    weights = th.exp(log_ratio)
+    if max_weight is None:
+        return weights
+    truncated = max_weight * th.exp(log_ratio - log_ratio.detach())  # the value c, the gradient c grad log pi
+    return th.where(weights > max_weight, truncated, weights)
 
 
 def importance_sampled_surrogate(
@@ -76,6 +86,21 @@ def self_normalized_surrogate(
     numerator = th.zeros(n_groups, dtype=weights.dtype, device=weights.device).index_add_(0, group, weights * q_values)
     denominator = th.zeros(n_groups, dtype=weights.dtype, device=weights.device).index_add_(0, group, weights)
     return (numerator / denominator).mean()
+
+
+def self_normalized_gradient_correction(n_actions: int) -> float:
+    """
+    K / (K - 1): the factor that makes the self-normalised estimator's gradient at theta_old
+    unbiased when its K actions per state are drawn from q. At theta_old its gradient is
+    (1/K) sum_k w_k grad log pi_k (Q_k - Qbar) / mean_k w_k; each action's Q_k also sits in the
+    mean Qbar with weight 1/K, so the expected gradient is (K - 1)/K of the policy gradient
+    (exactly so for q = pi_old; to first order in 1/K for another q), in the right direction.
+
+    :param n_actions: K, the actions per state (>= 2)
+    """
+    if n_actions < 2:
+        raise ValueError(f"the self-normalised estimator needs at least 2 actions per state, got {n_actions}")
+    return n_actions / (n_actions - 1)
 
 
 def variance_of_mean(chunk_estimates: th.Tensor) -> float:

@@ -363,8 +363,10 @@ class TRPOPlus(OnPolicyAlgorithm):
     def _record(self, step: StepResult, value_losses: list[float] | None, surrogate: Surrogate, epsilon: float) -> None:
         self.n_rejected_steps += 0 if step.accepted else 1
         record_bound(self.logger, step, epsilon, self.gamma)
-        with th.no_grad():
-            ess = surrogate.ess(self.policy.get_distribution(surrogate.observations))
+        ess = None
+        if surrogate.ess is not None:  # None: no importance weights (every action branched)
+            with th.no_grad():
+                ess = surrogate.ess(self.policy.get_distribution(surrogate.observations))
         counts = (self.n_rejected_steps, self._n_updates)
         record_iteration(
             self.logger, step, value_losses, ess, self.rollout_buffer, self.policy, *counts, surrogate.stats, self.verbose

@@ -379,7 +379,10 @@ def _vine_and_trunk() -> tuple[TRPOPlus, VineBatch, Any]:
 
 
 def test_combined_objective_weighs_the_normalised_trunk_and_the_vine_over_sigma() -> None:
-    """(1 - w) L_trunk(normalised advantages) + w L_vine / sigma, sigma the trunk advantages' standard deviation."""
+    """
+    (1 - w) L_trunk(normalised advantages) + w c L_vine / sigma, sigma the trunk advantages' standard
+    deviation, c = K / (K - 1) with sampled actions (the self-normalised estimator's scale).
+    """
     model, vine, trunk = _vine_and_trunk()
     surrogate = vine_and_trunk_surrogate(
         vine, trunk, model.policy, model._actor_params, model.action_space, True, None, COMBINED, TRUNK
@@ -396,7 +399,8 @@ def test_combined_objective_weighs_the_normalised_trunk_and_the_vine_over_sigma(
         raw = trunk.advantages
         normalised = (raw - raw.mean()) / (raw.std() + 1e-8)
         trunk_part = (th.exp(log_prob[n_vine:] - trunk.old_log_prob) * normalised).mean()
-        vine_part = vine_value(log_prob[:n_vine], vine, None) / (raw.std() + 1e-8)
+        k = n_vine // vine.n_states
+        vine_part = k / (k - 1) * vine_value(log_prob[:n_vine], vine, None) / (raw.std() + 1e-8)
         expected = (1.0 - weight) * trunk_part + weight * vine_part
         assert float(surrogate.objective(distribution)) == pytest.approx(float(expected), rel=1e-5, abs=1e-7)
     assert surrogate.constraint_observations is trunk.observations

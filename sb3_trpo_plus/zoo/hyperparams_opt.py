@@ -60,6 +60,8 @@ def convert_trpo_plus_params(sampled_params: dict[str, Any]) -> dict[str, Any]:
             "horizon": params.pop("vine_horizon"),
             "state_selection": params.pop("vine_state_selection"),
         }
+        if hyperparams["vine_kwargs"]["state_selection"] == "geometric":  # refused with the combined estimator
+            hyperparams["vine_kwargs"]["estimator"] = "vine"
         hyperparams["q"] = params.pop("q")
     hyperparams["policy_kwargs"] = {
         "net_arch": NET_ARCHS[params.pop("net_arch")],
