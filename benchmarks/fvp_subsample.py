@@ -129,7 +129,7 @@ def line_search(
 def time_policy_step(model: TRPOPlus, surrogate: Any, theta_old: th.Tensor, fraction: float) -> float:
     model.fvp_subsample = fraction
     start = time.perf_counter()
-    model._policy_step(surrogate.observations, surrogate.objective)
+    model._policy_step(surrogate)
     elapsed = time.perf_counter() - start
     with th.no_grad():
         write_parameters(theta_old, model._actor_params)

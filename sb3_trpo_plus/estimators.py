@@ -25,6 +25,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.type_aliases import PyTorchObs
 from torch import nn
 
+from sb3_trpo_plus import bound
 from sb3_trpo_plus import observations as batches
 from sb3_trpo_plus.buffers import VineBatch
 from sb3_trpo_plus.distributions import actions_for_log_prob, preserved_state
@@ -55,6 +56,10 @@ class Surrogate:
     :param constraint_observations: the states of the KL constraint and the Fisher matrix, when
         they are not ``observations`` (vine: the trunk's states)
     :param stats: what the estimator measured, logged under ``train/``
+    :param epsilon: Theorem 1's eps, max |A| over the batch's advantages in the surrogate's scale
+        (nan without advantages)
+    :param score_actions: the actions of ``observations`` whose score gradients make the empirical
+        Fisher matrix, when the batch has them (single path; None: drawn from pi_old)
     """
 
     observations: PyTorchObs
@@ -63,6 +68,8 @@ class Surrogate:
     invalid: str
     constraint_observations: PyTorchObs | None = None
     stats: dict[str, float] = field(default_factory=dict)
+    epsilon: float = math.nan
+    score_actions: th.Tensor | None = None
 
 
 def standardized_advantages(advantages: th.Tensor, normalize: bool) -> tuple[th.Tensor, float]:
@@ -283,10 +290,29 @@ def iteration_surrogate(
     :param actor_params: the parameters the gradients are taken in
     :param action_space: the environment's action space
     """
+    trunk = batch.trunk if isinstance(batch, VineBatch) else batch
+    epsilon = bound_epsilon_of(trunk, settings.normalize_advantage)
     if not isinstance(batch, VineBatch):
-        return single_path_surrogate(batch, action_space, settings.normalize_advantage, settings.max_weight)
+        surrogate = single_path_surrogate(batch, action_space, settings.normalize_advantage, settings.max_weight)
+        return replace(surrogate, epsilon=epsilon, score_actions=actions_for_log_prob(batch.actions, action_space))
     if batch.trunk is None or vine is None:
         return vine_surrogate(batch, action_space, settings.max_weight)
     weighing = (settings.normalize_advantage, settings.max_weight)
     choices = (Estimator(vine.estimator), TrustRegionStates(vine.trust_region_states))
-    return vine_and_trunk_surrogate(batch, batch.trunk, policy, actor_params, action_space, *weighing, *choices)
+    surrogate = vine_and_trunk_surrogate(batch, batch.trunk, policy, actor_params, action_space, *weighing, *choices)
+    return replace(surrogate, epsilon=epsilon)
+
+
+def bound_epsilon_of(samples: Any, normalize_advantage: bool) -> float:
+    """
+    Theorem 1's eps on the batch: max |A| over the (trunk's) rollout samples' advantages,
+    standardised as the surrogate standardises them (so in the surrogate's scale); nan without them.
+
+    :param samples: SB3's rollout samples (None: none)
+    :param normalize_advantage: whether the surrogate standardises the advantages
+    """
+    advantages = getattr(samples, "advantages", None)
+    if advantages is None or advantages.numel() == 0:
+        return math.nan
+    scaled, _ = standardized_advantages(advantages, normalize_advantage)
+    return bound.bound_epsilon(scaled) if bool(th.isfinite(scaled).all()) else math.nan

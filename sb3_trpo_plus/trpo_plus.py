@@ -29,18 +29,16 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
-from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, PyTorchObs, Schedule
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule
 from stable_baselines3.common.vec_env import VecEnv
 
-from sb3_trpo_plus import bound
 from sb3_trpo_plus.actor_parameters import find_actor_parameters
 from sb3_trpo_plus.buffers import VineBatch, every_kth
 from sb3_trpo_plus.critic import ValueTargets, fit_critic, rebootstrapped, value_targets
-from sb3_trpo_plus.distributions import actions_for_log_prob, detach_exploration_noise
-from sb3_trpo_plus.estimators import Surrogate, iteration_surrogate, standardized_advantages
+from sb3_trpo_plus.distributions import detach_exploration_noise
+from sb3_trpo_plus.estimators import Surrogate, iteration_surrogate
 from sb3_trpo_plus.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
 from sb3_trpo_plus.q import SamplingDistribution
 from sb3_trpo_plus.recording import record_bound, record_branching, record_iteration
@@ -294,33 +292,11 @@ class TRPOPlus(OnPolicyAlgorithm):
 
     # ------------------------------------------------------------------ step 3: trust region
 
-    def _policy_step(
-        self,
-        obs: PyTorchObs,
-        objective: Callable[[Distribution], th.Tensor],
-        constraint_obs: PyTorchObs | None = None,
-        batch: Any = None,
-    ) -> StepResult:
+    def _policy_step(self, surrogate: Surrogate) -> StepResult:
         """Maximise the surrogate under the constraint by the settings' step rule (:class:`~sb3_trpo_plus.step.PolicyStep`)."""
-        settings = self._settings()  # the step rule and constraint of the current arguments
-        epsilon = self._bound_epsilon(batch)
-        actions = None
-        trunk = batch.trunk if isinstance(batch, VineBatch) else batch
-        if settings.step.fisher == "empirical" and trunk is not None and constraint_obs is None and trunk is batch:
-            actions = actions_for_log_prob(trunk.actions, self.action_space)  # single path: the batch's own actions
-        return self._step(self.policy, self._actor_params, obs, objective, constraint_obs, epsilon, actions)
-
-    def _bound_epsilon(self, batch: Any) -> float:
-        """
-        Theorem 1's eps on the batch: max |A| over the trunk's (rollout's) advantages, standardised
-        as the surrogate standardises them (so in the surrogate's scale); nan without them.
-        """
-        trunk = batch.trunk if isinstance(batch, VineBatch) else batch
-        advantages = getattr(trunk, "advantages", None)
-        if advantages is None or advantages.numel() == 0:
-            return math.nan
-        scaled, _ = standardized_advantages(advantages, self.normalize_advantage)
-        return bound.bound_epsilon(scaled) if bool(th.isfinite(scaled).all()) else math.nan
+        self._settings()  # the step rule and constraint of the current arguments
+        observations = (surrogate.observations, surrogate.objective, surrogate.constraint_observations)
+        return self._step(self.policy, self._actor_params, *observations, surrogate.epsilon, surrogate.score_actions)
 
     # ------------------------------------------------------------------ step 4: critic
 
@@ -354,15 +330,15 @@ class TRPOPlus(OnPolicyAlgorithm):
         if surrogate.invalid:
             step = StepResult(False, surrogate.invalid, 0.0, 0.0, 0.0, 0, math.nan, 0, 0.0)
         else:
-            step = self._policy_step(surrogate.observations, surrogate.objective, surrogate.constraint_observations, batch)
+            step = self._policy_step(surrogate)
         if not critic_first:
             value_losses = self._update_critic(batch)
         self._n_updates += 1
-        self._record(step, value_losses, surrogate, self._bound_epsilon(batch))
+        self._record(step, value_losses, surrogate)
 
-    def _record(self, step: StepResult, value_losses: list[float] | None, surrogate: Surrogate, epsilon: float) -> None:
+    def _record(self, step: StepResult, value_losses: list[float] | None, surrogate: Surrogate) -> None:
         self.n_rejected_steps += 0 if step.accepted else 1
-        record_bound(self.logger, step, epsilon, self.gamma)
+        record_bound(self.logger, step, surrogate.epsilon, self.gamma)
         ess = None
         if surrogate.ess is not None:  # None: no importance weights (every action branched)
             with th.no_grad():

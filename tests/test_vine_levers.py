@@ -279,10 +279,10 @@ def test_paper_procedure_stays_reachable(monkeypatch: pytest.MonkeyPatch) -> Non
         seen["stepped_before_fit"] = "constraint" in seen
         return fit(targets)
 
-    def spy_step(obs: Any, objective: Any, constraint_obs: Any = None) -> Any:
-        seen["constraint"] = constraint_obs
-        seen["n_obs"] = len(obs)
-        return step(obs, objective, constraint_obs)
+    def spy_step(surrogate: Any) -> Any:
+        seen["constraint"] = surrogate.constraint_observations
+        seen["n_obs"] = len(surrogate.observations)
+        return step(surrogate)
 
     monkeypatch.setattr(model, "_fit_critic", spy_fit)
     monkeypatch.setattr(model, "_policy_step", spy_step)
@@ -326,9 +326,9 @@ def _one_iteration(vine_kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch)
     seen: dict[str, Any] = {}
     step = model._policy_step
 
-    def spy_step(obs: Any, objective: Any, constraint_obs: Any = None) -> Any:
-        seen["n_obs"], seen["constraint"] = len(obs), constraint_obs
-        return step(obs, objective, constraint_obs)
+    def spy_step(surrogate: Any) -> Any:
+        seen["n_obs"], seen["constraint"] = len(surrogate.observations), surrogate.constraint_observations
+        return step(surrogate)
 
     monkeypatch.setattr(model, "_policy_step", spy_step)
     model.learn(512, log_interval=10**6)
