@@ -178,7 +178,8 @@ class NaturalGradientStep(StepRule):
     """
     The natural-gradient direction: g = grad L(theta_old), s ~ F^-1 g by conjugate gradient
     (``cg_max_steps`` iterations) on the Fisher-vector products. The rules that follow this
-    direction extend this class; the plain fixed-size step is not registered yet.
+    direction extend this class: a fixed step along it (:class:`FixedNaturalGradientStep`), the
+    trust region's (:class:`TrustRegionStep`) and the theory's penalty (:class:`TheoryPenaltyStep`).
     """
 
     def direction(self, problem: StepProblem) -> NaturalGradient:
