@@ -69,3 +69,28 @@ def make_policy() -> Callable[..., ActorCriticPolicy]:
 def small_hyperparams() -> dict[str, int]:
     """Budget of the integration tests: one iteration is 64 steps per env."""
     return {"n_steps": 64, "batch_size": 32, "n_critic_updates": 2}
+
+
+def step_problem(space: spaces.Space, seed: int = 0) -> tuple[ActorCriticPolicy, list[th.nn.Parameter], th.Tensor, Any, Any]:
+    """
+    A policy step's inputs on a small policy (:func:`build_policy`) over 64 random states: the
+    policy, its actor parameters, the states, the importance-sampled surrogate of random
+    advantages for actions drawn from the policy, and those actions.
+    """
+    from sb3_trpo_plus.surrogate import importance_sampled_surrogate
+
+    th.manual_seed(seed)
+    policy = build_policy(space, seed)
+    obs = th.randn(64, 5)
+    params = actor_parameters(policy, obs)
+    with th.no_grad():
+        old = policy.get_distribution(obs)
+        actions = old.sample()
+        log_q = old.log_prob(actions)
+    advantages = th.randn(64)
+
+    def objective(distribution: Any) -> th.Tensor:
+        return importance_sampled_surrogate(distribution.log_prob(actions), log_q, advantages)
+
+    return policy, params, obs, objective, actions
+

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch as th
-from conftest import actor_parameters, build_policy, flat
+from conftest import actor_parameters, build_policy, flat, step_problem
 from gymnasium import spaces
 from stable_baselines3.common.distributions import Distribution
 
@@ -31,7 +31,6 @@ from sb3_trpo_plus.step import (
     TheoryPenaltyStep,
     surrogate_penalty,
 )
-from sb3_trpo_plus.surrogate import importance_sampled_surrogate
 from sb3_trpo_plus.trust_region import empirical_fisher_vector_product
 
 SPACES = {"box": spaces.Box(-1.0, 1.0, (2,)), "discrete": spaces.Discrete(3)}
@@ -39,20 +38,7 @@ SMALL: dict[str, Any] = {"n_steps": 64, "batch_size": 64, "seed": 0}
 
 
 def _problem(space: spaces.Space, seed: int = 0) -> tuple[Any, Any, th.Tensor, Any, th.Tensor]:
-    th.manual_seed(seed)
-    policy = build_policy(space, seed)
-    obs = th.randn(64, 5)
-    params = actor_parameters(policy, obs)
-    with th.no_grad():
-        old = policy.get_distribution(obs)
-        actions = old.sample()
-        log_q = old.log_prob(actions)
-    advantages = th.randn(64)
-
-    def objective(distribution: Distribution) -> th.Tensor:
-        return importance_sampled_surrogate(distribution.log_prob(actions), log_q, advantages)
-
-    return policy, params, obs, objective, actions
+    return step_problem(space, seed)
 
 
 def _settings(**changes: Any) -> StepSettings:

@@ -11,9 +11,8 @@ from typing import Any, ClassVar
 
 import pytest
 import torch as th
-from conftest import actor_parameters, build_policy, flat
+from conftest import flat, step_problem
 from gymnasium import spaces
-from stable_baselines3.common.distributions import Distribution
 
 from sb3_trpo_plus import TRPOPlus
 from sb3_trpo_plus.q import PolicyQ, ScaledQ
@@ -31,7 +30,7 @@ from sb3_trpo_plus.step import (
     register_constraint,
     register_step_rule,
 )
-from sb3_trpo_plus.surrogate import importance_sampled_surrogate, mean_kl
+from sb3_trpo_plus.surrogate import mean_kl
 from sb3_trpo_plus.trust_region import StepResult
 
 # ----------------------------------------------------------------------------- settings
@@ -95,19 +94,7 @@ def test_a_model_builds_its_settings_once_and_again_when_an_argument_changes() -
 
 
 def _problem(target_kl: float = 0.01) -> tuple[Any, list[th.nn.Parameter], th.Tensor, Any, StepSettings]:
-    th.manual_seed(0)
-    policy = build_policy(spaces.Discrete(3), 0)
-    obs = th.randn(64, 5)
-    params = actor_parameters(policy, obs)
-    with th.no_grad():
-        old = policy.get_distribution(obs)
-        actions = old.sample()
-        log_q = old.log_prob(actions)
-    advantages = th.randn(64)
-
-    def objective(distribution: Distribution) -> th.Tensor:
-        return importance_sampled_surrogate(distribution.log_prob(actions), log_q, advantages)
-
+    policy, params, obs, objective, _ = step_problem(spaces.Discrete(3), 0)
     return policy, params, obs, objective, StepSettings(target_kl, 10, 0.1, 0.8, 10, FisherMode.ANALYTIC, 1.0)
 
 
