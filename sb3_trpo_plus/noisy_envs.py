@@ -16,7 +16,7 @@ random numbers (``vine_kwargs["common_random_numbers"]``):
   actuators' control range.
 
 ``noise`` is a constructor argument (``gym.make("NoisyPendulum-v1", noise=0.3)``; 0 gives the
-original task step for step). Importing this module registers the ids; without importing it,
+original task step for step, resets included). Importing this module registers the ids; without importing it,
 ``gym.make("sb3_trpo_plus.noisy_envs:NoisyCartPole-v1")`` imports it first.
 """
 
@@ -84,7 +84,8 @@ class NoisyCartPoleEnv(_PlainState, CartPoleEnv):
         self.nominal_force_mag = self.force_mag
 
     def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
-        self.force_mag = self.nominal_force_mag * (1.0 + self.noise * float(self.np_random.standard_normal()))
+        if self.noise:  # no draw at noise 0: the generator, and so every reset, stays the original task's
+            self.force_mag = self.nominal_force_mag * (1.0 + self.noise * float(self.np_random.standard_normal()))
         return super().step(action)
 
 
@@ -117,9 +118,11 @@ class NoisyPendulumEnv(_PlainState, PendulumEnv):
         self.noise = _check_noise(noise)
 
     def step(self, u: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        if not self.noise:  # no draw at noise 0: the generator, and so every reset, stays the original task's
+            return super().step(u)
         u = np.asarray(u)
         disturbance = self.noise * self.max_torque * self.np_random.standard_normal(u.shape)
-        return super().step(u + disturbance.astype(u.dtype))  # the action's dtype: noise 0 is the original task
+        return super().step(u + disturbance.astype(u.dtype))  # in the action's dtype, as the original task computes
 
 
 if HopperEnv is not None:
@@ -138,9 +141,11 @@ if HopperEnv is not None:
             EzPickle.__init__(self, noise=noise, **kwargs)  # copies are rebuilt with this class's arguments
 
         def step(self, action: np.ndarray) -> tuple[np.ndarray, np.float64, bool, bool, dict[str, np.float64]]:
+            if not self.noise:  # no draw at noise 0: the generator, and so every reset, stays the original task's
+                return super().step(action)
             action = np.asarray(action)
             disturbance = self.noise * self.np_random.standard_normal(action.shape)
-            return super().step(action + disturbance.astype(action.dtype))  # noise 0 is the original task
+            return super().step(action + disturbance.astype(action.dtype))  # in the action's dtype
 
 
 def register_noisy_envs() -> None:
