@@ -68,7 +68,8 @@ def train_and_evaluate(
     start = time.perf_counter()
     model.learn(timesteps, progress_bar=progress_bar)
     seconds = time.perf_counter() - start
-    eval_env = make_vec_env(ENV_ID, n_envs=1, seed=seed + 1000)
+    # the 20 episodes on 10 environments side by side: 10 times fewer policy calls than one by one
+    eval_env = make_vec_env(ENV_ID, n_envs=N_EVAL_EPISODES // 2, seed=seed + 1000)
     returns, _ = evaluate_policy(model, eval_env, N_EVAL_EPISODES, deterministic=True, return_episode_rewards=True)
     if out is not None:
         model.save(out)
