@@ -211,7 +211,8 @@ def fisher_product(
         size = max(1, math.ceil(settings.fvp_subsample * n_obs))
         index = th.randperm(n_obs, device=policy.device)[:size]
         obs = batches.index(obs, index)
-        actions = None if actions is None else actions[index]
+        if actions is not None and settings.fisher is FisherMode.EMPIRICAL:  # the others never read them
+            actions = actions[index]
         distribution = policy.get_distribution(obs)
         old_distribution = detached(distribution)
     if settings.fisher is FisherMode.EMPIRICAL:
