@@ -124,23 +124,73 @@ def load_runs(out: Path) -> list[dict[str, Any]]:
     return [json.loads(path.read_text()) for path in sorted((out / "runs").glob("*.json"))]
 
 
-def normalised_scores(runs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """variant -> (seeds, envs) scores, min-max normalised per env over every run of it (NaN where missing)."""
-    envs = sorted({run["env"] for run in runs})
-    variants = sorted({run["variant"] for run in runs})
-    seeds = sorted({run["seed"] for run in runs})
+MAIN_VARIANTS = ("single_path", "vine", "natural_gradient", "max_kl", "empirical_fisher", "theory_penalty")
+
+
+def curve_grid(run: dict[str, Any], points: int = 50) -> np.ndarray:
+    """The run's curve (mean return of the last 10 episodes) on ``points`` evenly spaced steps up to its budget."""
+    steps, values = zip(*run["curve"], strict=True) if run["curve"] else ((0,), (float("nan"),))
+    grid = np.linspace(run["budget"] / points, run["budget"], points)
+    return np.interp(grid, steps, values)
+
+
+def best_step_sizes(runs: list[dict[str, Any]]) -> dict[str, str]:
+    """env -> the natural-gradient sweep member of highest mean final return there (the paper kept the best)."""
+    best: dict[str, str] = {}
+    for env in sorted({run["env"] for run in runs}):
+        means = {}
+        for variant in sorted({run["variant"] for run in runs if run["env"] == env}):
+            if variant.startswith("natural_gradient_"):
+                finals = [run["final_return"] for run in runs if run["env"] == env and run["variant"] == variant]
+                means[variant] = float(np.nanmean(finals)) if finals else float("-inf")
+        if means:
+            best[env] = max(means, key=lambda name: means[name])
+    return best
+
+
+def kept_runs(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs of the comparison: every main variant, the natural gradient as its best step size per env."""
+    best = best_step_sizes(runs)
+    kept = []
+    for run in runs:
+        if run["variant"].startswith("natural_gradient_"):
+            if best.get(run["env"]) == run["variant"]:
+                kept.append({**run, "variant": "natural_gradient", "step_size_variant": run["variant"]})
+        else:
+            kept.append(run)
+    return kept
+
+
+def normalised_scores(runs: list[dict[str, Any]], measure: str = "final") -> dict[str, np.ndarray]:
+    """
+    variant -> (seeds, envs) scores of the kept runs (NaN where missing), normalised per env: 0 is the
+    initial policy's return (the first rollout's, averaged over every run of the env), 1 the best kept
+    variant's mean final return there. ``measure``: ``"final"`` (the final return) or ``"auc"`` (the
+    curve's mean over the budget: how fast it learned).
+    """
+    kept = kept_runs(runs)
+    envs = sorted({run["env"] for run in kept})
+    variants = [name for name in MAIN_VARIANTS if any(run["variant"] == name for run in kept)]
+    seeds = sorted({run["seed"] for run in kept})
     bounds = {}
     for env in envs:
-        values = [run["final_return"] for run in runs if run["env"] == env and np.isfinite(run["final_return"])]
-        low, high = (min(values), max(values)) if values else (0.0, 1.0)
-        bounds[env] = (low, max(high - low, 1e-12))
+        starts = [run["curve"][0][1] for run in runs if run["env"] == env and run["curve"]]
+        low = float(np.mean(starts)) if starts else 0.0
+        finals = [
+            np.nanmean([run["final_return"] for run in kept if run["env"] == env and run["variant"] == name])
+            for name in variants
+            if any(run["env"] == env and run["variant"] == name for run in kept)
+        ]
+        high = float(np.nanmax(finals))
+        bounds[env] = (low, high - low if abs(high - low) > 1e-12 else 1.0)
     scores = {}
     for variant in variants:
         table = np.full((len(seeds), len(envs)), np.nan)
-        for run in runs:
+        for run in kept:
             if run["variant"] == variant:
+                value = run["final_return"] if measure == "final" else float(np.mean(curve_grid(run)))
                 low, span = bounds[run["env"]]
-                table[seeds.index(run["seed"]), envs.index(run["env"])] = (run["final_return"] - low) / span
+                table[seeds.index(run["seed"]), envs.index(run["env"])] = (value - low) / span
         scores[variant] = table
     return scores
 
@@ -161,8 +211,28 @@ def iqm_intervals(scores: dict[str, np.ndarray]) -> dict[str, tuple[float, float
     return {name: (float(points[name][0]), float(intervals[name][0, 0]), float(intervals[name][1, 0])) for name in complete}
 
 
+def difference_interval(
+    runs: list[dict[str, Any]], env: str, variant: str, reference: str, measure: str = "final"
+) -> tuple[float, float, float] | None:
+    """Mean of ``variant`` minus mean of ``reference`` on one env (raw returns) with Welch's 95% interval."""
+    from scipy import stats
+
+    def values(name: str) -> list[float]:
+        chosen = [run for run in kept_runs(runs) if run["env"] == env and run["variant"] == name]
+        return [run["final_return"] if measure == "final" else float(np.mean(curve_grid(run))) for run in chosen]
+
+    a, b = values(variant), values(reference)
+    if len(a) < 2 or len(b) < 2:
+        return None
+    delta = float(np.mean(a) - np.mean(b))
+    if np.std(a) == 0 and np.std(b) == 0:
+        return delta, delta, delta
+    low, high = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    return delta, float(low), float(high)
+
+
 def write_report(out: Path, runs: list[dict[str, Any]], command: str, smoke: bool = False) -> None:
-    """per_seed.csv, curves.csv, report.md and iqm.png from the runs (``smoke``: said so in the report)."""
+    """per_seed.csv, curves.csv, report.md, iqm.png and curves.png from the runs (``smoke``: said so in the report)."""
     with open(out / "per_seed.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         columns = ("variant", "env", "seed", "budget", "final_return", "rejected_steps", "seconds")
@@ -175,41 +245,113 @@ def write_report(out: Path, runs: list[dict[str, Any]], command: str, smoke: boo
         for run in runs:
             for steps, value in run["curve"]:
                 writer.writerow([run["variant"], run["env"], run["seed"], steps, value])
-    intervals = iqm_intervals(normalised_scores(runs))
-    sweep = {name: value for name, value in intervals.items() if name.startswith("natural_gradient_")}
-    best = max(sweep, key=lambda name: sweep[name][0]) if sweep else None
+    envs = [env for env in ENVS if any(run["env"] == env for run in runs)]
+    best = best_step_sizes(runs)
+    final = iqm_intervals(normalised_scores(runs, "final"))
+    auc = iqm_intervals(normalised_scores(runs, "auc"))
     lines = [
         "# The paper's comparison, reproduced" + (" (SMOKE RUN: a pipeline check, no conclusion)" if smoke else ""),
         "",
-        f"Command: `{command}`. Budgets: {sorted({(run['env'], run['budget']) for run in runs})}.",
-        "Score: mean return of the last 10 training episodes at the end of the budget, min-max normalised",
-        "per env over every run; IQM over runs and envs with 95% stratified-bootstrap intervals (rliable,",
-        f"{BOOTSTRAP_REPS} resamples). Only variants with at least 2 complete seeds are shown.",
+        f"Command: `{command}`.",
         "",
-        "| variant | IQM | 95% interval |",
+        "Budgets (steps per run): "
+        + ", ".join(f"{env} {max(r['budget'] for r in runs if r['env'] == env):,}" for env in envs),
+        "",
+        "Every run uses the zoo's hyperparameters of its env (`zoo_configs/trpo_plus.yml`) with the variant's",
+        "arguments on top. Final return: mean return of the last 10 training episodes at the end of the budget.",
+        "AUC: that curve's mean over the budget (50 evenly spaced points), a measure of learning speed.",
+        "",
+        "## Per env: final return, mean +- std over seeds (AUC in brackets)",
+        "",
+        "| variant | " + " | ".join(envs) + " |",
+        "| --- | " + " | ".join("---:" for _ in envs) + " |",
+    ]
+    variants = [name for name in VARIANTS if any(run["variant"] == name for run in runs)]
+    for variant in variants:
+        cells = []
+        for env in envs:
+            chosen = [run for run in runs if run["env"] == env and run["variant"] == variant]
+            if not chosen:
+                cells.append("-")
+                continue
+            finals = [run["final_return"] for run in chosen]
+            areas = [float(np.mean(curve_grid(run))) for run in chosen]
+            mark = " **(best)**" if best.get(env) == variant else ""
+            cells.append(f"{np.mean(finals):.1f} +- {np.std(finals):.1f} ({np.mean(areas):.1f}), n={len(chosen)}{mark}")
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "**(best)**: the natural-gradient step size of highest mean final return on that env; it alone enters",
+        "the rows below as `natural_gradient` (chosen on the same seeds, as the paper did: optimistic for it).",
+        "",
+        "## Aggregate over envs: IQM with 95% stratified-bootstrap intervals (rliable)",
+        "",
+        "Scores normalised per env: 0 is the initial policy's return (first rollout, mean over every run of",
+        "the env), 1 the best variant's mean final return. IQM over runs and envs; intervals from",
+        f"{BOOTSTRAP_REPS} stratified-bootstrap resamples (`rliable.library.get_interval_estimates`, percentile).",
+        "",
+        "| variant | final return IQM [95% CI] | AUC IQM [95% CI] |",
         "| --- | --- | --- |",
     ]
-    for name, (point, low, high) in sorted(intervals.items(), key=lambda item: -item[1][0]):
-        marker = " (best step size)" if name == best else ""
-        lines.append(f"| {name}{marker} | {point:.3f} | [{low:.3f}, {high:.3f}] |")
+    for name in sorted(final, key=lambda item: -final[item][0]):
+        point, low, high = final[name]
+        cell = f"{auc[name][0]:.3f} [{auc[name][1]:.3f}, {auc[name][2]:.3f}]" if name in auc else "-"
+        lines.append(f"| {name} | {point:.3f} [{low:.3f}, {high:.3f}] | {cell} |")
+    lines += [
+        "",
+        "## Against single path, per env (raw returns, Welch's 95% interval of the difference of means)",
+        "",
+        "| variant - single path | measure | " + " | ".join(envs) + " |",
+        "| --- | --- | " + " | ".join("---:" for _ in envs) + " |",
+    ]
+    for variant in MAIN_VARIANTS[1:]:
+        for measure in ("final", "auc"):
+            cells = []
+            for env in envs:
+                found = difference_interval(runs, env, variant, "single_path", measure)
+                cells.append("-" if found is None else f"{found[0]:+.1f} [{found[1]:+.1f}, {found[2]:+.1f}]")
+            if any(cell != "-" for cell in cells):
+                lines.append(f"| {variant} | {measure} | " + " | ".join(cells) + " |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    if intervals:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-        names = sorted(intervals, key=lambda name: intervals[name][0])
-        figure, axis = plt.subplots(figsize=(6, 0.4 * len(names) + 1))
-        for row, name in enumerate(names):
-            point, low, high = intervals[name]
-            axis.plot([low, high], [row, row], color="tab:blue")
-            axis.plot([point], [row], "o", color="tab:blue")
-        axis.set_yticks(range(len(names)), names)
-        axis.set_xlabel("IQM of normalised final return (95% CI)")
+    if final:
+        names = sorted(final, key=lambda name: final[name][0])
+        figure, axes = plt.subplots(1, 2, figsize=(10, 0.4 * len(names) + 1.2), sharey=True)
+        for axis, table, title in ((axes[0], final, "final return"), (axes[1], auc, "AUC (learning speed)")):
+            for row, name in enumerate(names):
+                if name in table:
+                    point, low, high = table[name]
+                    axis.plot([low, high], [row, row], color="tab:blue")
+                    axis.plot([point], [row], "o", color="tab:blue")
+            axis.set_yticks(range(len(names)), names)
+            axis.set_xlabel(f"IQM of normalised {title} (95% CI)")
         figure.tight_layout()
         figure.savefig(out / "iqm.png", dpi=120)
         plt.close(figure)
+    kept = kept_runs(runs)
+    figure, axes = plt.subplots(1, len(envs), figsize=(4.2 * len(envs), 3.4), squeeze=False)
+    for axis, env in zip(axes[0], envs, strict=True):
+        for name in MAIN_VARIANTS:
+            chosen = [run for run in kept if run["env"] == env and run["variant"] == name and run["curve"]]
+            if not chosen:
+                continue
+            budget = max(run["budget"] for run in chosen)
+            grid = np.linspace(budget / 50, budget, 50)
+            values = np.array([curve_grid(run) for run in chosen])
+            label = name if name != "natural_gradient" else f"natural gradient ({best[env].rsplit('_', 1)[1]})"
+            axis.plot(grid, values.mean(axis=0), label=f"{label} ({len(chosen)})")
+            axis.fill_between(grid, *np.quantile(values, [0.25, 0.75], axis=0), alpha=0.15)
+        axis.set_title(env)
+        axis.set_xlabel("environment steps")
+        axis.set_ylabel("return (last 10 episodes)")
+        axis.legend(fontsize=6)
+    figure.tight_layout()
+    figure.savefig(out / "curves.png", dpi=110)
+    plt.close(figure)
 
 
 def main(argv: list[str] | None = None) -> None:
