@@ -11,6 +11,7 @@ variance per environment step, lower is better. The ratio vine / single path bel
 gradient is the less noisy per step; CRN's share is the gap between the two vine curves.
 
     python benchmarks/vine_noise.py variance [--envs NoisyCartPole-v1 ...] [--repeats 20]
+    python benchmarks/vine_noise.py levers [--envs ...]   # vine's levers at each env's default noise
 
 Results: ``benchmarks/results/vine_noise/variance.json``, ``variance.md`` and ``variance.png``.
 """
@@ -43,6 +44,68 @@ SCHEMES: dict[str, dict[str, Any]] = {
     "vine_crn": {"sampling": "vine"},
     "vine_no_crn": {"sampling": "vine", "vine_kwargs": {"common_random_numbers": False}},
 }
+
+
+#: vine's levers (issue 26, item 4), each measured against single path and the defaults at the env's default noise
+LEVERS: dict[str, dict[str, Any]] = {
+    "single_path": {},
+    "vine": {"sampling": "vine"},
+    "vine_horizon_3": {"sampling": "vine", "vine_kwargs": {"horizon": 3}},
+    "vine_horizon_1": {"sampling": "vine", "vine_kwargs": {"horizon": 1}},
+    "vine_share_0.5": {"sampling": "vine", "vine_kwargs": {"branch_share": 0.5}},
+    "vine_horizon_1_share_0.5": {"sampling": "vine", "vine_kwargs": {"horizon": 1, "branch_share": 0.5}},
+}
+
+
+def run_levers(envs: list[str], repeats: int, seed: int) -> list[dict[str, Any]]:
+    """Every (env, lever) measurement at the env's default noise level, appended to ``levers.json``."""
+    from sb3_trpo_plus.noisy_envs import NOISY_ENVS
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / "levers.json"
+    rows: list[dict[str, Any]] = json.loads(path.read_text()) if path.exists() else []
+    done = {row["env"] for row in rows if row["repeats"] == repeats and row["seed"] == seed}
+    for env_id in envs:
+        if env_id in done:
+            continue
+        settings, pretrain, _ = SETTINGS[env_id]
+        noise = NOISY_ENVS[env_id][2]
+        results, cosine = variance_by_scheme(env_id, settings, LEVERS, pretrain, repeats, seed, {"noise": noise})
+        for scheme, figures in results.items():
+            rows.append(
+                {"env": env_id, "noise": noise, "scheme": scheme, "repeats": repeats, "seed": seed, **figures}
+                | {"cosine_with_single_path": cosine[scheme]}
+            )
+        path.write_text(json.dumps(rows, indent=1))
+        print(f"{env_id}: " + ", ".join(f"{k} {v['relative_variance_x_steps']:.0f}" for k, v in results.items()), flush=True)
+    return rows
+
+
+def report_levers(rows: list[dict[str, Any]]) -> None:
+    """``levers.md``: variance per step of each lever, relative to single path, and its mean's cosine with single path's."""
+    lines = [
+        "# Vine's levers under noisy dynamics: gradient variance per environment step",
+        "",
+        "Each env at its default noise level; relative variance tr Cov(g) / |E g|^2 times the environment steps of a",
+        "batch (lower is better), at a fixed policy and critic; in brackets the ratio to single path's; cos: the",
+        "cosine of the scheme's mean gradient with single path's (1: the same direction on average). Made by",
+        "`python benchmarks/vine_noise.py levers`.",
+        "",
+        "| env | noise | " + " | ".join(LEVERS) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in LEVERS) + " |",
+    ]
+    for env_id in [env for env in SETTINGS if any(row["env"] == env for row in rows)]:
+        table = {row["scheme"]: row for row in rows if row["env"] == env_id}
+        single = table["single_path"]["relative_variance_x_steps"]
+        cells = [
+            f"{table[s]['relative_variance_x_steps']:,.0f} ({table[s]['relative_variance_x_steps'] / single:.2f}; "
+            f"cos {table[s]['cosine_with_single_path']:.2f}; {table[s]['env_steps_per_batch']:,.0f} steps)"
+            for s in LEVERS
+            if s in table
+        ]
+        lines.append(f"| {env_id} | {table['single_path']['noise']:g} | " + " | ".join(cells) + " |")
+    (OUT / "levers.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def run_variance(envs: list[str], repeats: int, seed: int) -> list[dict[str, Any]]:
@@ -115,12 +178,15 @@ def report(rows: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["variance", "report"])
+    parser.add_argument("command", choices=["variance", "report", "levers"])
     parser.add_argument("--envs", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     th.set_num_threads(1)
+    if args.command == "levers":
+        report_levers(run_levers(args.envs, args.repeats, args.seed))
+        return
     if args.command == "variance":
         rows = run_variance(args.envs, args.repeats, args.seed)
     else:
