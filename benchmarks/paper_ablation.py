@@ -312,6 +312,14 @@ def write_report(out: Path, runs: list[dict[str, Any]], command: str, smoke: boo
                 cells.append("-" if found is None else f"{found[0]:+.1f} [{found[1]:+.1f}, {found[2]:+.1f}]")
             if any(cell != "-" for cell in cells):
                 lines.append(f"| {variant} | {measure} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Figures",
+        "",
+        "![IQM of the normalised final return and AUC, 95% intervals](iqm.png)",
+        "",
+        "![Learning curves: mean over seeds, interquartile band](curves.png)",
+    ]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     import matplotlib
 
