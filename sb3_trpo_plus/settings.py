@@ -61,6 +61,11 @@ class VineSettings:
         :data:`AUTO_ALL_ACTIONS_MAX` of them and q is the default "policy"
     :param branch_share: with ``n_states="auto"``, the largest share of an iteration's
         environment steps that branches may take, in (0, 1)
+    :param budget: what ``n_steps`` counts: "added" (the trunk: ``n_steps`` steps per environment,
+        the branches' steps come on top) or "shared" (the whole iteration: the trunk is shortened to
+        ``floor(n_steps * (1 - branch_share))`` steps per environment so that trunk and branches
+        together take at most ``n_steps * n_envs`` steps, and vine makes as many updates as single
+        path for the same total steps; only with ``n_states="auto"``)
     :param common_random_numbers: the K branches of a state share the environment's and the
         policy's noise
     :param state_selection: "uniform" (N distinct trunk states) or "geometric" (N draws from
@@ -95,6 +100,7 @@ class VineSettings:
     horizon: int = 10
     all_actions: bool | str = "auto"
     branch_share: float = 0.2
+    budget: str = "added"
     common_random_numbers: bool = True
     state_selection: str = "uniform"
     branch_vec_env: str = "dummy"
@@ -136,6 +142,7 @@ class VineSettings:
             ("estimator", ("combined", "vine")),
             ("critic_targets", ("trunk_and_branches", "trunk")),
             ("fidelity_probe_action", ("raise", "warn")),
+            ("budget", ("added", "shared")),
         ):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"vine_kwargs['{key}'] must be one of {list(allowed)}, got {getattr(self, key)!r}")
@@ -144,6 +151,11 @@ class VineSettings:
             raise ValueError(
                 "vine_kwargs['fidelity_probe'] must be an integer >= 0 (probe at the first iteration and then every that "
                 f"many iterations; 0: never), got {probe!r}"
+            )
+        if self.budget == "shared" and self.n_states != "auto":
+            raise ValueError(
+                "vine_kwargs['budget']='shared' sizes the trunk from branch_share, which needs n_states='auto', but "
+                f"n_states={self.n_states!r} was given: drop one of the two"
             )
         if self.state_selection == "geometric" and self.estimator == "combined":
             # the rollout set would sample the discounted state distribution, the trunk the
@@ -227,6 +239,16 @@ class VineSettings:
             return enumerate_actions(action_space)
         except ValueError as error:
             raise ValueError(f"vine_kwargs['all_actions']=True: {error}") from None
+
+    def trunk_steps(self, n_steps: int) -> int:
+        """
+        The trunk's steps per environment in an iteration of ``n_steps`` steps per environment:
+        ``n_steps`` with ``budget="added"``; with ``budget="shared"``, ``n_steps`` less the
+        branches' share, ``floor(n_steps * (1 - branch_share))`` (at least 1).
+        """
+        if self.budget == "added":
+            return n_steps
+        return max(1, math.floor(n_steps * (1.0 - self.branch_share)))
 
     def rollout_set_size(self, trunk_size: int, n_branches: int | None = None) -> int:
         """

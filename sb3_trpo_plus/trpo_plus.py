@@ -175,9 +175,26 @@ class TRPOPlus(OnPolicyAlgorithm):
 
     def _setup_model(self) -> None:
         super()._setup_model()
+        trunk_steps = self._trunk_steps()
+        if trunk_steps != self.n_steps:  # vine with budget="shared": the buffer holds the shortened trunk
+            self.rollout_buffer = self.rollout_buffer_class(  # type: ignore[misc]
+                trunk_steps,
+                self.observation_space,  # type: ignore[arg-type]
+                self.action_space,
+                device=self.device,
+                gamma=self.gamma,
+                gae_lambda=self.gae_lambda,
+                n_envs=self.n_envs,
+                **self.rollout_buffer_kwargs,
+            )
         detach_exploration_noise(self.policy.action_dist)  # SB3 drew gSDE's first matrices with log_std's graph
         self._actor_params = find_actor_parameters(self.policy, self.observation_space)  # found through autograd
         self._setup_vine()
+
+    def _trunk_steps(self) -> int:
+        """The trunk's steps per environment in an iteration: ``n_steps``, less the branches' share with vine's budget="shared"."""
+        vine = self._settings().vine if self.sampling == Sampling.VINE else None
+        return self.n_steps if vine is None else vine.trunk_steps(self.n_steps)
 
     def _setup_vine(self) -> None:
         """Build the vine sampler on the current training env (checks that it can be branched)."""
@@ -225,6 +242,7 @@ class TRPOPlus(OnPolicyAlgorithm):
             if self._vine is None:  # loaded without an environment, then given one
                 self._setup_vine()
             assert self._vine is not None
+            n_rollout_steps = self._trunk_steps()  # n_steps, or less with budget="shared"
             self._vine.start_trunk(n_rollout_steps * env.num_envs)
             before_step = self._vine.before_trunk_step
         trunk_start = self.num_timesteps

@@ -98,6 +98,49 @@ def test_branch_share_beside_an_explicit_rollout_set_size_is_refused() -> None:
     TRPOPlus("MlpPolicy", "CartPole-v1", sampling="vine", vine_kwargs={"n_states": "auto", "branch_share": 0.5})
 
 
+def _parameter_bytes(model: TRPOPlus) -> list[bytes]:
+    return [p.detach().cpu().numpy().tobytes() for p in model.policy.parameters()]
+
+
+def test_shared_budget_counts_trunk_and_branches_in_n_steps() -> None:
+    # n_steps=256, 2 envs, branch_share 0.2: a trunk of floor(256 * 0.8) = 204 steps per env, and the
+    # branches of the auto rollout set within the rest: the iteration takes at most n_steps * n_envs
+    env = DummyVecEnv([lambda: gym.make("CartPole-v1")] * 2)
+    model = TRPOPlus("MlpPolicy", env, n_steps=256, batch_size=64, sampling="vine", vine_kwargs={"budget": "shared"}, seed=0)
+    assert model.rollout_buffer.buffer_size == 204 and model.n_steps == 256
+    model.learn(3 * 512)
+    per_iteration = model.num_timesteps / model._n_updates
+    assert 204 * 2 < per_iteration <= 256 * 2  # the trunk's 408 steps, and branches within the rest
+
+
+def test_shared_budget_is_the_added_budget_with_the_shortened_trunk() -> None:
+    # budget="shared" with n_steps is exactly budget="added" with n_steps = floor(n_steps * (1 - branch_share))
+    def trained(n_steps: int, budget: str) -> TRPOPlus:
+        model = TRPOPlus(
+            "MlpPolicy", "Pendulum-v1", n_steps=n_steps, batch_size=64, sampling="vine", vine_kwargs={"budget": budget}, seed=3
+        )
+        return model.learn(600)
+
+    shared, added = trained(256, "shared"), trained(204, "added")
+    assert shared.num_timesteps == added.num_timesteps
+    assert _parameter_bytes(shared) == _parameter_bytes(added)
+
+
+def test_shared_budget_survives_save_and_load(tmp_path: Any) -> None:
+    model = TRPOPlus("MlpPolicy", "CartPole-v1", n_steps=128, batch_size=64, sampling="vine", vine_kwargs={"budget": "shared"})
+    model.save(tmp_path / "model")
+    loaded = TRPOPlus.load(tmp_path / "model", env=model.get_env())
+    assert loaded.vine_kwargs == {"budget": "shared"} and loaded.rollout_buffer.buffer_size == 102
+    loaded.learn(300)
+
+
+def test_shared_budget_needs_the_auto_rollout_set() -> None:
+    with pytest.raises(ValueError, match=r"vine_kwargs\['budget'\]='shared'.*n_states='auto'.*8"):
+        TRPOPlus("MlpPolicy", "CartPole-v1", sampling="vine", vine_kwargs={"n_states": 8, "budget": "shared"})
+    assert VineSettings(budget="shared", branch_share=0.5).trunk_steps(101) == 50
+    assert VineSettings().trunk_steps(101) == 101
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -108,6 +151,7 @@ def test_branch_share_beside_an_explicit_rollout_set_size_is_refused() -> None:
         ({"branch_share": True}, "branch_share"),
         ({"trust_region_states": "all"}, "trust_region_states"),
         ({"estimator": "best"}, "estimator"),
+        ({"budget": "total"}, "budget"),
         ({"critic_targets": "branches"}, "critic_targets"),
         ({"refit_critic_first": 1}, "refit_critic_first"),
         ({"n_branch_workers": 2}, "n_branch_workers"),  # needs subproc
