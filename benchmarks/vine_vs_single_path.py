@@ -227,7 +227,7 @@ def run(job: tuple[str, str, int, float, str]) -> dict[str, Any]:
     }
 
 
-def report(results: list[dict[str, Any]], out: Path, command: str) -> None:
+def report(results: list[dict[str, Any]], out: Path, commands: list[str]) -> None:
     """Write the CSVs, the figure and the markdown table."""
     import matplotlib
 
@@ -237,15 +237,16 @@ def report(results: list[dict[str, Any]], out: Path, command: str) -> None:
 
     with open(out / "curves.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["env", "scheme", "seed", "timesteps", "return_last10"])
+        writer.writerow(["env", "scheme", "vine_kwargs", "seed", "timesteps", "return_last10"])
         for result in results:
             for steps, value in result["curve"]:
-                writer.writerow([result["env"], result["scheme"], result["seed"], steps, value])
+                writer.writerow([result["env"], result["scheme"], result["vine_kwargs"], result["seed"], steps, value])
     with open(out / "final_eval.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["env", "scheme", "seed", "timesteps", "eval_mean", "eval_std", "seconds"])
+        keys = ("env", "scheme", "vine_kwargs", "seed", "timesteps", "eval_mean", "eval_std", "seconds")
+        writer.writerow(keys)
         for result in results:
-            writer.writerow([result[k] for k in ("env", "scheme", "seed", "timesteps", "eval_mean", "eval_std", "seconds")])
+            writer.writerow([result[k] for k in keys])
 
     with open(out / "vine_weights.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -260,7 +261,11 @@ def report(results: list[dict[str, Any]], out: Path, command: str) -> None:
     lines = [
         "# Vine against single path at equal total environment steps",
         "",
-        f"Command: `{command}`. Both schemes: the RL Zoo's TRPO settings for the env (the row",
+        "Commands (each adds its runs to `results.json`; a run already there is skipped):",
+        "",
+        *(f"    {command}" for command in commands),
+        "",
+        "Both schemes: the RL Zoo's TRPO settings for the env (the row",
         "`CartPole-v1-defaults`: every argument at its default); vine adds `sampling='vine'` and the",
         "`vine_kwargs` shown (`{}`: all defaults). Steps are total environment steps, vine's branch steps",
         f"included. Final evaluation: deterministic policy, {EVAL_EPISODES} episodes on a separately seeded env;",
@@ -344,6 +349,12 @@ def report(results: list[dict[str, Any]], out: Path, command: str) -> None:
     (out / "vine_vs_single_path.md").write_text("\n".join(lines + speed) + "\n")
 
 
+def read_commands(out: Path) -> list[str]:
+    """The commands that wrote ``out/results.json`` (``out/commands.txt``, one per line)."""
+    path = out / "commands.txt"
+    return [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", nargs="+", default=list(ENVS), choices=list(ENVS))
@@ -359,10 +370,12 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.report_only:
-        saved = json.loads((out / "results.json").read_text())
-        command = (out / "vine_vs_single_path.md").read_text().split("Command: `")[1].split("`")[0]
-        report(saved, out, command)
+        report(json.loads((out / "results.json").read_text()), out, read_commands(out))
         return
+    command = "python " + " ".join(shlex.quote(arg) for arg in sys.argv)
+    if command not in read_commands(out):
+        with open(out / "commands.txt", "a") as handle:
+            handle.write(command + "\n")
     saved = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else []
     vine_json = json.dumps(json.loads(args.vine_kwargs), sort_keys=True)
     done = {(r["env"], r["scheme"], r["seed"], r.get("vine_kwargs", "")) for r in saved}
@@ -383,7 +396,7 @@ def main() -> None:
             print(f"{result['env']} {result['scheme']} seed {result['seed']}: {summary}", flush=True)
             results.append(result)
             (out / "results.json").write_text(json.dumps(results))
-    report(results, out, "python " + " ".join(shlex.quote(arg) for arg in sys.argv))
+    report(results, out, read_commands(out))
 
 
 if __name__ == "__main__":
