@@ -12,8 +12,10 @@ gradient is the less noisy per step; CRN's share is the gap between the two vine
 
     python benchmarks/vine_noise.py variance [--envs NoisyCartPole-v1 ...] [--repeats 20]
     python benchmarks/vine_noise.py levers [--envs ...]   # vine's levers at each env's default noise
+    python benchmarks/vine_noise.py variance --vine-kwargs '{"horizon": 1}' --name horizon_1
 
-Results: ``benchmarks/results/vine_noise/variance.json``, ``variance.md`` and ``variance.png``.
+Results: ``benchmarks/results/vine_noise/variance.json``, ``variance.md`` and ``variance.png``
+(with ``--name``: ``variance_<name>.*``, both vine schemes with the given ``vine_kwargs``).
 """
 
 from __future__ import annotations
@@ -108,10 +110,21 @@ def report_levers(rows: list[dict[str, Any]]) -> None:
     print("\n".join(lines))
 
 
-def run_variance(envs: list[str], repeats: int, seed: int) -> list[dict[str, Any]]:
-    """Every (env, noise level, scheme) measurement, appended to ``variance.json`` as it comes."""
+def vine_schemes(vine_kwargs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """:data:`SCHEMES` with ``vine_kwargs`` merged into both vine schemes."""
+    return {
+        name: scheme if name == "single_path" else {**scheme, "vine_kwargs": {**scheme.get("vine_kwargs", {}), **vine_kwargs}}
+        for name, scheme in SCHEMES.items()
+    }
+
+
+def run_variance(
+    envs: list[str], repeats: int, seed: int, vine_kwargs: dict[str, Any] | None = None, name: str = ""
+) -> list[dict[str, Any]]:
+    """Every (env, noise level, scheme) measurement, appended to ``variance[_name].json`` as it comes."""
     OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / "variance.json"
+    path = OUT / f"variance{'_' + name if name else ''}.json"
+    schemes = vine_schemes(vine_kwargs or {})
     rows: list[dict[str, Any]] = json.loads(path.read_text()) if path.exists() else []
     done = {(row["env"], row["noise"]) for row in rows if row["repeats"] == repeats and row["seed"] == seed}
     for env_id in envs:
@@ -119,7 +132,7 @@ def run_variance(envs: list[str], repeats: int, seed: int) -> list[dict[str, Any
         for noise in levels:
             if (env_id, noise) in done:
                 continue
-            results, cosine = variance_by_scheme(env_id, settings, SCHEMES, pretrain, repeats, seed, {"noise": noise})
+            results, cosine = variance_by_scheme(env_id, settings, schemes, pretrain, repeats, seed, {"noise": noise})
             for scheme, figures in results.items():
                 rows.append(
                     {"env": env_id, "noise": noise, "scheme": scheme, "repeats": repeats, "seed": seed, **figures}
@@ -131,8 +144,13 @@ def run_variance(envs: list[str], repeats: int, seed: int) -> list[dict[str, Any
     return rows
 
 
-def report(rows: list[dict[str, Any]]) -> None:
-    """``variance.md`` (the ratio table) and ``variance.png`` (the ratio against the noise level)."""
+def report(rows: list[dict[str, Any]], vine_kwargs: dict[str, Any] | None = None, name: str = "") -> None:
+    """``variance[_name].md`` (the ratio table) and ``variance[_name].png`` (the ratio against the noise level)."""
+    stem = f"variance{'_' + name if name else ''}"
+    described = f"with vine_kwargs {json.dumps(vine_kwargs)}" if vine_kwargs else "with its defaults"
+    command = "python benchmarks/vine_noise.py variance" + (
+        f" --vine-kwargs '{json.dumps(vine_kwargs)}' --name {name}" if name else ""
+    )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,8 +162,8 @@ def report(rows: list[dict[str, Any]]) -> None:
         "# Gradient variance per environment step under noisy dynamics",
         "",
         "Relative variance tr Cov(g) / |E g|^2 times the environment steps of a batch (lower is better), at a "
-        "fixed policy and critic; vine with its defaults, with and without common random numbers (CRN). "
-        "Made by `python benchmarks/vine_noise.py variance`.",
+        f"fixed policy and critic; vine {described}, with and without common random numbers (CRN). "
+        f"Made by `{command}`.",
         "",
         "| env | noise | single path | vine, CRN | vine, no CRN | vine CRN / single path | vine no CRN / single path |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -171,8 +189,8 @@ def report(rows: list[dict[str, Any]]) -> None:
         axis.set_ylabel("variance per step / single path's")
         axis.legend()
     figure.tight_layout()
-    figure.savefig(OUT / "variance.png", dpi=110)
-    (OUT / "variance.md").write_text("\n".join(lines) + "\n")
+    figure.savefig(OUT / f"{stem}.png", dpi=110)
+    (OUT / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -182,16 +200,21 @@ def main() -> None:
     parser.add_argument("--envs", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vine-kwargs", default="{}", help="JSON merged into both vine schemes' vine_kwargs (variance)")
+    parser.add_argument("--name", default="", help="results go to variance_<name>.* (needed with --vine-kwargs)")
     args = parser.parse_args()
+    vine_kwargs = json.loads(args.vine_kwargs)
+    if vine_kwargs and not args.name:
+        parser.error("--vine-kwargs needs --name (the results would mix with the defaults' variance.json)")
     th.set_num_threads(1)
     if args.command == "levers":
         report_levers(run_levers(args.envs, args.repeats, args.seed))
         return
     if args.command == "variance":
-        rows = run_variance(args.envs, args.repeats, args.seed)
+        rows = run_variance(args.envs, args.repeats, args.seed, vine_kwargs, args.name)
     else:
-        rows = json.loads((OUT / "variance.json").read_text())
-    report(rows)
+        rows = json.loads((OUT / f"variance{'_' + args.name if args.name else ''}.json").read_text())
+    report(rows, vine_kwargs, args.name)
 
 
 if __name__ == "__main__":
