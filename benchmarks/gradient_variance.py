@@ -33,7 +33,7 @@ import torch as th
 from stable_baselines3.common.env_util import make_vec_env
 
 from sb3_trpo_plus import TRPOPlus
-from sb3_trpo_plus.settings import PAPER_VINE_KWARGS
+from sb3_trpo_plus.settings import FORMER_VINE_DEFAULTS, PAPER_VINE_KWARGS
 from sb3_trpo_plus.trust_region import flat_grad
 
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -133,7 +133,7 @@ def main() -> None:
     schemes: dict[str, dict[str, Any]] = {
         "single_path": {},
         "vine_paper": {"sampling": "vine", "vine_kwargs": {**PAPER_VINE_KWARGS, **vine}},
-        "vine_default": {"sampling": "vine"},
+        "vine_default": {"sampling": "vine", "vine_kwargs": FORMER_VINE_DEFAULTS},  # as the committed results
     }
     results, cosine = variance_by_scheme(
         args.env, settings, schemes, pretrain, args.repeats, args.seed, save_policy=path / "gradient_variance_policy.zip"

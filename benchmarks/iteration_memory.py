@@ -30,12 +30,13 @@ import torch as th
 from torch.profiler import ProfilerActivity, profile
 
 from sb3_trpo_plus import TRPOPlus
+from sb3_trpo_plus.settings import FORMER_VINE_DEFAULTS
 
 CASES: dict[str, dict[str, Any]] = {
     "Pendulum-v1 single path": {"env": "Pendulum-v1"},
     "Pendulum-v1 single path, fast_paths=False": {"env": "Pendulum-v1", "fast_paths": False},
     "Pendulum-v1 single path, gSDE": {"env": "Pendulum-v1", "use_sde": True},
-    "Pendulum-v1 vine": {"env": "Pendulum-v1", "sampling": "vine"},
+    "Pendulum-v1 vine": {"env": "Pendulum-v1", "sampling": "vine", "vine_kwargs": FORMER_VINE_DEFAULTS},
     "CartPole-v1 single path": {"env": "CartPole-v1"},
 }
 

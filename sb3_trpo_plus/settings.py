@@ -32,6 +32,17 @@ from sb3_trpo_plus.q import Q_REGISTRY, CallableQ, PolicyQ, Q, is_number
 #: Acrobot 3, LunarLander 4, MultiBinary(4) 16); larger spaces get K actions from q.
 AUTO_ALL_ACTIONS_MAX = 16
 
+#: ``horizon="auto"``: one step when every action of a small finite space is branched (the exact sum
+#: over actions of r + gamma V(s'), measured the least noisy per step on the noisy family,
+#: benchmarks/results/vine_noise/), otherwise this many steps (sampled actions: one step was biased there)
+AUTO_HORIZON_ALL_ACTIONS = 1
+AUTO_HORIZON_SAMPLED = 10
+
+#: The vine defaults before ``horizon="auto"`` and ``budget="auto"``: 10-step branches whatever
+#: the action space, branch steps on top of ``n_steps``. Results measured with them (the committed
+#: runs of benchmarks/results/vine/, paper_ablation/, learning/) are reproduced with these.
+FORMER_VINE_DEFAULTS: dict[str, Any] = {"horizon": 10, "budget": "added"}
+
 #: The paper's procedure (section 5.2), for reproducing its results: the trust region, the
 #: Fisher matrix and the objective on the rollout set alone, the vine estimator alone, the critic
 #: fitted on trunk returns only, and the sizes given explicitly (the paper's N, K, H).
@@ -55,17 +66,19 @@ class VineSettings:
     :param n_actions: K, the number of actions (branches) per rollout-set state, >= 2 (when the
         actions are sampled from q)
     :param horizon: H, the maximum length of a branch, >= 1 (a branch cut at H is completed with
-        gamma^H V(s_H))
+        gamma^H V(s_H)), or "auto": :data:`AUTO_HORIZON_ALL_ACTIONS` when every action is branched,
+        :data:`AUTO_HORIZON_SAMPLED` when the actions are sampled
     :param all_actions: branch every action of a finite action space (exact-sum estimator) instead
         of K actions from q; "auto": every action when the space has at most
         :data:`AUTO_ALL_ACTIONS_MAX` of them and q is the default "policy"
     :param branch_share: with ``n_states="auto"``, the largest share of an iteration's
         environment steps that branches may take, in (0, 1)
     :param budget: what ``n_steps`` counts: "added" (the trunk: ``n_steps`` steps per environment,
-        the branches' steps come on top) or "shared" (the whole iteration: the trunk is shortened to
+        the branches' steps come on top), "shared" (the whole iteration: the trunk is shortened to
         ``floor(n_steps * (1 - branch_share))`` steps per environment so that trunk and branches
         together take at most ``n_steps * n_envs`` steps, and vine makes as many updates as single
-        path for the same total steps; only with ``n_states="auto"``)
+        path for the same total steps; only with ``n_states="auto"``) or "auto": "shared" with
+        ``n_states="auto"``, "added" when the rollout set's size is given
     :param common_random_numbers: the K branches of a state share the environment's and the
         policy's noise
     :param state_selection: "uniform" (N distinct trunk states) or "geometric" (N draws from
@@ -97,10 +110,10 @@ class VineSettings:
 
     n_states: int | float | str = "auto"
     n_actions: int = 4
-    horizon: int = 10
+    horizon: int | str = "auto"
     all_actions: bool | str = "auto"
     branch_share: float = 0.2
-    budget: str = "added"
+    budget: str = "auto"
     common_random_numbers: bool = True
     state_selection: str = "uniform"
     branch_vec_env: str = "dummy"
@@ -123,7 +136,10 @@ class VineSettings:
             raise ValueError(
                 f"vine_kwargs['n_states'] must be an integer >= 1, a fraction in (0, 1] or 'auto', got {n_states!r}"
             )
-        for key, low in (("n_actions", 2), ("horizon", 1)):
+        horizon = self.horizon
+        if horizon != "auto" and (isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1):
+            raise ValueError(f"vine_kwargs['horizon'] must be an integer >= 1 or 'auto', got {horizon!r}")
+        for key, low in (("n_actions", 2),):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"vine_kwargs['{key}'] must be an integer >= {low}, got {value!r}")
@@ -142,7 +158,7 @@ class VineSettings:
             ("estimator", ("combined", "vine")),
             ("critic_targets", ("trunk_and_branches", "trunk")),
             ("fidelity_probe_action", ("raise", "warn")),
-            ("budget", ("added", "shared")),
+            ("budget", ("auto", "added", "shared")),
         ):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"vine_kwargs['{key}'] must be one of {list(allowed)}, got {getattr(self, key)!r}")
@@ -210,9 +226,31 @@ class VineSettings:
                 count = len(enumerate_actions(action_space, AUTO_ALL_ACTIONS_MAX))
             except ValueError:
                 count = 0
-            return dataclasses.replace(self, all_actions=q_is_policy and count > 0)
-        self.branch_actions(action_space)
-        return self
+            resolved = dataclasses.replace(self, all_actions=q_is_policy and count > 0)
+        else:
+            self.branch_actions(action_space)
+            resolved = self
+        return dataclasses.replace(resolved, horizon=resolved.branch_horizon)
+
+    @property
+    def branch_horizon(self) -> int:
+        """
+        H as a number: ``horizon``, or with ``horizon="auto"`` :data:`AUTO_HORIZON_ALL_ACTIONS` when
+        every action is branched and :data:`AUTO_HORIZON_SAMPLED` otherwise.
+
+        :raises ValueError: with ``horizon="auto"`` and ``all_actions="auto"`` not yet decided for an
+            action space (see :meth:`resolved`)
+        """
+        if self.horizon != "auto":
+            return int(self.horizon)
+        if self.all_actions == "auto":
+            raise ValueError("vine_kwargs['horizon']='auto' depends on all_actions='auto': resolve for an action space first")
+        return AUTO_HORIZON_ALL_ACTIONS if self.all_actions else AUTO_HORIZON_SAMPLED
+
+    @property
+    def shares_budget(self) -> bool:
+        """Whether ``n_steps`` counts trunk and branches (``budget="shared"``, or "auto" with ``n_states="auto"``)."""
+        return self.budget == "shared" or (self.budget == "auto" and self.n_states == "auto")
 
     def check_action_space(self, action_space: spaces.Space) -> None:
         """
@@ -243,10 +281,10 @@ class VineSettings:
     def trunk_steps(self, n_steps: int) -> int:
         """
         The trunk's steps per environment in an iteration of ``n_steps`` steps per environment:
-        ``n_steps`` with ``budget="added"``; with ``budget="shared"``, ``n_steps`` less the
+        ``n_steps`` with ``budget="added"``; with ``budget="shared"`` (see :attr:`shares_budget`), ``n_steps`` less the
         branches' share, ``floor(n_steps * (1 - branch_share))`` (at least 1).
         """
-        if self.budget == "added":
+        if not self.shares_budget:
             return n_steps
         return max(1, math.floor(n_steps * (1.0 - self.branch_share)))
 
@@ -256,7 +294,7 @@ class VineSettings:
         branches per state (needed by ``n_states="auto"``; default K).
         """
         if self.n_states == "auto":
-            per_state = (n_branches or self.n_actions) * self.horizon
+            per_state = (n_branches or self.n_actions) * self.branch_horizon
             size = self.branch_share / (1.0 - self.branch_share) * trunk_size / per_state
             return min(trunk_size, max(2, math.floor(size)))
         if isinstance(self.n_states, float):
@@ -275,13 +313,13 @@ class VineSettings:
         if self.n_states != "auto":
             return None
         n_states = self.rollout_set_size(trunk_size, n_branches)
-        branch_steps = n_states * n_branches * self.horizon
+        branch_steps = n_states * n_branches * self.branch_horizon
         share = branch_steps / (branch_steps + trunk_size)
         if share <= self.branch_share + 1e-12:
             return None
         return (
             f"vine_kwargs: n_states='auto' takes at least 2 rollout-set states, so {n_states} states x {n_branches} "
-            f"branches x horizon {self.horizon} = {branch_steps} branch steps beside {trunk_size} trunk steps may take "
+            f"branches x horizon {self.branch_horizon} = {branch_steps} branch steps beside {trunk_size} trunk steps may take "
             f"{share:.0%} of each iteration's environment steps, more than branch_share={self.branch_share}. "
             "Raise n_steps (or n_envs), lower horizon or n_actions, or give n_states explicitly."
         )

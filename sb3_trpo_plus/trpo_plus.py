@@ -176,7 +176,7 @@ class TRPOPlus(OnPolicyAlgorithm):
     def _setup_model(self) -> None:
         super()._setup_model()
         trunk_steps = self._trunk_steps()
-        if trunk_steps != self.n_steps:  # vine with budget="shared": the buffer holds the shortened trunk
+        if trunk_steps != self.n_steps:  # vine sharing the budget: the buffer holds the shortened trunk
             self.rollout_buffer = self.rollout_buffer_class(  # type: ignore[misc]
                 trunk_steps,
                 self.observation_space,  # type: ignore[arg-type]
@@ -192,7 +192,7 @@ class TRPOPlus(OnPolicyAlgorithm):
         self._setup_vine()
 
     def _trunk_steps(self) -> int:
-        """The trunk's steps per environment in an iteration: ``n_steps``, less the branches' share with vine's budget="shared"."""
+        """The trunk's steps per environment in an iteration: ``n_steps``, less the branches' share when they share it."""
         vine = self._settings().vine if self.sampling == Sampling.VINE else None
         return self.n_steps if vine is None else vine.trunk_steps(self.n_steps)
 
@@ -242,7 +242,7 @@ class TRPOPlus(OnPolicyAlgorithm):
             if self._vine is None:  # loaded without an environment, then given one
                 self._setup_vine()
             assert self._vine is not None
-            n_rollout_steps = self._trunk_steps()  # n_steps, or less with budget="shared"
+            n_rollout_steps = self._trunk_steps()  # n_steps, or less when the branches share the budget
             self._vine.start_trunk(n_rollout_steps * env.num_envs)
             before_step = self._vine.before_trunk_step
         trunk_start = self.num_timesteps

@@ -75,18 +75,19 @@ def test_auto_rollout_set_bounds_the_branch_share() -> None:
 
 def test_the_floor_of_two_states_that_breaks_the_branch_share_is_named() -> None:
     # Acrobot (3 actions, all branched), n_steps=64: N = 0.25 * 64 / 30 = 0.53, floored up to 2
-    message = VineSettings().share_warning(64, 3)
+    message = VineSettings(horizon=10).share_warning(64, 3)
     assert message is not None
     assert "2 states x 3 branches x horizon 10 = 60 branch steps beside 64 trunk steps" in message
     assert "48%" in message and "branch_share=0.2" in message
     # MultiDiscrete([5, 5]) with all 25 actions on a 1024-step trunk: 500 / 1524 = 33%
-    assert "33%" in (VineSettings(all_actions=True).share_warning(1024, 25) or "")
-    assert VineSettings().share_warning(4096, 3) is None  # N = 34: the share holds
+    assert "33%" in (VineSettings(all_actions=True, horizon=10).share_warning(1024, 25) or "")
+    assert VineSettings(horizon=10).share_warning(4096, 3) is None  # N = 34: the share holds
     assert VineSettings(n_states=2).share_warning(64, 3) is None  # N given: the user chose it
 
 
 def test_the_share_warning_is_given_once_per_model() -> None:
-    model = TRPOPlus("MlpPolicy", "Acrobot-v1", n_steps=64, batch_size=64, sampling="vine", seed=0)
+    vine_kwargs = {"horizon": 10, "budget": "added"}
+    model = TRPOPlus("MlpPolicy", "Acrobot-v1", n_steps=64, batch_size=64, sampling="vine", vine_kwargs=vine_kwargs, seed=0)
     with pytest.warns(UserWarning, match=r"n_states='auto'.*48%") as caught:
         model.learn(3 * 64)
     assert sum("branch_share" in str(w.message) for w in caught) == 1
@@ -134,11 +135,22 @@ def test_shared_budget_survives_save_and_load(tmp_path: Any) -> None:
     loaded.learn(300)
 
 
+def test_defaults_share_the_budget_and_branch_one_step_when_every_action_is_branched() -> None:
+    model = TRPOPlus("MlpPolicy", "CartPole-v1", n_steps=128, batch_size=64, sampling="vine")
+    assert model.rollout_buffer.buffer_size == 102  # floor(128 * 0.8)
+    assert model._settings().vine is not None and model._settings().vine.horizon == 1
+    sampled = TRPOPlus("MlpPolicy", "Pendulum-v1", n_steps=128, batch_size=64, sampling="vine")
+    assert sampled._settings().vine is not None and sampled._settings().vine.horizon == 10
+    given = TRPOPlus("MlpPolicy", "CartPole-v1", n_steps=128, batch_size=64, sampling="vine", vine_kwargs={"n_states": 4})
+    assert given.rollout_buffer.buffer_size == 128  # N given: n_steps counts the trunk
+
+
 def test_shared_budget_needs_the_auto_rollout_set() -> None:
     with pytest.raises(ValueError, match=r"vine_kwargs\['budget'\]='shared'.*n_states='auto'.*8"):
         TRPOPlus("MlpPolicy", "CartPole-v1", sampling="vine", vine_kwargs={"n_states": 8, "budget": "shared"})
     assert VineSettings(budget="shared", branch_share=0.5).trunk_steps(101) == 50
-    assert VineSettings().trunk_steps(101) == 101
+    assert VineSettings(budget="added").trunk_steps(101) == 101
+    assert VineSettings().trunk_steps(101) == 80  # the default: shared with the auto rollout set
 
 
 @pytest.mark.parametrize(
@@ -384,10 +396,12 @@ def test_default_vine_combines_estimators_on_the_trunks_trust_region(monkeypatch
     values = model.logger.name_to_value
     settings = model._settings().vine
     assert settings is not None and settings.all_actions is True  # CartPole: both actions branched
-    n_states = settings.rollout_set_size(512, 2)
+    trunk = model.rollout_buffer.buffer_size * model.n_envs
+    assert trunk == 409  # the default budget is shared: floor(512 * (1 - 0.2)) trunk steps
+    n_states = settings.rollout_set_size(trunk, 2)
     assert values["rollout/rollout_set_size"] == n_states
-    assert seen["constraint"] is not None and len(seen["constraint"]) == 512  # every trunk state
-    assert seen["n_obs"] == 512 + 2 * n_states  # the rollout set's rows, then the trunk's
+    assert seen["constraint"] is not None and len(seen["constraint"]) == trunk  # every trunk state
+    assert seen["n_obs"] == trunk + 2 * n_states  # the rollout set's rows, then the trunk's
     assert 0.0 <= values["train/vine_weight"] <= 1.0
     assert values["train/grad_variance_trunk"] > 0 and values["train/grad_variance_vine"] > 0
     bound = variance_upper_bound(values["train/grad_variance_vine"], min(16, n_states))  # 16 chunks at most
@@ -399,7 +413,7 @@ def test_default_vine_combines_estimators_on_the_trunks_trust_region(monkeypatch
 def test_vine_estimator_alone_on_the_trunks_trust_region(monkeypatch: pytest.MonkeyPatch) -> None:
     model, seen = _one_iteration({"estimator": "vine"}, monkeypatch)
     n_states = int(model.logger.name_to_value["rollout/rollout_set_size"])
-    assert seen["n_obs"] == 2 * n_states and len(seen["constraint"]) == 512
+    assert seen["n_obs"] == 2 * n_states and len(seen["constraint"]) == model.rollout_buffer.buffer_size
     assert "train/vine_weight" not in model.logger.name_to_value
 
 
