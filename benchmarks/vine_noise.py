@@ -152,7 +152,7 @@ def run_variance(
 def report(rows: list[dict[str, Any]], vine_kwargs: dict[str, Any] | None = None, name: str = "") -> None:
     """``variance[_name].md`` (the ratio table) and ``variance[_name].png`` (the ratio against the noise level)."""
     stem = f"variance{'_' + name if name else ''}"
-    described = f"with vine_kwargs {json.dumps(vine_kwargs)}" if vine_kwargs else "with its defaults"
+    described = f"with vine_kwargs {json.dumps(vine_schemes(vine_kwargs or {})['vine_crn']['vine_kwargs'])}"
     command = "python benchmarks/vine_noise.py variance" + (
         f" --vine-kwargs '{json.dumps(vine_kwargs)}' --name {name}" if name else ""
     )
@@ -170,8 +170,11 @@ def report(rows: list[dict[str, Any]], vine_kwargs: dict[str, Any] | None = None
         f"fixed policy and critic; vine {described}, with and without common random numbers (CRN). "
         f"Made by `{command}`.",
         "",
-        "| env | noise | single path | vine, CRN | vine, no CRN | vine CRN / single path | vine no CRN / single path |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "cos: the cosine of the scheme's mean gradient with single path's (1: the same direction on average).",
+        "",
+        "| env | noise | single path | vine, CRN | vine, no CRN | vine CRN / single path | vine no CRN / single path "
+        "| cos CRN | cos no CRN |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     figure, axes = plt.subplots(1, len(envs), figsize=(4.2 * len(envs), 3.4), squeeze=False)
     for axis, env_id in zip(axes[0], envs, strict=True):
@@ -184,7 +187,9 @@ def report(rows: list[dict[str, Any]], vine_kwargs: dict[str, Any] | None = None
                 ratios[scheme].append(values[scheme] / single)
             lines.append(
                 f"| {env_id} | {noise:g} | {values['single_path']:,.0f} | {values['vine_crn']:,.0f} | "
-                f"{values['vine_no_crn']:,.0f} | {ratios['vine_crn'][-1]:.2f} | {ratios['vine_no_crn'][-1]:.2f} |"
+                f"{values['vine_no_crn']:,.0f} | {ratios['vine_crn'][-1]:.2f} | {ratios['vine_no_crn'][-1]:.2f} | "
+                f"{table[(env_id, noise, 'vine_crn')]['cosine_with_single_path']:.2f} | "
+                f"{table[(env_id, noise, 'vine_no_crn')]['cosine_with_single_path']:.2f} |"
             )
         axis.plot(levels, ratios["vine_crn"], "o-", label="vine, CRN")
         axis.plot(levels, ratios["vine_no_crn"], "s--", label="vine, no CRN")
