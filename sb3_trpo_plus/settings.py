@@ -32,15 +32,9 @@ from sb3_trpo_plus.q import Q_REGISTRY, CallableQ, PolicyQ, Q, is_number
 #: Acrobot 3, LunarLander 4, MultiBinary(4) 16); larger spaces get K actions from q.
 AUTO_ALL_ACTIONS_MAX = 16
 
-#: ``horizon="auto"``: one step when every action of a small finite space is branched (the exact sum
-#: over actions of r + gamma V(s'), measured the least noisy per step on the noisy family,
-#: benchmarks/results/vine_noise/), otherwise this many steps (sampled actions: one step was biased there)
-AUTO_HORIZON_ALL_ACTIONS = 1
-AUTO_HORIZON_SAMPLED = 10
-
-#: The vine defaults before ``horizon="auto"`` and ``budget="auto"``: 10-step branches whatever
-#: the action space, branch steps on top of ``n_steps``. Results measured with them (the committed
-#: runs of benchmarks/results/vine/, paper_ablation/, learning/) are reproduced with these.
+#: The vine defaults before ``budget="auto"``: branch steps on top of ``n_steps`` (and 10-step
+#: branches, as now). Results measured with them (the committed runs of benchmarks/results/vine/,
+#: paper_ablation/, learning/) are reproduced with these.
 FORMER_VINE_DEFAULTS: dict[str, Any] = {"horizon": 10, "budget": "added"}
 
 #: The paper's procedure (section 5.2), for reproducing its results: the trust region, the
@@ -66,8 +60,7 @@ class VineSettings:
     :param n_actions: K, the number of actions (branches) per rollout-set state, >= 2 (when the
         actions are sampled from q)
     :param horizon: H, the maximum length of a branch, >= 1 (a branch cut at H is completed with
-        gamma^H V(s_H)), or "auto": :data:`AUTO_HORIZON_ALL_ACTIONS` when every action is branched,
-        :data:`AUTO_HORIZON_SAMPLED` when the actions are sampled
+        gamma^H V(s_H))
     :param all_actions: branch every action of a finite action space (exact-sum estimator) instead
         of K actions from q; "auto": every action when the space has at most
         :data:`AUTO_ALL_ACTIONS_MAX` of them and q is the default "policy"
@@ -110,7 +103,7 @@ class VineSettings:
 
     n_states: int | float | str = "auto"
     n_actions: int = 4
-    horizon: int | str = "auto"
+    horizon: int = 10
     all_actions: bool | str = "auto"
     branch_share: float = 0.2
     budget: str = "auto"
@@ -136,10 +129,7 @@ class VineSettings:
             raise ValueError(
                 f"vine_kwargs['n_states'] must be an integer >= 1, a fraction in (0, 1] or 'auto', got {n_states!r}"
             )
-        horizon = self.horizon
-        if horizon != "auto" and (isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1):
-            raise ValueError(f"vine_kwargs['horizon'] must be an integer >= 1 or 'auto', got {horizon!r}")
-        for key, low in (("n_actions", 2),):
+        for key, low in (("n_actions", 2), ("horizon", 1)):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"vine_kwargs['{key}'] must be an integer >= {low}, got {value!r}")
@@ -226,26 +216,9 @@ class VineSettings:
                 count = len(enumerate_actions(action_space, AUTO_ALL_ACTIONS_MAX))
             except ValueError:
                 count = 0
-            resolved = dataclasses.replace(self, all_actions=q_is_policy and count > 0)
-        else:
-            self.branch_actions(action_space)
-            resolved = self
-        return dataclasses.replace(resolved, horizon=resolved.branch_horizon)
-
-    @property
-    def branch_horizon(self) -> int:
-        """
-        H as a number: ``horizon``, or with ``horizon="auto"`` :data:`AUTO_HORIZON_ALL_ACTIONS` when
-        every action is branched and :data:`AUTO_HORIZON_SAMPLED` otherwise.
-
-        :raises ValueError: with ``horizon="auto"`` and ``all_actions="auto"`` not yet decided for an
-            action space (see :meth:`resolved`)
-        """
-        if self.horizon != "auto":
-            return int(self.horizon)
-        if self.all_actions == "auto":
-            raise ValueError("vine_kwargs['horizon']='auto' depends on all_actions='auto': resolve for an action space first")
-        return AUTO_HORIZON_ALL_ACTIONS if self.all_actions else AUTO_HORIZON_SAMPLED
+            return dataclasses.replace(self, all_actions=q_is_policy and count > 0)
+        self.branch_actions(action_space)
+        return self
 
     @property
     def shares_budget(self) -> bool:
@@ -294,7 +267,7 @@ class VineSettings:
         branches per state (needed by ``n_states="auto"``; default K).
         """
         if self.n_states == "auto":
-            per_state = (n_branches or self.n_actions) * self.branch_horizon
+            per_state = (n_branches or self.n_actions) * self.horizon
             size = self.branch_share / (1.0 - self.branch_share) * trunk_size / per_state
             return min(trunk_size, max(2, math.floor(size)))
         if isinstance(self.n_states, float):
@@ -313,13 +286,13 @@ class VineSettings:
         if self.n_states != "auto":
             return None
         n_states = self.rollout_set_size(trunk_size, n_branches)
-        branch_steps = n_states * n_branches * self.branch_horizon
+        branch_steps = n_states * n_branches * self.horizon
         share = branch_steps / (branch_steps + trunk_size)
         if share <= self.branch_share + 1e-12:
             return None
         return (
             f"vine_kwargs: n_states='auto' takes at least 2 rollout-set states, so {n_states} states x {n_branches} "
-            f"branches x horizon {self.branch_horizon} = {branch_steps} branch steps beside {trunk_size} trunk steps may take "
+            f"branches x horizon {self.horizon} = {branch_steps} branch steps beside {trunk_size} trunk steps may take "
             f"{share:.0%} of each iteration's environment steps, more than branch_share={self.branch_share}. "
             "Raise n_steps (or n_envs), lower horizon or n_actions, or give n_states explicitly."
         )

@@ -181,7 +181,7 @@ def test_vine_learns_cartpole() -> None:
         cg_damping=1e-3,
         gae_lambda=0.98,
         n_critic_updates=20,
-        sampling="vine",  # every vine_kwargs at its default: both actions branched, bounded branch share
+        sampling="vine",  # every vine_kwargs at its default: both actions branched, n_steps shared with the branches
     )
     # the target: the whole 150k budget (branch steps included), then 20 fresh episodes
     # (stopping at a first perfect 10-episode evaluation, as tests/test_learning.py does, stopped

@@ -151,14 +151,7 @@ def test_vine_kwargs_defaults() -> None:
     assert settings.rollout_set_size(10) == 3 and VineSettings(n_states=32).rollout_set_size(10) == 10
     defaults = VineSettings()
     assert defaults.n_states == "auto" and defaults.all_actions == "auto"
-    assert defaults.horizon == "auto" and defaults.budget == "auto" and defaults.shares_budget
-    # horizon "auto": one step when every action is branched, 10 with sampled actions
-    assert defaults.resolved(spaces.Discrete(3)).horizon == 1
-    assert defaults.resolved(spaces.Box(-1, 1, (2,))).horizon == 10
-    assert defaults.resolved(spaces.Discrete(3), q_is_policy=False).horizon == 10
-    assert VineSettings(horizon=4).resolved(spaces.Discrete(3)).horizon == 4
-    with pytest.raises(ValueError, match=r"horizon.*'auto'"):
-        VineSettings.from_kwargs({"horizon": "long"})
+    assert defaults.horizon == 10 and defaults.budget == "auto" and defaults.shares_budget
     # budget "auto": shared with the auto rollout set, added when N is given
     assert not VineSettings(n_states=8).shares_budget and VineSettings(n_states=8, budget="auto").trunk_steps(100) == 100
     levers = (defaults.trust_region_states, defaults.estimator, defaults.critic_targets, defaults.refit_critic_first)

@@ -86,7 +86,7 @@ class VineSampler:
             self.vec_wrappers,
             policy.action_space,
             gamma,
-            settings.branch_horizon,
+            settings.horizon,
             settings.common_random_numbers,
             self.rng,
             sde_sample_freq,
