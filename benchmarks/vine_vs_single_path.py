@@ -116,8 +116,9 @@ def _make_env(env_id: str, seed: int, normalize: bool, training: bool = True, n_
 
 EVAL_EPISODES = 20
 
-#: the combined estimator's statistics recorded per iteration (``train/<key>``)
-WEIGHT_KEYS = ("vine_weight", "grad_variance_trunk", "grad_variance_vine", "grad_variance_vine_bound")
+#: the combined estimator's statistics recorded per iteration (``train/<key>``; ``vine_bias_sq`` only
+#: with ``combined_weight="min_mse"``, nan otherwise and in runs recorded before it existed)
+WEIGHT_KEYS = ("vine_weight", "grad_variance_trunk", "grad_variance_vine", "grad_variance_vine_bound", "vine_bias_sq")
 
 
 def iteration_weights(logged: dict[str, Any]) -> dict[str, float] | None:
@@ -254,7 +255,8 @@ def report(results: list[dict[str, Any]], out: Path, commands: list[str]) -> Non
         for result in results:
             for iteration, row in enumerate(result.get("vine_weights", [])):
                 settings = result.get("vine_kwargs", "")
-                writer.writerow([result["env"], result["seed"], settings, iteration, *(row[k] for k in WEIGHT_KEYS)])
+                values = [row.get(k, np.nan) for k in WEIGHT_KEYS]
+                writer.writerow([result["env"], result["seed"], settings, iteration, *values])
 
     envs = [env for env in ENVS if any(r["env"] == env for r in results)]
     figure, axes = plt.subplots(1, len(envs), figsize=(4.5 * len(envs), 3.6), squeeze=False)

@@ -29,15 +29,17 @@ from sb3_trpo_plus import bound
 from sb3_trpo_plus import observations as batches
 from sb3_trpo_plus.buffers import VineBatch
 from sb3_trpo_plus.distributions import actions_for_log_prob, preserved_state
-from sb3_trpo_plus.settings import Estimator, SurrogateSettings, TrustRegionStates, VineSettings
+from sb3_trpo_plus.settings import CombinedWeight, Estimator, SurrogateSettings, TrustRegionStates, VineSettings
 from sb3_trpo_plus.surrogate import (
     effective_sample_size,
     exact_sum_surrogate,
     importance_sampled_surrogate,
     importance_weights,
     inverse_variance_weight,
+    minimum_mse_weight,
     self_normalized_gradient_correction,
     self_normalized_surrogate,
+    squared_bias_estimate,
     variance_of_mean,
     variance_upper_bound,
 )
@@ -157,8 +159,8 @@ def vine_surrogate(batch: VineBatch, action_space: spaces.Space, max_weight: flo
     return Surrogate(batch.observations, objective, weighted, "" if finite else "non-finite Q-values")
 
 
-def _chunk_gradient_variance(estimates: list[th.Tensor], params: list[nn.Parameter]) -> float:
-    """Total variance of the mean of the chunk estimates' gradients (:func:`~sb3_trpo_plus.surrogate.variance_of_mean`)."""
+def _chunk_gradients(estimates: list[th.Tensor], params: list[nn.Parameter]) -> th.Tensor:
+    """The chunk estimates' gradients, one flat row per chunk."""
     gradients = []
     for estimate in estimates:
         pieces = th.autograd.grad(estimate, params, retain_graph=True, allow_unused=True)
@@ -167,7 +169,7 @@ def _chunk_gradient_variance(estimates: list[th.Tensor], params: list[nn.Paramet
             for g, p in zip(pieces, params, strict=True)
         ]
         gradients.append(th.cat(flat))
-    return variance_of_mean(th.stack(gradients))
+    return th.stack(gradients)
 
 
 def vine_and_trunk_surrogate(
@@ -180,6 +182,7 @@ def vine_and_trunk_surrogate(
     max_weight: float | None,
     estimator: Estimator,
     trust_region_states: TrustRegionStates,
+    combined_weight: CombinedWeight = CombinedWeight.INVERSE_VARIANCE,
     n_chunks: int = 16,
 ) -> Surrogate:
     """
@@ -198,7 +201,13 @@ def vine_and_trunk_surrogate(
       variance is that of the estimator's gradient at theta_old, measured on the batch itself
       from ``n_chunks`` interleaved chunks of its samples (rollout-set states for the vine), and
       B_vine is var_vine's 90% upper confidence bound (it rests on few states), logged as
-      ``grad_variance_vine_bound`` so that w can be recomputed from the logs.
+      ``grad_variance_vine_bound`` so that w can be recomputed from the logs;
+      ``combined_weight="min_mse"`` adds the vine part's squared bias b^2 to the denominator,
+      w = var_trunk / (var_trunk + B_vine + b^2), b^2 = max(0, ||g_vine - g_trunk||^2 - var_trunk
+      - var_vine) from the two batch gradients (the trunk's taken as unbiased), logged as
+      ``vine_bias_sq``: a vine gradient that disagrees with the trunk's by more than their noise
+      explains (a critic-biased one, or one that vanished on saturated rollout-set states) does
+      not take over the step.
 
     :param vine: the rollout set's batch
     :param trunk: the trunk's samples (SB3's rollout samples)
@@ -209,6 +218,7 @@ def vine_and_trunk_surrogate(
     :param max_weight: truncation of the importance weights (``q_kwargs['max_weight']``)
     :param estimator: "combined" or "vine"
     :param trust_region_states: "trunk" or "rollout_set"
+    :param combined_weight: "inverse_variance" or "min_mse"
     :param n_chunks: chunks per estimator for the variances
     """
     vine_part = vine_surrogate(vine, action_space, max_weight)
@@ -244,12 +254,21 @@ def vine_and_trunk_surrogate(
     vine_chunks = [
         vine_value(log_prob[:n_vine], vine, vine_cap, chosen) * correction / scale for chosen in chunk_states
     ]
-    var_trunk = _chunk_gradient_variance(trunk_chunks, actor_params) if len(trunk_chunks) >= 2 else math.inf
-    var_vine = _chunk_gradient_variance(vine_chunks, actor_params) if len(vine_chunks) >= 2 else math.inf
+    trunk_gradients = _chunk_gradients(trunk_chunks, actor_params)
+    vine_gradients = _chunk_gradients(vine_chunks, actor_params)
+    var_trunk = variance_of_mean(trunk_gradients) if len(trunk_chunks) >= 2 else math.inf
+    var_vine = variance_of_mean(vine_gradients) if len(vine_chunks) >= 2 else math.inf
     # the rollout set has few states: its variance is weighed at its 90% upper bound, so that a
     # small sample that happens to look precise does not take over the step
     var_vine_bound = variance_upper_bound(var_vine, len(vine_chunks))
-    weight = inverse_variance_weight(var_trunk, var_vine_bound)
+    stats: dict[str, float] = {}
+    if CombinedWeight(combined_weight) is CombinedWeight.MIN_MSE:
+        # the chunks are interleaved and near equal: their mean is the batch's gradient
+        bias_sq = squared_bias_estimate(trunk_gradients.mean(0), vine_gradients.mean(0), var_trunk, var_vine)
+        weight = minimum_mse_weight(var_trunk, var_vine_bound, bias_sq)
+        stats["vine_bias_sq"] = bias_sq
+    else:
+        weight = inverse_variance_weight(var_trunk, var_vine_bound)
 
     def objective(distribution: Distribution) -> th.Tensor:
         log_prob = distribution.log_prob(actions)
@@ -259,12 +278,14 @@ def vine_and_trunk_surrogate(
     def ess(distribution: Distribution) -> float:
         return vine_ess(distribution.log_prob(actions)[:n_vine], vine, vine_cap)
 
-    stats = {
-        "vine_weight": weight,
-        "grad_variance_trunk": var_trunk,
-        "grad_variance_vine": var_vine,
-        "grad_variance_vine_bound": var_vine_bound,
-    }
+    stats.update(
+        {
+            "vine_weight": weight,
+            "grad_variance_trunk": var_trunk,
+            "grad_variance_vine": var_vine,
+            "grad_variance_vine_bound": var_vine_bound,
+        }
+    )
     # "rollout_set": the KL and the Fisher matrix on the rollout set's states only (not the trunk's)
     weighted = ess if not vine.all_actions else None  # the exact sum has no importance weights
     return Surrogate(observations, objective, weighted, "", constraint if on_trunk else vine.observations, stats)
@@ -297,9 +318,18 @@ def iteration_surrogate(
         return replace(surrogate, epsilon=epsilon, score_actions=actions_for_log_prob(batch.actions, action_space))
     if batch.trunk is None or vine is None:
         return vine_surrogate(batch, action_space, settings.max_weight)
-    weighing = (settings.normalize_advantage, settings.max_weight)
-    choices = (Estimator(vine.estimator), TrustRegionStates(vine.trust_region_states))
-    surrogate = vine_and_trunk_surrogate(batch, batch.trunk, policy, actor_params, action_space, *weighing, *choices)
+    surrogate = vine_and_trunk_surrogate(
+        batch,
+        batch.trunk,
+        policy,
+        actor_params,
+        action_space,
+        settings.normalize_advantage,
+        settings.max_weight,
+        Estimator(vine.estimator),
+        TrustRegionStates(vine.trust_region_states),
+        CombinedWeight(vine.combined_weight),
+    )
     return replace(surrogate, epsilon=epsilon)
 
 

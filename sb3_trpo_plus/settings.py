@@ -88,6 +88,11 @@ class VineSettings:
     :param estimator: the policy-gradient estimate the step follows: "combined" (the trunk's
         single-path estimator and the rollout set's vine estimator, weighted by the inverse of
         their measured variances) or "vine" (the rollout set's alone, the paper's)
+    :param combined_weight: with ``estimator="combined"``, how the vine part's weight w is chosen:
+        "inverse_variance" (w = var_trunk / (var_trunk + B_vine), both estimates taken as unbiased)
+        or "min_mse" (w = var_trunk / (var_trunk + B_vine + b^2), b^2 the vine part's squared bias
+        against the trunk's estimate, measured on the batch: a vine gradient that disagrees with
+        the trunk's by more than their noise explains is weighed down)
     :param critic_targets: what the value function is regressed on: "trunk_and_branches" (the
         trunk's returns and the branches' Monte Carlo returns of every state they visit) or
         "trunk" (the paper's)
@@ -114,6 +119,7 @@ class VineSettings:
     make_branch_env: Callable[[], gym.Env] | None = None
     trust_region_states: str = "trunk"
     estimator: str = "combined"
+    combined_weight: str = "inverse_variance"
     critic_targets: str = "trunk_and_branches"
     refit_critic_first: bool = True
     fidelity_probe: int = 10
@@ -146,6 +152,7 @@ class VineSettings:
             ("branch_vec_env", tuple(branch_pool_names())),
             ("trust_region_states", ("trunk", "rollout_set")),
             ("estimator", ("combined", "vine")),
+            ("combined_weight", ("inverse_variance", "min_mse")),
             ("critic_targets", ("trunk_and_branches", "trunk")),
             ("fidelity_probe_action", ("raise", "warn")),
             ("budget", ("auto", "added", "shared")),
@@ -162,6 +169,11 @@ class VineSettings:
             raise ValueError(
                 "vine_kwargs['budget']='shared' sizes the trunk from branch_share, which needs n_states='auto', but "
                 f"n_states={self.n_states!r} was given: drop one of the two"
+            )
+        if self.combined_weight != "inverse_variance" and self.estimator != "combined":
+            raise ValueError(
+                f"vine_kwargs['combined_weight']={self.combined_weight!r} weighs the combined estimator, but "
+                f"vine_kwargs['estimator']={self.estimator!r}: use estimator='combined' or drop combined_weight"
             )
         if self.state_selection == "geometric" and self.estimator == "combined":
             # the rollout set would sample the discounted state distribution, the trunk the
@@ -320,6 +332,13 @@ class Estimator(StrEnum):
 
     COMBINED = "combined"
     VINE = "vine"
+
+
+class CombinedWeight(StrEnum):
+    """``vine_kwargs['combined_weight']``: how the combined estimator weighs its vine part."""
+
+    INVERSE_VARIANCE = "inverse_variance"
+    MIN_MSE = "min_mse"
 
 
 class TrustRegionStates(StrEnum):

@@ -158,6 +158,28 @@ def inverse_variance_weight(variance_a: float, variance_b: float) -> float:
     return 0.5 if total <= 0.0 else variance_a / total
 
 
+def squared_bias_estimate(mean_a: th.Tensor, mean_b: th.Tensor, variance_a: float, variance_b: float) -> float:
+    """
+    An estimate of ||E[b] - E[a]||^2 from one draw of each of two independent estimates of a
+    vector, a taken as unbiased: E||b - a||^2 = ||E[b] - E[a]||^2 + var_a + var_b, so
+    b^2 = max(0, ||b - a||^2 - var_a - var_b) (unbiased before the clip at 0; 0 with a
+    non-finite variance). Positively correlated estimates make it smaller than the truth.
+    """
+    if not (math.isfinite(variance_a) and math.isfinite(variance_b)):
+        return 0.0
+    difference = (mean_b - mean_a).double()
+    return max(0.0, float((difference * difference).sum()) - variance_a - variance_b)
+
+
+def minimum_mse_weight(variance_a: float, variance_b: float, bias_sq_b: float) -> float:
+    """
+    The weight w of estimate b in (1 - w) a + w b that minimises the combination's mean squared
+    error when a is unbiased and b has squared bias ``bias_sq_b`` (independent estimates):
+    w = var_a / (var_a + var_b + bias_b^2), :func:`inverse_variance_weight` at zero bias.
+    """
+    return inverse_variance_weight(variance_a, variance_b + bias_sq_b)
+
+
 def effective_sample_size(weights: th.Tensor) -> float:
     """
     Kish's effective sample size (sum w)^2 / sum w^2 as a fraction of the number of weights:

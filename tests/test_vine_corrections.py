@@ -16,7 +16,8 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 
 from sb3_trpo_plus.buffers import VineBatch
 from sb3_trpo_plus.estimators import Surrogate, vine_and_trunk_surrogate
-from sb3_trpo_plus.surrogate import self_normalized_surrogate
+from sb3_trpo_plus.settings import CombinedWeight, Estimator, TrustRegionStates, VineSettings
+from sb3_trpo_plus.surrogate import minimum_mse_weight, self_normalized_surrogate, squared_bias_estimate
 
 N_ACTIONS = 3
 
@@ -106,9 +107,21 @@ def _exact_gradient(policy: ActorCriticPolicy) -> th.Tensor:
 
 
 def _combined(
-    policy: ActorCriticPolicy, generator: th.Generator, n_trunk: int, n_states: int, k: int, trust_region_states: str
+    policy: ActorCriticPolicy,
+    generator: th.Generator,
+    n_trunk: int,
+    n_states: int,
+    k: int,
+    trust_region_states: str,
+    combined_weight: str = "inverse_variance",
+    vine_q: th.Tensor | None = None,
+    vine_noise: float = 1.0,
 ) -> Surrogate:
-    """One draw of the combined estimator: trunk and branch actions from pi_old, noisy rewards."""
+    """
+    One draw of the combined estimator: trunk and branch actions from pi_old, noisy rewards (the
+    branches' Q-values are ``vine_q`` of their action, the true rewards by default, plus noise of
+    standard deviation ``vine_noise``).
+    """
     with th.no_grad():
         pi = th.softmax(policy.get_distribution(th.ones(1, 1)).distribution.logits[0], -1)
         value = float((pi * REWARDS).sum())  # the exact V installed as the critic
@@ -124,14 +137,24 @@ def _combined(
         observations=th.ones(n_states * k, 1),
         actions=vine_actions.float(),
         log_q=th.log(pi)[vine_actions],
-        q_values=REWARDS[vine_actions] + th.randn(n_states * k, generator=generator),
+        q_values=(REWARDS if vine_q is None else vine_q)[vine_actions]
+        + vine_noise * th.randn(n_states * k, generator=generator),
         group=th.arange(n_states).repeat_interleave(k),
         n_states=n_states,
         all_actions=False,
     )
     params = list(policy.action_net.parameters())
     return vine_and_trunk_surrogate(
-        vine, trunk, policy, params, spaces.Discrete(N_ACTIONS), False, None, "combined", trust_region_states
+        vine,
+        trunk,
+        policy,
+        params,
+        spaces.Discrete(N_ACTIONS),
+        False,
+        None,
+        Estimator.COMBINED,
+        TrustRegionStates(trust_region_states),
+        CombinedWeight(combined_weight),
     )
 
 
@@ -182,6 +205,90 @@ def test_combined_weight_can_be_recomputed_from_the_logged_variances() -> None:
     bound = stats["grad_variance_vine_bound"]
     assert bound > stats["grad_variance_vine"]
     assert stats["vine_weight"] == pytest.approx(stats["grad_variance_trunk"] / (stats["grad_variance_trunk"] + bound))
+
+
+# ------------------------------------------------------------------ the minimum-MSE weight
+
+
+def test_minimum_mse_weight_and_squared_bias_estimate() -> None:
+    """w = var_a / (var_a + var_b + b^2); b^2 from one draw of each estimate, unbiased before its clip at 0."""
+    assert minimum_mse_weight(1.0, 3.0, 0.0) == pytest.approx(0.25)
+    assert minimum_mse_weight(1.0, 1.0, 2.0) == pytest.approx(0.25)
+    assert minimum_mse_weight(1.0, float("inf"), 0.0) == 0.0
+    generator = th.Generator().manual_seed(0)
+    truth_a, bias = th.tensor([1.0, -2.0, 0.5]), th.tensor([0.6, 0.0, -0.8])  # ||bias||^2 = 1
+    a = truth_a + 0.5 * th.randn(100_000, 3, generator=generator)  # variance 3 * 0.25 per draw
+    b = truth_a + bias + th.randn(100_000, 3, generator=generator)  # variance 3
+    raw = ((b - a) ** 2).sum(1) - 0.75 - 3.0  # the estimate before the clip
+    assert float(raw.mean()) == pytest.approx(1.0, abs=0.05)
+    assert squared_bias_estimate(a[0], b[0], 0.75, 3.0) == pytest.approx(max(0.0, float(raw[0])), rel=1e-5)
+    assert squared_bias_estimate(a[0], b[0], 0.75, float("inf")) == 0.0
+
+
+def test_min_mse_weight_can_be_recomputed_from_the_logs() -> None:
+    policy = _bandit_policy()
+    stats = _combined(policy, th.Generator().manual_seed(2), 64, 8, 4, "trunk", combined_weight="min_mse").stats
+    expected = stats["grad_variance_trunk"] / (
+        stats["grad_variance_trunk"] + stats["grad_variance_vine_bound"] + stats["vine_bias_sq"]
+    )
+    assert stats["vine_weight"] == pytest.approx(expected)
+    assert "vine_bias_sq" not in _combined(policy, th.Generator().manual_seed(2), 64, 8, 4, "trunk").stats
+
+
+def _mean_squared_error(combined_weight: str, vine_q: th.Tensor | None, vine_noise: float) -> tuple[float, float, float]:
+    """Over 150 draws: the combined gradient's mean squared error against the true one, its mean vine weight and cosine."""
+    policy = _bandit_policy()
+    true = _exact_gradient(policy)
+    generator = th.Generator().manual_seed(3)
+    errors, weights, cosines = [], [], []
+    for _ in range(150):
+        surrogate = _combined(policy, generator, 128, 16, 4, "trunk", combined_weight, vine_q, vine_noise)
+        gradient = _gradient(policy, surrogate)
+        errors.append(float(((gradient - true) ** 2).sum()))
+        weights.append(surrogate.stats["vine_weight"])
+        cosines.append(float(th.nn.functional.cosine_similarity(gradient, true, dim=0)))
+    return sum(errors) / len(errors), sum(weights) / len(weights), sum(cosines) / len(cosines)
+
+
+def test_min_mse_weighs_out_a_vanishing_vine_gradient() -> None:
+    """
+    The one-step lock-in's mechanism: branches whose Q-values do not depend on the action (a flat,
+    critic-made Q) give a vine gradient of 0 with variance 0. The inverse-variance weight hands it
+    the whole step (w = 1, a zero step); the minimum-MSE weight sees the disagreement with the
+    trunk's gradient and keeps the step on the trunk's estimate.
+    """
+    flat = th.full((N_ACTIONS,), 0.5)
+    mse_iv, weight_iv, cos_iv = _mean_squared_error("inverse_variance", flat, 0.0)
+    mse_min, weight_min, cos_min = _mean_squared_error("min_mse", flat, 0.0)
+    assert weight_iv == pytest.approx(1.0)
+    assert weight_min < 0.3
+    assert cos_min > 0.5 > cos_iv
+    assert mse_min < 0.5 * mse_iv
+
+
+def test_min_mse_weighs_down_a_biased_vine_gradient_and_keeps_an_unbiased_one() -> None:
+    """
+    A critic bias in the branches' Q-values (the wrong action looks best) makes the vine gradient
+    point elsewhere: the minimum-MSE weight lowers the vine's share and the error. With unbiased
+    branches it costs little: its error stays within 25% of the inverse-variance weight's.
+    """
+    biased = REWARDS + th.tensor([-0.8, 0.6, 0.0])
+    mse_iv, weight_iv, _ = _mean_squared_error("inverse_variance", biased, 0.2)
+    mse_min, weight_min, _ = _mean_squared_error("min_mse", biased, 0.2)
+    assert weight_min < 0.5 * weight_iv
+    assert mse_min < 0.7 * mse_iv
+    mse_iv, weight_iv, _ = _mean_squared_error("inverse_variance", None, 1.0)
+    mse_min, weight_min, _ = _mean_squared_error("min_mse", None, 1.0)
+    assert weight_min > 0.5 * weight_iv
+    assert mse_min < 1.25 * mse_iv
+
+
+def test_combined_weight_is_checked_by_name() -> None:
+    with pytest.raises(ValueError, match=r"vine_kwargs\['combined_weight'\] must be one of"):
+        VineSettings(combined_weight="mse")
+    with pytest.raises(ValueError, match=r"combined_weight.*estimator='combined'"):
+        VineSettings(combined_weight="min_mse", estimator="vine")
+    assert VineSettings(combined_weight="min_mse").combined_weight == "min_mse"
 
 
 # ------------------------------------------------------------------ train/is_ess
