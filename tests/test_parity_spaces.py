@@ -132,7 +132,16 @@ CELLS = [(o, a, "test_parity") for o in OBSERVATIONS for a in ACTIONS] + [
 ]
 
 
-@pytest.mark.parametrize(("obs_name", "action_name", "setting"), CELLS, ids=[f"{o}-obs-{a}-act-{s}" for o, a, s in CELLS])
+
+def _cell(obs_name: str, action_name: str, setting: str) -> Any:
+    """A grid cell; the image cells other than image x Discrete are slow (each action space has
+    its non-image cells in the default run, and the CNN its Discrete cell)."""
+    slow = obs_name == "image" and action_name != "Discrete"
+    marks = [pytest.mark.slow] if slow else []
+    return pytest.param(obs_name, action_name, setting, id=f"{obs_name}-obs-{action_name}-act-{setting}", marks=marks)
+
+
+@pytest.mark.parametrize(("obs_name", "action_name", "setting"), [_cell(*cell) for cell in CELLS])
 def test_one_iteration_matches_sb3_contrib_on_every_space(obs_name: str, action_name: str, setting: str) -> None:
     # the CNN's critic fit is most of an image cell's time: fewer critic epochs there (the
     # script's table has them at the default 10 too)

@@ -361,6 +361,7 @@ def test_optimize_two_trials_on_a_journal_file(tmp_path: Path) -> None:
     assert hyperparams == convert_trpo_plus_params(study.trials[1].params)
 
 
+@pytest.mark.slow  # (the default run installs the wheel in a fresh venv: test_zoo_shipped_configs.py)
 def test_wheel_ships_the_configuration(tmp_path: Path) -> None:
     """A regular (non-editable) install finds zoo_configs inside the package."""
     subprocess.run(

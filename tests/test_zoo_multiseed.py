@@ -74,6 +74,7 @@ def test_cli_refuses_zero_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
         cli.main(["train", *MULTI, "--trial-seeds", "0"])
 
 
+@pytest.mark.slow  # (two workers on one study: PostgreSQL in the default run; the journal file: test_zoo.py)
 def test_two_workers_on_a_journal_file(tmp_path: Path) -> None:
     storage = str(tmp_path / "study.log")
     workers = [

@@ -171,11 +171,14 @@ def test_killed_worker_does_not_lose_its_trial(postgres_url: str, tmp_path: Path
     killed = _worker(tmp_path, "killed", [*common, "--seed", "1"])
     survivor = _worker(tmp_path, "survivor", [*common, "--seed", "2"])
 
+    # one storage (one connection pool) for the whole watch: a storage per look would open a
+    # connection each time and exhaust the server's max_connections on a slow machine
+    watch = optuna.storages.RDBStorage(postgres_url)
     victim = None
     while victim is None:
         assert killed.poll() is None, killed.communicate()[0]
         try:
-            study = optuna.load_study(study_name="killed_worker", storage=postgres_url)
+            study = optuna.load_study(study_name="killed_worker", storage=watch)
         except KeyError:  # the study does not exist yet
             study = None
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if study else []:
@@ -183,6 +186,7 @@ def test_killed_worker_does_not_lose_its_trial(postgres_url: str, tmp_path: Path
             if sampled and trial.user_attrs.get("worker", "").endswith(f":{killed.pid}"):
                 victim = trial.number
         time.sleep(0.2)
+    watch.engine.dispose()
     killed.send_signal(signal.SIGKILL)
     killed.communicate(timeout=60)
     assert killed.returncode == -signal.SIGKILL

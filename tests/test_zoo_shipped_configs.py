@@ -14,6 +14,7 @@ import os
 import site
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,9 @@ def test_wheel_in_a_fresh_venv_finds_the_shipped_vine_config(tmp_path: Path) -> 
         capture_output=True,
     )
     (wheel,) = (tmp_path / "wheel").glob("sb3_trpo_plus-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = ("zoo_configs/trpo_plus.yml", "zoo_configs/trpo_plus_vine.yml", "zoo/cli.py")
+    assert all(f"sb3_trpo_plus/{name}" in names for name in shipped), names
     python = _fresh_venv(tmp_path / "venv")
     subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "-q", str(wheel)], check=True, capture_output=True)
     (tmp_path / "work").mkdir()
@@ -124,6 +128,7 @@ def test_wheel_in_a_fresh_venv_finds_the_shipped_vine_config(tmp_path: Path) -> 
     assert yaml.safe_load(Path(config).read_text())["CartPole-v1"]["sampling"] == "vine"
 
 
+@pytest.mark.slow  # (about a minute; the clone's names are resolved in the default run, and set-up installs editable)
 def test_editable_install_in_a_fresh_venv_finds_the_shipped_vine_config(tmp_path: Path) -> None:
     python = _fresh_venv(tmp_path / "venv")
     subprocess.run(
