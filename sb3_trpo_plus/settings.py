@@ -72,6 +72,11 @@ class VineSettings:
         together take at most ``n_steps * n_envs`` steps, and vine makes as many updates as single
         path for the same total steps; only with ``n_states="auto"``) or "auto": "shared" with
         ``n_states="auto"``, "added" when the rollout set's size is given
+    :param adapt_share: with the budget shared and ``estimator="combined"``, let each iteration's
+        branch share follow what a branch step bought in the previous one
+        (:func:`~sb3_trpo_plus.surrogate.adaptive_branch_share`: ``branch_share`` where a branch
+        step carries at least a trunk step's gradient information, down to a quarter of it in
+        proportion where it carries less); False: ``branch_share`` every iteration
     :param common_random_numbers: the K branches of a state share the environment's and the
         policy's noise
     :param state_selection: "uniform" (N distinct trunk states) or "geometric" (N draws from
@@ -112,6 +117,7 @@ class VineSettings:
     all_actions: bool | str = "auto"
     branch_share: float = 0.2
     budget: str = "auto"
+    adapt_share: bool = False
     common_random_numbers: bool = True
     state_selection: str = "uniform"
     branch_vec_env: str = "dummy"
@@ -144,7 +150,7 @@ class VineSettings:
         share = self.branch_share
         if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 < share < 1.0:
             raise ValueError(f"vine_kwargs['branch_share'] must be a number in (0, 1), got {share!r}")
-        for key in ("common_random_numbers", "refit_critic_first"):
+        for key in ("common_random_numbers", "refit_critic_first", "adapt_share"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"vine_kwargs['{key}'] must be True or False, got {getattr(self, key)!r}")
         for key, allowed in (
@@ -169,6 +175,13 @@ class VineSettings:
             raise ValueError(
                 "vine_kwargs['budget']='shared' sizes the trunk from branch_share, which needs n_states='auto', but "
                 f"n_states={self.n_states!r} was given: drop one of the two"
+            )
+        if self.adapt_share and not (self.shares_budget and self.estimator == "combined"):
+            raise ValueError(
+                "vine_kwargs['adapt_share']=True moves steps between the trunk and the branches of a shared budget "
+                "by the combined estimator's variances: it needs budget 'shared' (or 'auto') with n_states='auto' "
+                f"and estimator='combined', got budget={self.budget!r}, n_states={self.n_states!r}, "
+                f"estimator={self.estimator!r}"
             )
         if self.combined_weight != "inverse_variance" and self.estimator != "combined":
             raise ValueError(
@@ -263,24 +276,28 @@ class VineSettings:
         except ValueError as error:
             raise ValueError(f"vine_kwargs['all_actions']=True: {error}") from None
 
-    def trunk_steps(self, n_steps: int) -> int:
+    def trunk_steps(self, n_steps: int, share: float | None = None) -> int:
         """
         The trunk's steps per environment in an iteration of ``n_steps`` steps per environment:
         ``n_steps`` with ``budget="added"``; with ``budget="shared"`` (see :attr:`shares_budget`), ``n_steps`` less the
-        branches' share, ``floor(n_steps * (1 - branch_share))`` (at least 1).
+        branches' share, ``floor(n_steps * (1 - share))`` (at least 1).
+
+        :param share: this iteration's branch share (default ``branch_share``; see ``adapt_share``)
         """
         if not self.shares_budget:
             return n_steps
-        return max(1, math.floor(n_steps * (1.0 - self.branch_share)))
+        return max(1, math.floor(n_steps * (1.0 - (self.branch_share if share is None else share))))
 
-    def rollout_set_size(self, trunk_size: int, n_branches: int | None = None) -> int:
+    def rollout_set_size(self, trunk_size: int, n_branches: int | None = None, share: float | None = None) -> int:
         """
         N, the size of the rollout set, for a trunk of ``trunk_size`` states and ``n_branches``
-        branches per state (needed by ``n_states="auto"``; default K).
+        branches per state (needed by ``n_states="auto"``; default K), the branches taking at most
+        ``share`` of the steps (default ``branch_share``).
         """
         if self.n_states == "auto":
             per_state = (n_branches or self.n_actions) * self.horizon
-            size = self.branch_share / (1.0 - self.branch_share) * trunk_size / per_state
+            share = self.branch_share if share is None else share
+            size = share / (1.0 - share) * trunk_size / per_state
             return min(trunk_size, max(2, math.floor(size)))
         if isinstance(self.n_states, float):
             return max(1, math.ceil(self.n_states * trunk_size))

@@ -180,6 +180,35 @@ def minimum_mse_weight(variance_a: float, variance_b: float, bias_sq_b: float) -
     return inverse_variance_weight(variance_a, variance_b + bias_sq_b)
 
 
+def adaptive_branch_share(
+    max_share: float, variance_trunk: float, mse_vine: float, trunk_steps: int, branch_steps: int
+) -> float:
+    """
+    The share of the next iteration's environment steps to give the branches, from how much
+    gradient information a step of each part bought in this one: rho = (var_trunk * T) /
+    (mse_vine * B), the ratio of the vine part's information per branch step to the trunk's per
+    trunk step (the variance of a mean falls as one over its steps), and the share is
+    ``max_share * clip(rho, 1/4, 1)``. Spending steps on the part with more information per step
+    lowers the combination's variance, so the branches keep the full share where one of their steps
+    is worth at least a trunk step, and give the trunk back the rest in proportion where it is
+    worth less; the floor of a quarter keeps enough rollout-set states to go on measuring.
+
+    :param max_share: the largest share (``vine_kwargs['branch_share']``)
+    :param variance_trunk: var_trunk, the variance of the trunk's gradient estimate
+    :param mse_vine: the vine part's mean squared error as the combined weight counts it (B_vine,
+        plus b^2 with ``combined_weight="min_mse"``)
+    :param trunk_steps: T, the environment steps the trunk took
+    :param branch_steps: B, the environment steps the branches took
+    """
+    if not math.isfinite(variance_trunk) or mse_vine == 0.0:  # no trunk measure, or an exact vine part
+        ratio = 1.0
+    elif not math.isfinite(mse_vine) or trunk_steps <= 0 or branch_steps <= 0:  # no vine measure
+        ratio = 0.0
+    else:
+        ratio = variance_trunk * trunk_steps / (mse_vine * branch_steps)
+    return max_share * min(1.0, max(0.25, ratio))
+
+
 def effective_sample_size(weights: th.Tensor) -> float:
     """
     Kish's effective sample size (sum w)^2 / sum w^2 as a fraction of the number of weights:

@@ -177,24 +177,30 @@ class TRPOPlus(OnPolicyAlgorithm):
         super()._setup_model()
         trunk_steps = self._trunk_steps()
         if trunk_steps != self.n_steps:  # vine sharing the budget: the buffer holds the shortened trunk
-            self.rollout_buffer = self.rollout_buffer_class(  # type: ignore[misc]
-                trunk_steps,
-                self.observation_space,  # type: ignore[arg-type]
-                self.action_space,
-                device=self.device,
-                gamma=self.gamma,
-                gae_lambda=self.gae_lambda,
-                n_envs=self.n_envs,
-                **self.rollout_buffer_kwargs,
-            )
+            self.rollout_buffer = self._rollout_buffer_of(trunk_steps)
         detach_exploration_noise(self.policy.action_dist)  # SB3 drew gSDE's first matrices with log_std's graph
         self._actor_params = find_actor_parameters(self.policy, self.observation_space)  # found through autograd
         self._setup_vine()
 
+    def _rollout_buffer_of(self, n_steps: int) -> RolloutBuffer:
+        """A rollout buffer of the algorithm's class and arguments holding ``n_steps`` steps per environment."""
+        return self.rollout_buffer_class(  # type: ignore[misc]
+            n_steps,
+            self.observation_space,  # type: ignore[arg-type]
+            self.action_space,
+            device=self.device,
+            gamma=self.gamma,
+            gae_lambda=self.gae_lambda,
+            n_envs=self.n_envs,
+            **self.rollout_buffer_kwargs,
+        )
+
     def _trunk_steps(self) -> int:
         """The trunk's steps per environment in an iteration: ``n_steps``, less the branches' share when they share it."""
         vine = self._settings().vine if self.sampling == Sampling.VINE else None
-        return self.n_steps if vine is None else vine.trunk_steps(self.n_steps)
+        if vine is None:
+            return self.n_steps
+        return vine.trunk_steps(self.n_steps, None if self._vine is None else self._vine.share)
 
     def _setup_vine(self) -> None:
         """Build the vine sampler on the current training env (checks that it can be branched)."""
@@ -243,6 +249,8 @@ class TRPOPlus(OnPolicyAlgorithm):
                 self._setup_vine()
             assert self._vine is not None
             n_rollout_steps = self._trunk_steps()  # n_steps, or less when the branches share the budget
+            if rollout_buffer.buffer_size != n_rollout_steps:  # adapt_share moved steps between trunk and branches
+                rollout_buffer = self.rollout_buffer = self._rollout_buffer_of(n_rollout_steps)
             self._vine.start_trunk(n_rollout_steps * env.num_envs)
             before_step = self._vine.before_trunk_step
         trunk_start = self.num_timesteps
@@ -345,6 +353,8 @@ class TRPOPlus(OnPolicyAlgorithm):
             value_losses = self._update_critic(batch)
             batch = rebootstrapped(self.policy, batch)
         surrogate = self._surrogate(batch)
+        if vine is not None and vine.adapt_share and self._vine is not None:
+            self._vine.adapt_share(surrogate.stats, self.rollout_buffer.buffer_size * self.n_envs)
         if surrogate.invalid:
             step = StepResult(False, surrogate.invalid, 0.0, 0.0, 0.0, 0, math.nan, 0, 0.0)
         else:

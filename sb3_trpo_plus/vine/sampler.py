@@ -22,6 +22,7 @@ from sb3_trpo_plus.buffers import VineBatch
 from sb3_trpo_plus.distributions import actions_for_log_prob
 from sb3_trpo_plus.env_state import check_same_chain
 from sb3_trpo_plus.settings import VineSettings
+from sb3_trpo_plus.surrogate import adaptive_branch_share
 from sb3_trpo_plus.vine.probe import FidelityProbe
 from sb3_trpo_plus.vine.runner import BranchRunner
 from sb3_trpo_plus.vine.trunk import (
@@ -97,6 +98,7 @@ class VineSampler:
         self.trunk_step = 0
         self.stats: dict[str, float] = {}
         self._share_checked = False
+        self.share = settings.branch_share  # this iteration's branch share (moves with adapt_share)
 
     def before_trunk_step(self, last_obs: Any, episode_starts: np.ndarray) -> None:
         """Offer the trunk's current states to the rollout set (called before every trunk step)."""
@@ -126,10 +128,28 @@ class VineSampler:
             message = self.settings.share_warning(trunk_size, self.pool.size)
             if message is not None:
                 warnings.warn(message, UserWarning, stacklevel=2)
-        self.trunk.size = self.settings.rollout_set_size(trunk_size, self.pool.size)
+        self.trunk.size = self.settings.rollout_set_size(trunk_size, self.pool.size, self.share)
         self.trunk.reset()
         self.trunk_step = 0
         self.probe.start_iteration(trunk_size // self.env.num_envs)
+
+    def adapt_share(self, estimator_stats: dict[str, float], trunk_steps: int) -> None:
+        """
+        Set the next iteration's branch share from what this one's steps bought
+        (``vine_kwargs['adapt_share']``, :func:`~sb3_trpo_plus.surrogate.adaptive_branch_share`);
+        the share is added to ``estimator_stats`` (logged as ``train/branch_share_next``).
+
+        :param estimator_stats: the combined estimator's measures of this iteration (its variances)
+        :param trunk_steps: the environment steps the trunk took in this iteration
+        """
+        if "grad_variance_trunk" not in estimator_stats:  # no combined estimate this iteration: keep the share
+            return
+        mse_vine = estimator_stats["grad_variance_vine_bound"] + estimator_stats.get("vine_bias_sq", 0.0)
+        branch_steps = int(self.stats.get("branch_steps", 0))
+        self.share = adaptive_branch_share(
+            self.settings.branch_share, estimator_stats["grad_variance_trunk"], mse_vine, trunk_steps, branch_steps
+        )
+        estimator_stats["branch_share_next"] = self.share
 
     def branch(self) -> tuple[VineBatch, int]:
         """
