@@ -32,10 +32,22 @@ from sb3_trpo_plus.q import Q_REGISTRY, CallableQ, PolicyQ, Q, is_number
 #: Acrobot 3, LunarLander 4, MultiBinary(4) 16); larger spaces get K actions from q.
 AUTO_ALL_ACTIONS_MAX = 16
 
-#: The vine defaults before ``budget="auto"``: branch steps on top of ``n_steps`` (and 10-step
-#: branches, as now). Results measured with them (the committed runs of benchmarks/results/vine/,
-#: paper_ablation/, learning/) are reproduced with these.
-FORMER_VINE_DEFAULTS: dict[str, Any] = {"horizon": 10, "budget": "added"}
+#: ``horizon="auto"``: one step when every action of a small finite space is branched (the exact sum
+#: over actions of r + gamma V(s'), the least noisy per step on the noisy family,
+#: benchmarks/results/vine_noise/), otherwise this many steps (sampled actions: one step was biased there)
+AUTO_HORIZON_ALL_ACTIONS = 1
+AUTO_HORIZON_SAMPLED = 10
+
+#: The vine defaults before ``budget="auto"``, ``horizon="auto"``, ``combined_weight="auto"`` and
+#: ``adapt_share="auto"``: 10-step branches on top of ``n_steps``, the combined estimator weighed by
+#: inverse variances, a fixed branch share. Results measured with them (the committed runs of
+#: benchmarks/results/vine/, paper_ablation/, learning/) are reproduced with these.
+FORMER_VINE_DEFAULTS: dict[str, Any] = {
+    "horizon": 10,
+    "budget": "added",
+    "combined_weight": "inverse_variance",
+    "adapt_share": False,
+}
 
 #: The paper's procedure (section 5.2), for reproducing its results: the trust region, the
 #: Fisher matrix and the objective on the rollout set alone, the vine estimator alone, the critic
@@ -60,7 +72,8 @@ class VineSettings:
     :param n_actions: K, the number of actions (branches) per rollout-set state, >= 2 (when the
         actions are sampled from q)
     :param horizon: H, the maximum length of a branch, >= 1 (a branch cut at H is completed with
-        gamma^H V(s_H))
+        gamma^H V(s_H)), or "auto": :data:`AUTO_HORIZON_ALL_ACTIONS` when every action is branched,
+        :data:`AUTO_HORIZON_SAMPLED` when the actions are sampled
     :param all_actions: branch every action of a finite action space (exact-sum estimator) instead
         of K actions from q; "auto": every action when the space has at most
         :data:`AUTO_ALL_ACTIONS_MAX` of them and q is the default "policy"
@@ -76,7 +89,8 @@ class VineSettings:
         branch share follow what a branch step bought in the previous one
         (:func:`~sb3_trpo_plus.surrogate.adaptive_branch_share`: ``branch_share`` where a branch
         step carries at least a trunk step's gradient information, down to a quarter of it in
-        proportion where it carries less); False: ``branch_share`` every iteration
+        proportion where it carries less); False: ``branch_share`` every iteration; "auto": True
+        when the budget is shared and ``estimator="combined"``, False otherwise
     :param common_random_numbers: the K branches of a state share the environment's and the
         policy's noise
     :param state_selection: "uniform" (N distinct trunk states) or "geometric" (N draws from
@@ -97,7 +111,8 @@ class VineSettings:
         "inverse_variance" (w = var_trunk / (var_trunk + B_vine), both estimates taken as unbiased)
         or "min_mse" (w = var_trunk / (var_trunk + B_vine + b^2), b^2 the vine part's squared bias
         against the trunk's estimate, measured on the batch: a vine gradient that disagrees with
-        the trunk's by more than their noise explains is weighed down)
+        the trunk's by more than their noise explains is weighed down); "auto": "min_mse" with
+        ``estimator="combined"`` (the value is not used by ``estimator="vine"``)
     :param critic_targets: what the value function is regressed on: "trunk_and_branches" (the
         trunk's returns and the branches' Monte Carlo returns of every state they visit) or
         "trunk" (the paper's)
@@ -113,11 +128,11 @@ class VineSettings:
 
     n_states: int | float | str = "auto"
     n_actions: int = 4
-    horizon: int = 10
+    horizon: int | str = "auto"
     all_actions: bool | str = "auto"
     branch_share: float = 0.2
     budget: str = "auto"
-    adapt_share: bool = False
+    adapt_share: bool | str = "auto"
     common_random_numbers: bool = True
     state_selection: str = "uniform"
     branch_vec_env: str = "dummy"
@@ -125,7 +140,7 @@ class VineSettings:
     make_branch_env: Callable[[], gym.Env] | None = None
     trust_region_states: str = "trunk"
     estimator: str = "combined"
-    combined_weight: str = "inverse_variance"
+    combined_weight: str = "auto"
     critic_targets: str = "trunk_and_branches"
     refit_critic_first: bool = True
     fidelity_probe: int = 10
@@ -141,7 +156,10 @@ class VineSettings:
             raise ValueError(
                 f"vine_kwargs['n_states'] must be an integer >= 1, a fraction in (0, 1] or 'auto', got {n_states!r}"
             )
-        for key, low in (("n_actions", 2), ("horizon", 1)):
+        horizon = self.horizon
+        if horizon != "auto" and (isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1):
+            raise ValueError(f"vine_kwargs['horizon'] must be an integer >= 1 or 'auto', got {horizon!r}")
+        for key, low in (("n_actions", 2),):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"vine_kwargs['{key}'] must be an integer >= {low}, got {value!r}")
@@ -150,15 +168,17 @@ class VineSettings:
         share = self.branch_share
         if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 < share < 1.0:
             raise ValueError(f"vine_kwargs['branch_share'] must be a number in (0, 1), got {share!r}")
-        for key in ("common_random_numbers", "refit_critic_first", "adapt_share"):
+        for key in ("common_random_numbers", "refit_critic_first"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"vine_kwargs['{key}'] must be True or False, got {getattr(self, key)!r}")
+        if not (isinstance(self.adapt_share, bool) or self.adapt_share == "auto"):
+            raise ValueError(f"vine_kwargs['adapt_share'] must be True, False or 'auto', got {self.adapt_share!r}")
         for key, allowed in (
             ("state_selection", ("uniform", "geometric")),
             ("branch_vec_env", tuple(branch_pool_names())),
             ("trust_region_states", ("trunk", "rollout_set")),
             ("estimator", ("combined", "vine")),
-            ("combined_weight", ("inverse_variance", "min_mse")),
+            ("combined_weight", ("auto", "inverse_variance", "min_mse")),
             ("critic_targets", ("trunk_and_branches", "trunk")),
             ("fidelity_probe_action", ("raise", "warn")),
             ("budget", ("auto", "added", "shared")),
@@ -176,14 +196,14 @@ class VineSettings:
                 "vine_kwargs['budget']='shared' sizes the trunk from branch_share, which needs n_states='auto', but "
                 f"n_states={self.n_states!r} was given: drop one of the two"
             )
-        if self.adapt_share and not (self.shares_budget and self.estimator == "combined"):
+        if self.adapt_share is True and not (self.shares_budget and self.estimator == "combined"):
             raise ValueError(
                 "vine_kwargs['adapt_share']=True moves steps between the trunk and the branches of a shared budget "
                 "by the combined estimator's variances: it needs budget 'shared' (or 'auto') with n_states='auto' "
                 f"and estimator='combined', got budget={self.budget!r}, n_states={self.n_states!r}, "
                 f"estimator={self.estimator!r}"
             )
-        if self.combined_weight != "inverse_variance" and self.estimator != "combined":
+        if self.combined_weight == "min_mse" and self.estimator != "combined":
             raise ValueError(
                 f"vine_kwargs['combined_weight']={self.combined_weight!r} weighs the combined estimator, but "
                 f"vine_kwargs['estimator']={self.estimator!r}: use estimator='combined' or drop combined_weight"
@@ -208,6 +228,12 @@ class VineSettings:
             )
         if self.make_branch_env is not None and not callable(self.make_branch_env):
             raise ValueError("vine_kwargs['make_branch_env'] must be None or a callable returning a gymnasium.Env")
+        # the "auto" values that need no action space, decided now (the checks above saw what was given)
+        combined = self.estimator == "combined"
+        if self.combined_weight == "auto":
+            object.__setattr__(self, "combined_weight", "min_mse" if combined else "inverse_variance")
+        if self.adapt_share == "auto":
+            object.__setattr__(self, "adapt_share", self.shares_budget and combined)
 
     @classmethod
     def from_kwargs(cls, vine_kwargs: dict[str, Any] | None) -> VineSettings:
@@ -241,9 +267,26 @@ class VineSettings:
                 count = len(enumerate_actions(action_space, AUTO_ALL_ACTIONS_MAX))
             except ValueError:
                 count = 0
-            return dataclasses.replace(self, all_actions=q_is_policy and count > 0)
-        self.branch_actions(action_space)
-        return self
+            resolved = dataclasses.replace(self, all_actions=q_is_policy and count > 0)
+        else:
+            self.branch_actions(action_space)
+            resolved = self
+        return dataclasses.replace(resolved, horizon=resolved.branch_horizon)
+
+    @property
+    def branch_horizon(self) -> int:
+        """
+        H as a number: ``horizon``, or with ``horizon="auto"`` :data:`AUTO_HORIZON_ALL_ACTIONS` when
+        every action is branched and :data:`AUTO_HORIZON_SAMPLED` otherwise.
+
+        :raises ValueError: with ``horizon="auto"`` and ``all_actions="auto"`` not yet decided for an
+            action space (see :meth:`resolved`)
+        """
+        if self.horizon != "auto":
+            return int(self.horizon)
+        if self.all_actions == "auto":
+            raise ValueError("vine_kwargs['horizon']='auto' depends on all_actions='auto': resolve for an action space first")
+        return AUTO_HORIZON_ALL_ACTIONS if self.all_actions else AUTO_HORIZON_SAMPLED
 
     @property
     def shares_budget(self) -> bool:
@@ -295,7 +338,7 @@ class VineSettings:
         ``share`` of the steps (default ``branch_share``).
         """
         if self.n_states == "auto":
-            per_state = (n_branches or self.n_actions) * self.horizon
+            per_state = (n_branches or self.n_actions) * self.branch_horizon
             share = self.branch_share if share is None else share
             size = share / (1.0 - share) * trunk_size / per_state
             return min(trunk_size, max(2, math.floor(size)))
@@ -315,13 +358,13 @@ class VineSettings:
         if self.n_states != "auto":
             return None
         n_states = self.rollout_set_size(trunk_size, n_branches)
-        branch_steps = n_states * n_branches * self.horizon
+        branch_steps = n_states * n_branches * self.branch_horizon
         share = branch_steps / (branch_steps + trunk_size)
         if share <= self.branch_share + 1e-12:
             return None
         return (
             f"vine_kwargs: n_states='auto' takes at least 2 rollout-set states, so {n_states} states x {n_branches} "
-            f"branches x horizon {self.horizon} = {branch_steps} branch steps beside {trunk_size} trunk steps may take "
+            f"branches x horizon {self.branch_horizon} = {branch_steps} branch steps beside {trunk_size} trunk steps may take "
             f"{share:.0%} of each iteration's environment steps, more than branch_share={self.branch_share}. "
             "Raise n_steps (or n_envs), lower horizon or n_actions, or give n_states explicitly."
         )

@@ -353,7 +353,7 @@ class TRPOPlus(OnPolicyAlgorithm):
             value_losses = self._update_critic(batch)
             batch = rebootstrapped(self.policy, batch)
         surrogate = self._surrogate(batch)
-        if vine is not None and vine.adapt_share and self._vine is not None:
+        if vine is not None and vine.adapt_share is True and self._vine is not None:
             self._vine.adapt_share(surrogate.stats, self.rollout_buffer.buffer_size * self.n_envs)
         if surrogate.invalid:
             step = StepResult(False, surrogate.invalid, 0.0, 0.0, 0.0, 0, math.nan, 0, 0.0)

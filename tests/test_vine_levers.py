@@ -86,9 +86,8 @@ def test_the_floor_of_two_states_that_breaks_the_branch_share_is_named() -> None
 
 
 def test_the_share_warning_is_given_once_per_model() -> None:
-    model = TRPOPlus(
-        "MlpPolicy", "Acrobot-v1", n_steps=64, batch_size=64, sampling="vine", vine_kwargs={"budget": "added"}, seed=0
-    )
+    vine_kwargs = {"budget": "added", "horizon": 10}
+    model = TRPOPlus("MlpPolicy", "Acrobot-v1", n_steps=64, batch_size=64, sampling="vine", vine_kwargs=vine_kwargs, seed=0)
     with pytest.warns(UserWarning, match=r"n_states='auto'.*48%") as caught:
         model.learn(3 * 64)
     assert sum("branch_share" in str(w.message) for w in caught) == 1
@@ -117,9 +116,11 @@ def test_shared_budget_counts_trunk_and_branches_in_n_steps() -> None:
 
 def test_shared_budget_is_the_added_budget_with_the_shortened_trunk() -> None:
     # budget="shared" with n_steps is exactly budget="added" with n_steps = floor(n_steps * (1 - branch_share))
+    # (with a fixed share: adapt_share moves the trunk's length from the second iteration on)
     def trained(n_steps: int, budget: str) -> TRPOPlus:
+        vine_kwargs = {"budget": budget, "adapt_share": False}
         model = TRPOPlus(
-            "MlpPolicy", "Pendulum-v1", n_steps=n_steps, batch_size=64, sampling="vine", vine_kwargs={"budget": budget}, seed=3
+            "MlpPolicy", "Pendulum-v1", n_steps=n_steps, batch_size=64, sampling="vine", vine_kwargs=vine_kwargs, seed=3
         )
         return model.learn(600)
 
@@ -390,7 +391,8 @@ def _one_iteration(vine_kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch)
 
 
 def test_default_vine_combines_estimators_on_the_trunks_trust_region(monkeypatch: pytest.MonkeyPatch) -> None:
-    model, seen = _one_iteration({}, monkeypatch)
+    # the defaults but a fixed branch share, so that every iteration's trunk is the first one's
+    model, seen = _one_iteration({"adapt_share": False}, monkeypatch)
     values = model.logger.name_to_value
     settings = model._settings().vine
     assert settings is not None and settings.all_actions is True  # CartPole: both actions branched
@@ -404,7 +406,8 @@ def test_default_vine_combines_estimators_on_the_trunks_trust_region(monkeypatch
     assert values["train/grad_variance_trunk"] > 0 and values["train/grad_variance_vine"] > 0
     bound = variance_upper_bound(values["train/grad_variance_vine"], min(16, n_states))  # 16 chunks at most
     assert bound > values["train/grad_variance_vine"]
-    assert values["train/vine_weight"] == pytest.approx(inverse_variance_weight(values["train/grad_variance_trunk"], bound))
+    mse_vine = bound + values["train/vine_bias_sq"]  # combined_weight "auto": the minimum-MSE weight
+    assert values["train/vine_weight"] == pytest.approx(inverse_variance_weight(values["train/grad_variance_trunk"], mse_vine))
     assert values["rollout/branch_fraction"] <= settings.branch_share + 1e-9  # the bounded share
 
 

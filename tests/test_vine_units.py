@@ -14,7 +14,7 @@ from stable_baselines3.common.distributions import (
 )
 
 from sb3_trpo_plus.distributions import sample_with_noise
-from sb3_trpo_plus.settings import VineSettings
+from sb3_trpo_plus.settings import FORMER_VINE_DEFAULTS, VineSettings
 from sb3_trpo_plus.vine.trunk import TrunkStates
 
 
@@ -151,7 +151,28 @@ def test_vine_kwargs_defaults() -> None:
     assert settings.rollout_set_size(10) == 3 and VineSettings(n_states=32).rollout_set_size(10) == 10
     defaults = VineSettings()
     assert defaults.n_states == "auto" and defaults.all_actions == "auto"
-    assert defaults.horizon == 10 and defaults.budget == "auto" and defaults.shares_budget
+    assert defaults.horizon == "auto" and defaults.budget == "auto" and defaults.shares_budget
+    # horizon "auto": one step when every action is branched, 10 with sampled actions
+    assert defaults.resolved(spaces.Discrete(3)).horizon == 1
+    assert defaults.resolved(spaces.Box(-1, 1, (2,))).horizon == 10
+    assert defaults.resolved(spaces.Discrete(3), q_is_policy=False).horizon == 10
+    assert VineSettings(horizon=4).resolved(spaces.Discrete(3)).horizon == 4
+    with pytest.raises(ValueError, match=r"horizon.*'auto'"):
+        VineSettings.from_kwargs({"horizon": "long"})
+    with pytest.raises(ValueError, match=r"horizon'\]='auto'.*resolve"):
+        _ = defaults.branch_horizon  # all_actions not yet decided
+    # combined_weight and adapt_share "auto": min_mse and an adapted share where the combined
+    # estimator runs on a shared budget; inverse variances (unused) and a fixed share otherwise
+    assert defaults.combined_weight == "min_mse" and defaults.adapt_share is True
+    given = VineSettings(n_states=8)  # budget "auto" adds the branches to n_steps: nothing to adapt
+    assert given.combined_weight == "min_mse" and given.adapt_share is False
+    paper = VineSettings(estimator="vine")
+    assert paper.combined_weight == "inverse_variance" and paper.adapt_share is False
+    former = VineSettings.from_kwargs(FORMER_VINE_DEFAULTS)
+    assert (former.horizon, former.budget) == (10, "added")
+    assert (former.combined_weight, former.adapt_share) == ("inverse_variance", False)
+    with pytest.raises(ValueError, match=r"vine_kwargs\['adapt_share'\] must be True, False or 'auto'"):
+        VineSettings(adapt_share="yes")  # type: ignore[arg-type]
     # budget "auto": shared with the auto rollout set, added when N is given
     assert not VineSettings(n_states=8).shares_budget and VineSettings(n_states=8, budget="auto").trunk_steps(100) == 100
     levers = (defaults.trust_region_states, defaults.estimator, defaults.critic_targets, defaults.refit_critic_first)

@@ -87,7 +87,7 @@ class VineSampler:
             self.vec_wrappers,
             policy.action_space,
             gamma,
-            settings.horizon,
+            settings.branch_horizon,
             settings.common_random_numbers,
             self.rng,
             sde_sample_freq,
