@@ -90,7 +90,9 @@ class VineSettings:
         (:func:`~sb3_trpo_plus.surrogate.adaptive_branch_share`: ``branch_share`` where a branch
         step carries at least a trunk step's gradient information, down to a quarter of it in
         proportion where it carries less); False: ``branch_share`` every iteration; "auto": True
-        when the budget is shared and ``estimator="combined"``, False otherwise
+        when the budget is shared, ``estimator="combined"`` and the branch actions are sampled (the
+        exact sum over every action carries its share: on NoisyCartPole moving it cost seeds),
+        False otherwise (decided with the action space, see :meth:`resolved`)
     :param common_random_numbers: the K branches of a state share the environment's and the
         policy's noise
     :param state_selection: "uniform" (N distinct trunk states) or "geometric" (N draws from
@@ -232,8 +234,8 @@ class VineSettings:
         combined = self.estimator == "combined"
         if self.combined_weight == "auto":
             object.__setattr__(self, "combined_weight", "min_mse" if combined else "inverse_variance")
-        if self.adapt_share == "auto":
-            object.__setattr__(self, "adapt_share", self.shares_budget and combined)
+        if self.adapt_share == "auto" and not (self.shares_budget and combined):
+            object.__setattr__(self, "adapt_share", False)  # nothing to adapt (with an action space: see resolved)
 
     @classmethod
     def from_kwargs(cls, vine_kwargs: dict[str, Any] | None) -> VineSettings:
@@ -257,8 +259,8 @@ class VineSettings:
     def resolved(self, action_space: spaces.Space, q_is_policy: bool = True) -> VineSettings:
         """
         These settings with ``all_actions="auto"`` decided for ``action_space`` (every action of a
-        finite space of at most :data:`AUTO_ALL_ACTIONS_MAX` actions, when q is pi_old), after the
-        checks that need the space.
+        finite space of at most :data:`AUTO_ALL_ACTIONS_MAX` actions, when q is pi_old), and then
+        ``horizon`` and ``adapt_share`` where they are "auto", after the checks that need the space.
 
         :raises ValueError: naming ``vine_kwargs['all_actions']``
         """
@@ -271,7 +273,8 @@ class VineSettings:
         else:
             self.branch_actions(action_space)
             resolved = self
-        return dataclasses.replace(resolved, horizon=resolved.branch_horizon)
+        adapt = resolved.adapt_share if resolved.adapt_share != "auto" else not resolved.all_actions
+        return dataclasses.replace(resolved, horizon=resolved.branch_horizon, adapt_share=adapt)
 
     @property
     def branch_horizon(self) -> int:

@@ -69,8 +69,8 @@ def test_adapt_share_is_checked_by_name() -> None:
     with pytest.raises(ValueError, match=r"adapt_share"):
         TRPOPlus("MlpPolicy", "CartPole-v1", sampling="vine", vine_kwargs={"adapt_share": True, "estimator": "vine"})
     assert VineSettings(adapt_share=True).adapt_share and not VineSettings(adapt_share=False).adapt_share
-    # "auto" (the default) is on exactly where True is allowed
-    assert VineSettings().adapt_share is True
+    # "auto" (the default) is off where True is refused, and decided with the action space elsewhere
+    assert VineSettings().adapt_share == "auto"
     assert VineSettings(n_states=8).adapt_share is False and VineSettings(budget="added").adapt_share is False
     assert VineSettings(estimator="vine").adapt_share is False
 

@@ -163,7 +163,12 @@ def test_vine_kwargs_defaults() -> None:
         _ = defaults.branch_horizon  # all_actions not yet decided
     # combined_weight and adapt_share "auto": min_mse and an adapted share where the combined
     # estimator runs on a shared budget; inverse variances (unused) and a fixed share otherwise
-    assert defaults.combined_weight == "min_mse" and defaults.adapt_share is True
+    assert defaults.combined_weight == "min_mse" and defaults.adapt_share == "auto"
+    # adapt_share "auto" on a shared budget: on with sampled branch actions, off with every action
+    assert defaults.resolved(spaces.Box(-1, 1, (2,))).adapt_share is True
+    assert defaults.resolved(spaces.Discrete(3)).adapt_share is False
+    assert defaults.resolved(spaces.Discrete(3), q_is_policy=False).adapt_share is True
+    assert VineSettings(adapt_share=True).resolved(spaces.Discrete(3)).adapt_share is True
     given = VineSettings(n_states=8)  # budget "auto" adds the branches to n_steps: nothing to adapt
     assert given.combined_weight == "min_mse" and given.adapt_share is False
     paper = VineSettings(estimator="vine")
