@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import multiprocessing as mp
 import shlex
@@ -97,6 +98,21 @@ ENVS: dict[str, dict[str, Any]] = {
         "budget": 100_000,
         "normalize": False,
         "kwargs": {"n_steps": 1024, "gamma": 0.9, "n_critic_updates": 15, "use_sde": True, "sde_sample_freq": 4},
+        "vine": {},
+    },
+    # MuJoCo with action noise inside the env: Hopper-v5's settings above, the family's 100k budget
+    "NoisyHopper-v5": {
+        "budget": 100_000,
+        "normalize": True,
+        "kwargs": {
+            "n_steps": 1024,
+            "batch_size": 128,
+            "cg_max_steps": 25,
+            "cg_damping": 0.1,
+            "n_critic_updates": 20,
+            "gae_lambda": 0.95,
+            "learning_rate": 1e-3,
+        },
         "vine": {},
     },
 }
@@ -297,7 +313,8 @@ def report(results: list[dict[str, Any]], out: Path, commands: list[str]) -> Non
             ("vine", text, "vine" + ("" if json.loads(text or "{}") == {} else f" {text}")) for text in settings
         ]
         finals: dict[tuple[str, str], list[float]] = {}
-        for (scheme, text, label), color in zip(groups, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False):
+        colors = itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"])  # more settings than colors: reuse
+        for (scheme, text, label), color in zip(groups, colors, strict=False):
             runs = sorted(
                 (r for r in results if r["env"] == env_id and r["scheme"] == scheme and r.get("vine_kwargs", "") == text),
                 key=lambda r: r["seed"],

@@ -372,3 +372,38 @@ def test_vine_benchmark_records_the_per_iteration_vine_weight(tmp_path: Any, mon
     table = (tmp_path / "vine_vs_single_path.md").read_text()
     summary = bench.weight_summary(weights)
     assert f"{summary['median']:.2f} [{summary['p10']:.2f}, {summary['p90']:.2f}] ({updates})" in table
+
+
+def test_the_learning_report_counts_every_vine_setting_of_a_row(tmp_path: Any) -> None:
+    """A row compared with more vine settings than matplotlib has colours: each still gets its final returns."""
+    import json
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benchmarks import vine_vs_single_path as bench
+
+    def result(scheme: str, text: str, seed: int) -> dict[str, Any]:
+        return {
+            "env": "NoisyPendulum-v1",
+            "scheme": scheme,
+            "seed": seed,
+            "vine_kwargs": text,
+            "timesteps": 2000,
+            "eval_mean": -200.0 + seed,
+            "eval_std": 1.0,
+            "seconds": 1.0,
+            "curve": [[1000, -500.0 + seed], [2000, -400.0 + seed]],
+            "vine_weights": [] if scheme == "single_path" else [{"vine_weight": 0.5}],
+        }
+
+    settings = [json.dumps({"n_actions": k}) for k in range(2, 14)]  # 12 vine settings
+    results = [result("single_path", "", seed) for seed in range(2)]
+    results += [result("vine", text, seed) for text in settings for seed in range(2)]
+    bench.report(results, tmp_path, ["test"])
+    table = (tmp_path / "vine_vs_single_path.md").read_text()
+    for text in settings:
+        rows = [line for line in table.splitlines() if line.startswith("| NoisyPendulum-v1") and f"`{text}`" in line]
+        assert len(rows) == 2 and all("| 2 / 2 |" in row for row in rows), rows  # final return and learning speed
