@@ -38,6 +38,17 @@ from typing import Any
 
 import numpy as np
 
+#: rl_zoo3 hyperparams/trpo.yml Hopper-v5 (Hopper-v5 and NoisyHopper-v5)
+HOPPER_KWARGS: dict[str, Any] = {
+    "n_steps": 1024,
+    "batch_size": 128,
+    "cg_max_steps": 25,
+    "cg_damping": 0.1,
+    "n_critic_updates": 20,
+    "gae_lambda": 0.95,
+    "learning_rate": 1e-3,
+}
+
 ENVS: dict[str, dict[str, Any]] = {
     # rl_zoo3 hyperparams/trpo.yml entries; vine: its defaults (see docs/vine.md and docs/benchmarks.md)
     "CartPole-v1-defaults": {
@@ -69,15 +80,7 @@ ENVS: dict[str, dict[str, Any]] = {
     "Hopper-v5": {
         "budget": 300_000,
         "normalize": True,
-        "kwargs": {
-            "n_steps": 1024,
-            "batch_size": 128,
-            "cg_max_steps": 25,
-            "cg_damping": 0.1,
-            "n_critic_updates": 20,
-            "gae_lambda": 0.95,
-            "learning_rate": 1e-3,
-        },
+        "kwargs": HOPPER_KWARGS,
         "vine": {},
     },
     # the noisy family (sb3_trpo_plus.noisy_envs) at its default noise levels, the zoo's settings of the
@@ -104,15 +107,7 @@ ENVS: dict[str, dict[str, Any]] = {
     "NoisyHopper-v5": {
         "budget": 100_000,
         "normalize": True,
-        "kwargs": {
-            "n_steps": 1024,
-            "batch_size": 128,
-            "cg_max_steps": 25,
-            "cg_damping": 0.1,
-            "n_critic_updates": 20,
-            "gae_lambda": 0.95,
-            "learning_rate": 1e-3,
-        },
+        "kwargs": HOPPER_KWARGS,
         "vine": {},
     },
 }

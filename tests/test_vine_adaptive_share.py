@@ -90,6 +90,20 @@ def _recorded(model: TRPOPlus, keys: tuple[str, ...]) -> dict[str, list[float]]:
     return seen
 
 
+def _trunk_lengths(model: TRPOPlus) -> list[int]:
+    """The trunk's length per environment of every rollout the model collects from now on (filled as it learns)."""
+    lengths: list[int] = []
+    collect = model.collect_rollouts
+
+    def spy(*args: Any, **kwargs: Any) -> bool:
+        result = collect(*args, **kwargs)
+        lengths.append(model.rollout_buffer.buffer_size)
+        return result
+
+    model.collect_rollouts = spy  # type: ignore[method-assign]
+    return lengths
+
+
 def _pendulum_adapting(n_steps: int) -> TRPOPlus:
     env = DummyVecEnv([lambda: gym.make("Pendulum-v1")] * 2)
     vine_kwargs = {"adapt_share": True}
@@ -105,15 +119,7 @@ def test_each_iteration_takes_the_share_the_previous_one_chose(monkeypatch: pyte
     n_steps = 512
     model = _pendulum_adapting(n_steps)
     seen = _recorded(model, ("train/branch_share_next", "rollout/branch_steps", "rollout/rollout_set_size"))
-    trunk_lengths = []
-    collect = model.collect_rollouts
-
-    def spy(*args: Any, **kwargs: Any) -> bool:
-        result = collect(*args, **kwargs)
-        trunk_lengths.append(model.rollout_buffer.buffer_size)
-        return result
-
-    model.collect_rollouts = spy  # type: ignore[method-assign]
+    trunk_lengths = _trunk_lengths(model)
     model.learn(8 * n_steps * 2)
     shares = seen["train/branch_share_next"]
     assert len(shares) == model._n_updates >= 6
@@ -136,15 +142,7 @@ def test_the_logged_share_is_the_rule_of_the_logged_measures() -> None:
     model = _pendulum_adapting(n_steps)
     keys = ("train/branch_share_next", "train/grad_variance_trunk", "train/grad_variance_vine_bound", "train/vine_bias_sq")
     seen = _recorded(model, (*keys, "rollout/branch_steps"))
-    trunk_lengths = []
-    collect = model.collect_rollouts
-
-    def spy(*args: Any, **kwargs: Any) -> bool:
-        result = collect(*args, **kwargs)
-        trunk_lengths.append(model.rollout_buffer.buffer_size)
-        return result
-
-    model.collect_rollouts = spy  # type: ignore[method-assign]
+    trunk_lengths = _trunk_lengths(model)
     model.learn(6 * n_steps * 2)
     shares, var_trunk, bound, bias_sq = (seen[key] for key in keys)
     assert len(shares) == model._n_updates >= 4
