@@ -60,6 +60,11 @@ PAPER_VINE_KWARGS: dict[str, Any] = {
 }
 
 
+def _is_count(value: Any, low: int) -> bool:
+    """Whether ``value`` is an integer (not a bool) >= ``low``."""
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and bool(value >= low)
+
+
 @dataclass(frozen=True)
 class VineSettings:
     """
@@ -92,7 +97,7 @@ class VineSettings:
         proportion where it carries less); False: ``branch_share`` every iteration; "auto": True
         when the budget is shared, ``estimator="combined"`` and the branch actions are sampled (the
         exact sum over every action carries its share: on NoisyCartPole moving it cost seeds),
-        False otherwise (decided with the action space, see :meth:`resolved`)
+        False otherwise (decided with the action space, see :meth:`resolved`; until then no share moves)
     :param common_random_numbers: the K branches of a state share the environment's and the
         policy's noise
     :param state_selection: "uniform" (N distinct trunk states) or "geometric" (N draws from
@@ -158,13 +163,10 @@ class VineSettings:
             raise ValueError(
                 f"vine_kwargs['n_states'] must be an integer >= 1, a fraction in (0, 1] or 'auto', got {n_states!r}"
             )
-        horizon = self.horizon
-        if horizon != "auto" and (isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1):
-            raise ValueError(f"vine_kwargs['horizon'] must be an integer >= 1 or 'auto', got {horizon!r}")
-        for key, low in (("n_actions", 2),):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise ValueError(f"vine_kwargs['{key}'] must be an integer >= {low}, got {value!r}")
+        if not (self.horizon == "auto" or _is_count(self.horizon, 1)):
+            raise ValueError(f"vine_kwargs['horizon'] must be an integer >= 1 or 'auto', got {self.horizon!r}")
+        if not _is_count(self.n_actions, 2):
+            raise ValueError(f"vine_kwargs['n_actions'] must be an integer >= 2, got {self.n_actions!r}")
         if not (isinstance(self.all_actions, bool) or self.all_actions == "auto"):
             raise ValueError(f"vine_kwargs['all_actions'] must be True, False or 'auto', got {self.all_actions!r}")
         share = self.branch_share
@@ -187,11 +189,10 @@ class VineSettings:
         ):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"vine_kwargs['{key}'] must be one of {list(allowed)}, got {getattr(self, key)!r}")
-        probe = self.fidelity_probe
-        if isinstance(probe, bool) or not isinstance(probe, (int, np.integer)) or probe < 0:
+        if not _is_count(self.fidelity_probe, 0):
             raise ValueError(
                 "vine_kwargs['fidelity_probe'] must be an integer >= 0 (probe at the first iteration and then every that "
-                f"many iterations; 0: never), got {probe!r}"
+                f"many iterations; 0: never), got {self.fidelity_probe!r}"
             )
         if self.budget == "shared" and self.n_states != "auto":
             raise ValueError(
@@ -220,7 +221,7 @@ class VineSettings:
                 "geometric selection, or state_selection='uniform'"
             )
         workers = self.n_branch_workers
-        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1):
+        if workers is not None and not _is_count(workers, 1):
             raise ValueError(f"vine_kwargs['n_branch_workers'] must be None or an integer >= 1, got {workers!r}")
         if workers is not None and not branch_pool_class(self.branch_vec_env).takes_workers:
             with_workers = [name for name in branch_pool_names() if branch_pool_class(name).takes_workers]
@@ -230,12 +231,11 @@ class VineSettings:
             )
         if self.make_branch_env is not None and not callable(self.make_branch_env):
             raise ValueError("vine_kwargs['make_branch_env'] must be None or a callable returning a gymnasium.Env")
-        # the "auto" values that need no action space, decided now (the checks above saw what was given)
-        combined = self.estimator == "combined"
+        # combined_weight "auto" needs no action space: decided now (the checks above saw what was given);
+        # horizon and adapt_share "auto" are decided with the action space (see resolved)
         if self.combined_weight == "auto":
+            combined = self.estimator == "combined"
             object.__setattr__(self, "combined_weight", "min_mse" if combined else "inverse_variance")
-        if self.adapt_share == "auto" and not (self.shares_budget and combined):
-            object.__setattr__(self, "adapt_share", False)  # nothing to adapt (with an action space: see resolved)
 
     @classmethod
     def from_kwargs(cls, vine_kwargs: dict[str, Any] | None) -> VineSettings:
@@ -273,7 +273,9 @@ class VineSettings:
         else:
             self.branch_actions(action_space)
             resolved = self
-        adapt = resolved.adapt_share if resolved.adapt_share != "auto" else not resolved.all_actions
+        adapt = resolved.adapt_share
+        if adapt == "auto":  # where it applies, and only with sampled branch actions
+            adapt = resolved.shares_budget and resolved.estimator == "combined" and not resolved.all_actions
         return dataclasses.replace(resolved, horizon=resolved.branch_horizon, adapt_share=adapt)
 
     @property

@@ -12,6 +12,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
+from gymnasium import spaces
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -69,10 +70,11 @@ def test_adapt_share_is_checked_by_name() -> None:
     with pytest.raises(ValueError, match=r"adapt_share"):
         TRPOPlus("MlpPolicy", "CartPole-v1", sampling="vine", vine_kwargs={"adapt_share": True, "estimator": "vine"})
     assert VineSettings(adapt_share=True).adapt_share and not VineSettings(adapt_share=False).adapt_share
-    # "auto" (the default) is off where True is refused, and decided with the action space elsewhere
+    # "auto" (the default) is decided with the action space, and off where True is refused
     assert VineSettings().adapt_share == "auto"
-    assert VineSettings(n_states=8).adapt_share is False and VineSettings(budget="added").adapt_share is False
-    assert VineSettings(estimator="vine").adapt_share is False
+    box = spaces.Box(-1, 1, (2,))  # sampled branch actions: where "auto" would adapt the share
+    for refused in (VineSettings(n_states=8), VineSettings(budget="added"), VineSettings(estimator="vine")):
+        assert refused.resolved(box).adapt_share is False
 
 
 def _recorded(model: TRPOPlus, keys: tuple[str, ...]) -> dict[str, list[float]]:

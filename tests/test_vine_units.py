@@ -169,10 +169,11 @@ def test_vine_kwargs_defaults() -> None:
     assert defaults.resolved(spaces.Discrete(3)).adapt_share is False
     assert defaults.resolved(spaces.Discrete(3), q_is_policy=False).adapt_share is True
     assert VineSettings(adapt_share=True).resolved(spaces.Discrete(3)).adapt_share is True
+    box = spaces.Box(-1, 1, (2,))  # sampled branch actions: where "auto" would adapt the share
     given = VineSettings(n_states=8)  # budget "auto" adds the branches to n_steps: nothing to adapt
-    assert given.combined_weight == "min_mse" and given.adapt_share is False
+    assert given.combined_weight == "min_mse" and given.resolved(box).adapt_share is False
     paper = VineSettings(estimator="vine")
-    assert paper.combined_weight == "inverse_variance" and paper.adapt_share is False
+    assert paper.combined_weight == "inverse_variance" and paper.resolved(box).adapt_share is False
     former = VineSettings.from_kwargs(FORMER_VINE_DEFAULTS)
     assert (former.horizon, former.budget) == (10, "added")
     assert (former.combined_weight, former.adapt_share) == ("inverse_variance", False)
