@@ -348,15 +348,22 @@ def test_uniform_q_on_a_box_warns_once_when_pi_old_has_mass_outside_the_bounds()
 # ------------------------------------------------------------------ the vine weight in the benchmark
 
 
-def test_vine_benchmark_records_the_per_iteration_vine_weight(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every update of a vine run leaves its train/vine_weight in the result, the CSV and the table."""
+def _learning_benchmark() -> Any:
+    """benchmarks/vine_vs_single_path.py as a module (the benchmarks folder is not installed)."""
     import sys
     from pathlib import Path
 
     root = str(Path(__file__).resolve().parents[1])
     if root not in sys.path:
         sys.path.insert(0, root)
-    from benchmarks import vine_vs_single_path as bench
+    from benchmarks import vine_vs_single_path
+
+    return vine_vs_single_path
+
+
+def test_vine_benchmark_records_the_per_iteration_vine_weight(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every update of a vine run leaves its train/vine_weight in the result, the CSV and the table."""
+    bench = _learning_benchmark()
 
     row = {"env_id": "CartPole-v1", "budget": 3 * 64 + 64, "normalize": False, "n_envs": 1}
     row |= {"kwargs": {"n_steps": 64, "batch_size": 64}, "vine": {"n_states": 4, "horizon": 4}}
@@ -377,13 +384,8 @@ def test_vine_benchmark_records_the_per_iteration_vine_weight(tmp_path: Any, mon
 def test_the_learning_report_counts_every_vine_setting_of_a_row(tmp_path: Any) -> None:
     """A row compared with more vine settings than matplotlib has colours: each still gets its final returns."""
     import json
-    import sys
-    from pathlib import Path
 
-    root = str(Path(__file__).resolve().parents[1])
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    from benchmarks import vine_vs_single_path as bench
+    bench = _learning_benchmark()
 
     def result(scheme: str, text: str, seed: int) -> dict[str, Any]:
         return {
