@@ -38,15 +38,23 @@ AUTO_ALL_ACTIONS_MAX = 16
 AUTO_HORIZON_ALL_ACTIONS = 1
 AUTO_HORIZON_SAMPLED = 10
 
+#: ``branch_share="auto"``: the share of an iteration's steps the branches may take, this much when every
+#: action of a small finite space is branched (NoisyAcrobot and Acrobot-v1 learn faster with it), this much
+#: when the actions are sampled (on NoisyHopper a fixed 5% share was level with single path where 20% with
+#: the adaptive share lost; benchmarks/results/vine_noise/learning/)
+AUTO_SHARE_ALL_ACTIONS = 0.2
+AUTO_SHARE_SAMPLED = 0.05
+
 #: The vine defaults before ``budget="auto"``, ``horizon="auto"``, ``combined_weight="auto"`` and
-#: ``adapt_share="auto"``: 10-step branches on top of ``n_steps``, the combined estimator weighed by
-#: inverse variances, a fixed branch share. Results measured with them (the committed runs of
+#: ``branch_share="auto"``: 10-step branches on top of ``n_steps``, the combined estimator weighed by
+#: inverse variances, a fixed branch share of 20%. Results measured with them (the committed runs of
 #: benchmarks/results/vine/, paper_ablation/, learning/) are reproduced with these.
 FORMER_VINE_DEFAULTS: dict[str, Any] = {
     "horizon": 10,
     "budget": "added",
     "combined_weight": "inverse_variance",
     "adapt_share": False,
+    "branch_share": 0.2,
 }
 
 #: The paper's procedure (section 5.2), for reproducing its results: the trust region, the
@@ -83,7 +91,9 @@ class VineSettings:
         of K actions from q; "auto": every action when the space has at most
         :data:`AUTO_ALL_ACTIONS_MAX` of them and q is the default "policy"
     :param branch_share: with ``n_states="auto"``, the largest share of an iteration's
-        environment steps that branches may take, in (0, 1)
+        environment steps that branches may take, in (0, 1), or "auto":
+        :data:`AUTO_SHARE_ALL_ACTIONS` when every action is branched, :data:`AUTO_SHARE_SAMPLED` when
+        the actions are sampled
     :param budget: what ``n_steps`` counts: "added" (the trunk: ``n_steps`` steps per environment,
         the branches' steps come on top), "shared" (the whole iteration: the trunk is shortened to
         ``floor(n_steps * (1 - branch_share))`` steps per environment so that trunk and branches
@@ -94,10 +104,9 @@ class VineSettings:
         branch share follow what a branch step bought in the previous one
         (:func:`~sb3_trpo_plus.surrogate.adaptive_branch_share`: ``branch_share`` where a branch
         step carries at least a trunk step's gradient information, down to a quarter of it in
-        proportion where it carries less); False: ``branch_share`` every iteration; "auto": True
-        when the budget is shared, ``estimator="combined"`` and the branch actions are sampled (the
-        exact sum over every action carries its share: on NoisyCartPole moving it cost seeds),
-        False otherwise (decided with the action space, see :meth:`resolved`; until then no share moves)
+        proportion where it carries less); False (the default): ``branch_share`` every iteration
+        (measured: the moving share cost seeds on NoisyCartPole and lost to a fixed 5% share on
+        NoisyHopper, benchmarks/results/vine_noise/learning/)
     :param common_random_numbers: the K branches of a state share the environment's and the
         policy's noise
     :param state_selection: "uniform" (N distinct trunk states) or "geometric" (N draws from
@@ -137,9 +146,9 @@ class VineSettings:
     n_actions: int = 4
     horizon: int | str = "auto"
     all_actions: bool | str = "auto"
-    branch_share: float = 0.2
+    branch_share: float | str = "auto"
     budget: str = "auto"
-    adapt_share: bool | str = "auto"
+    adapt_share: bool = False
     common_random_numbers: bool = True
     state_selection: str = "uniform"
     branch_vec_env: str = "dummy"
@@ -170,13 +179,11 @@ class VineSettings:
         if not (isinstance(self.all_actions, bool) or self.all_actions == "auto"):
             raise ValueError(f"vine_kwargs['all_actions'] must be True, False or 'auto', got {self.all_actions!r}")
         share = self.branch_share
-        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 < share < 1.0:
-            raise ValueError(f"vine_kwargs['branch_share'] must be a number in (0, 1), got {share!r}")
-        for key in ("common_random_numbers", "refit_critic_first"):
+        if share != "auto" and (isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 < share < 1.0):
+            raise ValueError(f"vine_kwargs['branch_share'] must be a number in (0, 1) or 'auto', got {share!r}")
+        for key in ("common_random_numbers", "refit_critic_first", "adapt_share"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"vine_kwargs['{key}'] must be True or False, got {getattr(self, key)!r}")
-        if not (isinstance(self.adapt_share, bool) or self.adapt_share == "auto"):
-            raise ValueError(f"vine_kwargs['adapt_share'] must be True, False or 'auto', got {self.adapt_share!r}")
         for key, allowed in (
             ("state_selection", ("uniform", "geometric")),
             ("branch_vec_env", tuple(branch_pool_names())),
@@ -232,7 +239,7 @@ class VineSettings:
         if self.make_branch_env is not None and not callable(self.make_branch_env):
             raise ValueError("vine_kwargs['make_branch_env'] must be None or a callable returning a gymnasium.Env")
         # combined_weight "auto" needs no action space: decided now (the checks above saw what was given);
-        # horizon and adapt_share "auto" are decided with the action space (see resolved)
+        # horizon and branch_share "auto" are decided with the action space (see resolved)
         if self.combined_weight == "auto":
             combined = self.estimator == "combined"
             object.__setattr__(self, "combined_weight", "min_mse" if combined else "inverse_variance")
@@ -260,7 +267,7 @@ class VineSettings:
         """
         These settings with ``all_actions="auto"`` decided for ``action_space`` (every action of a
         finite space of at most :data:`AUTO_ALL_ACTIONS_MAX` actions, when q is pi_old), and then
-        ``horizon`` and ``adapt_share`` where they are "auto", after the checks that need the space.
+        ``horizon`` and ``branch_share`` where they are "auto", after the checks that need the space.
 
         :raises ValueError: naming ``vine_kwargs['all_actions']``
         """
@@ -273,10 +280,7 @@ class VineSettings:
         else:
             self.branch_actions(action_space)
             resolved = self
-        adapt = resolved.adapt_share
-        if adapt == "auto":  # where it applies, and only with sampled branch actions
-            adapt = resolved.shares_budget and resolved.estimator == "combined" and not resolved.all_actions
-        return dataclasses.replace(resolved, horizon=resolved.branch_horizon, adapt_share=adapt)
+        return dataclasses.replace(resolved, horizon=resolved.branch_horizon, branch_share=resolved.max_share)
 
     @property
     def branch_horizon(self) -> int:
@@ -292,6 +296,23 @@ class VineSettings:
         if self.all_actions == "auto":
             raise ValueError("vine_kwargs['horizon']='auto' depends on all_actions='auto': resolve for an action space first")
         return AUTO_HORIZON_ALL_ACTIONS if self.all_actions else AUTO_HORIZON_SAMPLED
+
+    @property
+    def max_share(self) -> float:
+        """
+        The branches' largest share as a number: ``branch_share``, or with ``branch_share="auto"``
+        :data:`AUTO_SHARE_ALL_ACTIONS` when every action is branched and :data:`AUTO_SHARE_SAMPLED` otherwise.
+
+        :raises ValueError: with ``branch_share="auto"`` and ``all_actions="auto"`` not yet decided for an
+            action space (see :meth:`resolved`)
+        """
+        if self.branch_share != "auto":
+            return float(self.branch_share)
+        if self.all_actions == "auto":
+            raise ValueError(
+                "vine_kwargs['branch_share']='auto' depends on all_actions='auto': resolve for an action space first"
+            )
+        return AUTO_SHARE_ALL_ACTIONS if self.all_actions else AUTO_SHARE_SAMPLED
 
     @property
     def shares_budget(self) -> bool:
@@ -334,7 +355,7 @@ class VineSettings:
         """
         if not self.shares_budget:
             return n_steps
-        return max(1, math.floor(n_steps * (1.0 - (self.branch_share if share is None else share))))
+        return max(1, math.floor(n_steps * (1.0 - (self.max_share if share is None else share))))
 
     def rollout_set_size(self, trunk_size: int, n_branches: int | None = None, share: float | None = None) -> int:
         """
@@ -344,7 +365,7 @@ class VineSettings:
         """
         if self.n_states == "auto":
             per_state = (n_branches or self.n_actions) * self.branch_horizon
-            share = self.branch_share if share is None else share
+            share = self.max_share if share is None else share
             size = share / (1.0 - share) * trunk_size / per_state
             return min(trunk_size, max(2, math.floor(size)))
         if isinstance(self.n_states, float):
@@ -365,12 +386,12 @@ class VineSettings:
         n_states = self.rollout_set_size(trunk_size, n_branches)
         branch_steps = n_states * n_branches * self.branch_horizon
         share = branch_steps / (branch_steps + trunk_size)
-        if share <= self.branch_share + 1e-12:
+        if share <= self.max_share + 1e-12:
             return None
         return (
             f"vine_kwargs: n_states='auto' takes at least 2 rollout-set states, so {n_states} states x {n_branches} "
             f"branches x horizon {self.branch_horizon} = {branch_steps} branch steps beside {trunk_size} trunk steps may take "
-            f"{share:.0%} of each iteration's environment steps, more than branch_share={self.branch_share}. "
+            f"{share:.0%} of each iteration's environment steps, more than branch_share={self.max_share}. "
             "Raise n_steps (or n_envs), lower horizon or n_actions, or give n_states explicitly."
         )
 

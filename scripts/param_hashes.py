@@ -38,6 +38,8 @@ CASES: dict[str, tuple[str | Callable[[], Any], int, dict[str, Any]]] = {
     "multidiscrete_single_path": (lambda: IdentityEnvMultiDiscrete(dim=3), 2, {"n_steps": 128}),
     "multibinary_single_path": (lambda: IdentityEnvMultiBinary(dim=4), 2, {"n_steps": 128}),
     "cartpole_vine_defaults": ("CartPole-v1", 1, {"n_steps": 256, "sampling": "vine"}),
+    # sampled branch actions with every vine_kwargs default (10-step branches, a 5% share)
+    "pendulum_vine_defaults": ("Pendulum-v1", 2, {"n_steps": 1024, "sampling": "vine"}),
     "pendulum_vine_scaled": (
         "Pendulum-v1",
         1,

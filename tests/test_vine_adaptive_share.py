@@ -59,8 +59,9 @@ def test_the_share_rule_lowers_the_variance_of_the_combination() -> None:
 
 
 def test_adapt_share_is_checked_by_name() -> None:
-    with pytest.raises(ValueError, match=r"vine_kwargs\['adapt_share'\] must be True, False or 'auto'"):
-        VineSettings(adapt_share="yes")  # type: ignore[arg-type]
+    for bad in ("yes", "auto", 1):  # "auto" was the default before the fixed share was measured ahead
+        with pytest.raises(ValueError, match=r"vine_kwargs\['adapt_share'\] must be True or False"):
+            VineSettings(adapt_share=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"adapt_share.*n_states='auto'.*estimator='combined'.*n_states=8"):
         VineSettings(adapt_share=True, n_states=8)
     with pytest.raises(ValueError, match=r"adapt_share.*budget='added'"):
@@ -70,11 +71,9 @@ def test_adapt_share_is_checked_by_name() -> None:
     with pytest.raises(ValueError, match=r"adapt_share"):
         TRPOPlus("MlpPolicy", "CartPole-v1", sampling="vine", vine_kwargs={"adapt_share": True, "estimator": "vine"})
     assert VineSettings(adapt_share=True).adapt_share and not VineSettings(adapt_share=False).adapt_share
-    # "auto" (the default) is decided with the action space, and off where True is refused
-    assert VineSettings().adapt_share == "auto"
-    box = spaces.Box(-1, 1, (2,))  # sampled branch actions: where "auto" would adapt the share
-    for refused in (VineSettings(n_states=8), VineSettings(budget="added"), VineSettings(estimator="vine")):
-        assert refused.resolved(box).adapt_share is False
+    # off by default, on every action space
+    for space in (spaces.Box(-1, 1, (2,)), spaces.Discrete(3)):
+        assert VineSettings().resolved(space).adapt_share is False
 
 
 def _recorded(model: TRPOPlus, keys: tuple[str, ...]) -> dict[str, list[float]]:
@@ -108,7 +107,7 @@ def _trunk_lengths(model: TRPOPlus) -> list[int]:
 
 def _pendulum_adapting(n_steps: int) -> TRPOPlus:
     env = DummyVecEnv([lambda: gym.make("Pendulum-v1")] * 2)
-    vine_kwargs = {"adapt_share": True}
+    vine_kwargs = {"adapt_share": True, "branch_share": 0.2}  # sampled actions: "auto" would give 0.05
     return TRPOPlus("MlpPolicy", env, n_steps=n_steps, batch_size=128, sampling="vine", vine_kwargs=vine_kwargs, seed=0)
 
 
@@ -129,7 +128,7 @@ def test_each_iteration_takes_the_share_the_previous_one_chose(monkeypatch: pyte
     # iteration k + 1 runs a trunk of floor(n_steps * (1 - share_k)) and a rollout set sized to share_k
     assert trunk_lengths[0] == math.floor(n_steps * 0.8)
     assert trunk_lengths[1:] == [math.floor(n_steps * (1 - share)) for share in shares[: len(trunk_lengths) - 1]]
-    settings = VineSettings(adapt_share=True, horizon=10)  # Pendulum: sampled actions, horizon "auto" is 10
+    settings = VineSettings(adapt_share=True, horizon=10, branch_share=0.2)  # as the run above resolved it
     used_shares = [0.2, *shares[: len(trunk_lengths) - 1]]
     expected_sizes = [settings.rollout_set_size(t * 2, 4, share) for t, share in zip(trunk_lengths, used_shares, strict=True)]
     assert seen["rollout/rollout_set_size"] == expected_sizes
@@ -173,7 +172,7 @@ def test_adapt_share_keeps_the_full_share_where_branches_pay() -> None:
 
 
 def test_adapt_share_survives_save_and_load(tmp_path: Any) -> None:
-    kwargs = {"adapt_share": True, "combined_weight": "min_mse"}
+    kwargs = {"adapt_share": True, "combined_weight": "min_mse", "branch_share": 0.2}
     model = TRPOPlus("MlpPolicy", "Pendulum-v1", n_steps=256, batch_size=64, sampling="vine", vine_kwargs=kwargs, seed=0)
     model.learn(1200)
     model.save(tmp_path / "model")

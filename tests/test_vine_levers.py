@@ -75,13 +75,14 @@ def test_auto_rollout_set_bounds_the_branch_share() -> None:
 
 def test_the_floor_of_two_states_that_breaks_the_branch_share_is_named() -> None:
     # Acrobot (3 actions, all branched), n_steps=64: N = 0.25 * 64 / 30 = 0.53, floored up to 2
-    message = VineSettings(horizon=10).share_warning(64, 3)
+    acrobot = spaces.Discrete(3)
+    message = VineSettings(horizon=10).resolved(acrobot).share_warning(64, 3)
     assert message is not None
     assert "2 states x 3 branches x horizon 10 = 60 branch steps beside 64 trunk steps" in message
     assert "48%" in message and "branch_share=0.2" in message
     # MultiDiscrete([5, 5]) with all 25 actions on a 1024-step trunk: 500 / 1524 = 33%
     assert "33%" in (VineSettings(all_actions=True, horizon=10).share_warning(1024, 25) or "")
-    assert VineSettings(horizon=10).share_warning(4096, 3) is None  # N = 34: the share holds
+    assert VineSettings(horizon=10).resolved(acrobot).share_warning(4096, 3) is None  # N = 34: the share holds
     assert VineSettings(n_states=2).share_warning(64, 3) is None  # N given: the user chose it
 
 
@@ -124,7 +125,7 @@ def test_shared_budget_is_the_added_budget_with_the_shortened_trunk() -> None:
         )
         return model.learn(600)
 
-    shared, added = trained(256, "shared"), trained(204, "added")
+    shared, added = trained(256, "shared"), trained(243, "added")  # Pendulum's sampled actions: a 5% share
     assert shared.num_timesteps == added.num_timesteps
     assert _parameter_bytes(shared) == _parameter_bytes(added)
 
@@ -149,7 +150,9 @@ def test_shared_budget_needs_the_auto_rollout_set() -> None:
         TRPOPlus("MlpPolicy", "CartPole-v1", sampling="vine", vine_kwargs={"n_states": 8, "budget": "shared"})
     assert VineSettings(budget="shared", branch_share=0.5).trunk_steps(101) == 50
     assert VineSettings(budget="added").trunk_steps(101) == 101
-    assert VineSettings().trunk_steps(101) == 80  # the default: shared with the auto rollout set
+    # the default: shared with the auto rollout set, 20% with every action branched, 5% with sampled actions
+    assert VineSettings().resolved(spaces.Discrete(2)).trunk_steps(101) == 80
+    assert VineSettings().resolved(spaces.Box(-1, 1, (1,))).trunk_steps(101) == 95
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch as th
@@ -161,23 +163,25 @@ def test_vine_kwargs_defaults() -> None:
         VineSettings.from_kwargs({"horizon": "long"})
     with pytest.raises(ValueError, match=r"horizon'\]='auto'.*resolve"):
         _ = defaults.branch_horizon  # all_actions not yet decided
-    # combined_weight and adapt_share "auto": min_mse and an adapted share where the combined
-    # estimator runs on a shared budget; inverse variances (unused) and a fixed share otherwise
-    assert defaults.combined_weight == "min_mse" and defaults.adapt_share == "auto"
-    # adapt_share "auto" on a shared budget: on with sampled branch actions, off with every action
-    assert defaults.resolved(spaces.Box(-1, 1, (2,))).adapt_share is True
-    assert defaults.resolved(spaces.Discrete(3)).adapt_share is False
-    assert defaults.resolved(spaces.Discrete(3), q_is_policy=False).adapt_share is True
-    assert VineSettings(adapt_share=True).resolved(spaces.Discrete(3)).adapt_share is True
-    box = spaces.Box(-1, 1, (2,))  # sampled branch actions: where "auto" would adapt the share
-    given = VineSettings(n_states=8)  # budget "auto" adds the branches to n_steps: nothing to adapt
-    assert given.combined_weight == "min_mse" and given.resolved(box).adapt_share is False
-    paper = VineSettings(estimator="vine")
-    assert paper.combined_weight == "inverse_variance" and paper.resolved(box).adapt_share is False
+    # combined_weight "auto": min_mse where the combined estimator runs, inverse variances (unused) otherwise
+    assert defaults.combined_weight == "min_mse" and VineSettings(estimator="vine").combined_weight == "inverse_variance"
+    # branch_share "auto": 20% with every action branched, 5% with sampled actions; a fixed share either way
+    assert defaults.branch_share == "auto" and defaults.adapt_share is False
+    assert defaults.resolved(spaces.Discrete(3)).branch_share == 0.2
+    assert defaults.resolved(spaces.Box(-1, 1, (2,))).branch_share == 0.05
+    assert defaults.resolved(spaces.Discrete(3), q_is_policy=False).branch_share == 0.05
+    assert VineSettings(branch_share=0.3).resolved(spaces.Box(-1, 1, (2,))).branch_share == 0.3
+    for space, share in ((spaces.Discrete(3), 0.2), (spaces.Box(-1, 1, (2,)), 0.05)):
+        assert defaults.resolved(space).adapt_share is False
+        assert defaults.resolved(space).trunk_steps(1000) == math.floor(1000 * (1 - share))
+    with pytest.raises(ValueError, match=r"branch_share'\]='auto'.*resolve"):
+        _ = defaults.max_share  # all_actions not yet decided
+    with pytest.raises(ValueError, match=r"vine_kwargs\['branch_share'\] must be a number in \(0, 1\) or 'auto'"):
+        VineSettings(branch_share="half")  # type: ignore[arg-type]
     former = VineSettings.from_kwargs(FORMER_VINE_DEFAULTS)
-    assert (former.horizon, former.budget) == (10, "added")
+    assert (former.horizon, former.budget, former.branch_share) == (10, "added", 0.2)
     assert (former.combined_weight, former.adapt_share) == ("inverse_variance", False)
-    with pytest.raises(ValueError, match=r"vine_kwargs\['adapt_share'\] must be True, False or 'auto'"):
+    with pytest.raises(ValueError, match=r"vine_kwargs\['adapt_share'\] must be True or False"):
         VineSettings(adapt_share="yes")  # type: ignore[arg-type]
     # budget "auto": shared with the auto rollout set, added when N is given
     assert not VineSettings(n_states=8).shares_budget and VineSettings(n_states=8, budget="auto").trunk_steps(100) == 100

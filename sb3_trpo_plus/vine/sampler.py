@@ -98,7 +98,7 @@ class VineSampler:
         self.trunk_step = 0
         self.stats: dict[str, float] = {}
         self._share_checked = False
-        self.share = settings.branch_share  # this iteration's branch share (moves with adapt_share)
+        self.share = settings.max_share  # this iteration's branch share (moves with adapt_share)
 
     def before_trunk_step(self, last_obs: Any, episode_starts: np.ndarray) -> None:
         """Offer the trunk's current states to the rollout set (called before every trunk step)."""
@@ -147,7 +147,7 @@ class VineSampler:
         mse_vine = estimator_stats["grad_variance_vine_bound"] + estimator_stats.get("vine_bias_sq", 0.0)
         branch_steps = int(self.stats.get("branch_steps", 0))
         self.share = adaptive_branch_share(
-            self.settings.branch_share, estimator_stats["grad_variance_trunk"], mse_vine, trunk_steps, branch_steps
+            self.settings.max_share, estimator_stats["grad_variance_trunk"], mse_vine, trunk_steps, branch_steps
         )
         estimator_stats["branch_share_next"] = self.share
 
