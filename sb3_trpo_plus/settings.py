@@ -291,11 +291,7 @@ class VineSettings:
         :raises ValueError: with ``horizon="auto"`` and ``all_actions="auto"`` not yet decided for an
             action space (see :meth:`resolved`)
         """
-        if self.horizon != "auto":
-            return int(self.horizon)
-        if self.all_actions == "auto":
-            raise ValueError("vine_kwargs['horizon']='auto' depends on all_actions='auto': resolve for an action space first")
-        return AUTO_HORIZON_ALL_ACTIONS if self.all_actions else AUTO_HORIZON_SAMPLED
+        return int(self._by_branch_actions("horizon", AUTO_HORIZON_ALL_ACTIONS, AUTO_HORIZON_SAMPLED))
 
     @property
     def max_share(self) -> float:
@@ -306,13 +302,16 @@ class VineSettings:
         :raises ValueError: with ``branch_share="auto"`` and ``all_actions="auto"`` not yet decided for an
             action space (see :meth:`resolved`)
         """
-        if self.branch_share != "auto":
-            return float(self.branch_share)
+        return float(self._by_branch_actions("branch_share", AUTO_SHARE_ALL_ACTIONS, AUTO_SHARE_SAMPLED))
+
+    def _by_branch_actions(self, key: str, all_actions: float, sampled: float) -> Any:
+        """The field ``key``, or where it is "auto" ``all_actions`` or ``sampled`` by how the branch actions are chosen."""
+        value = getattr(self, key)
+        if value != "auto":
+            return value
         if self.all_actions == "auto":
-            raise ValueError(
-                "vine_kwargs['branch_share']='auto' depends on all_actions='auto': resolve for an action space first"
-            )
-        return AUTO_SHARE_ALL_ACTIONS if self.all_actions else AUTO_SHARE_SAMPLED
+            raise ValueError(f"vine_kwargs['{key}']='auto' depends on all_actions='auto': resolve for an action space first")
+        return all_actions if self.all_actions else sampled
 
     @property
     def shares_budget(self) -> bool:
