@@ -54,8 +54,9 @@ _LOG_SQRT_2PI = 0.5 * float(np.log(2.0 * np.pi))
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Normalised log-probabilities of categorical logits (rows), as torch's Categorical keeps them."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    # the ufuncs' reductions called directly: what ndarray.max and ndarray.sum compute, without their wrappers
+    shifted = logits - np.maximum.reduce(logits, axis=1, keepdims=True)
+    return shifted - np.log(np.add.reduce(np.exp(shifted), axis=1, keepdims=True))
 
 
 def softplus(x: np.ndarray) -> np.ndarray:
@@ -200,13 +201,16 @@ class Family:
         """
         raise NotImplementedError
 
-    def sample_torch_noise(self, distribution: Any, head: np.ndarray, std: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def sample_torch_noise(
+        self, distribution: Any, head: np.ndarray, std: np.ndarray | None, noise: TorchNoise | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """
         Actions and their log-probabilities from the action head's output ``head`` (means or
         logits), with torch's global random generator making the calls SB3's distribution makes,
         so that a seed gives SB3's action stream.
 
         :param std: the standard deviations of a Gaussian (None for other families)
+        :param noise: tensors to draw into, kept between calls (None: new ones)
         """
         raise NotImplementedError
 
@@ -259,16 +263,63 @@ def multinomial_one(probs: np.ndarray) -> np.ndarray:
     return np.argmax(probs / clocks, axis=1)
 
 
-def _sample_categoricals(head: np.ndarray, dims: list[int]) -> tuple[list[np.ndarray], np.ndarray]:
-    """One choice per row and block of logits, drawn as SB3's Categorical draws (:func:`multinomial_one`)."""
+class TorchNoise:
+    """
+    Draws from torch's global random generator into tensors kept from one call to the next: the
+    values ``th.randn(shape)`` and ``th.empty(shape).exponential_()`` would return (the same
+    calls on tensors of the same shape and type), without a new tensor and NumPy view per step.
+    The arrays returned are overwritten by the next draw of the same kind and shape.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[str, tuple[int, ...], th.dtype], tuple[th.Tensor, np.ndarray]] = {}
+
+    def _buffer(self, kind: str, shape: tuple[int, ...], dtype: th.dtype) -> tuple[th.Tensor, np.ndarray]:
+        key = (kind, shape, dtype)
+        entry = self._buffers.get(key)
+        if entry is None:
+            tensor = th.empty(shape, dtype=dtype)
+            entry = self._buffers[key] = (tensor, tensor.numpy())
+        return entry
+
+    def normal(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Standard normal noise, as ``th.randn(shape)`` (torch's default dtype)."""
+        tensor, array = self._buffer("normal", shape, th.get_default_dtype())
+        tensor.normal_()
+        return array
+
+    def exponential(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Exp(1) noise in float32, as ``th.empty(shape, dtype=th.float32).exponential_(1.0)``."""
+        tensor, array = self._buffer("exponential", shape, th.float32)
+        tensor.exponential_(1.0)
+        return array
+
+
+def _sample_categoricals(
+    head: np.ndarray, dims: list[int], noise: TorchNoise | None = None
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """
+    One choice per row and block of logits, drawn as SB3's Categorical draws (:func:`multinomial_one`).
+    With ``noise``, the exponential clocks are drawn into its kept tensors, and the validity of the
+    probabilities is checked once at the end: exp of log-softmax is in [0, 1] unless the logits
+    hold a NaN or an infinity, and then the whole row, and so its log-probability, is NaN; the
+    probabilities then go to :func:`multinomial_one`, which raises torch's error.
+    """
     blocks = [head] if len(dims) == 1 else np.split(head, np.cumsum(dims)[:-1], axis=1)
     columns, log_prob = [], np.zeros(len(head), dtype=np.float32)
     rows = np.arange(len(head))
     for logits in blocks:
         log_p = log_softmax(logits)
-        choice = multinomial_one(np.exp(log_p))
+        probs = np.exp(log_p)
+        if noise is None or probs.dtype != np.float32:
+            choice = multinomial_one(probs)
+        else:
+            choice = np.argmax(probs / noise.exponential(probs.shape), axis=1)
         columns.append(choice)
         log_prob += log_p[rows, choice]
+    if noise is not None and np.isnan(np.add.reduce(log_prob)):
+        for logits in blocks:
+            multinomial_one(np.exp(log_softmax(logits)))  # raises torch's error for the invalid block
     return columns, log_prob
 
 
@@ -310,10 +361,12 @@ class DiagGaussianFamily(Family):
         draws = 1 if common else len(mean)
         return (mean + std * noise_rng.standard_normal((draws, mean.shape[1]))).astype(np.float32)
 
-    def sample_torch_noise(self, distribution: Any, head: np.ndarray, std: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def sample_torch_noise(
+        self, distribution: Any, head: np.ndarray, std: np.ndarray | None, noise: TorchNoise | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         assert std is not None
-        noise = th.randn(head.shape).numpy()
-        actions = head + noise * std
+        standard = th.randn(head.shape).numpy() if noise is None else noise.normal(head.shape)
+        actions = head + standard * std
         return actions, gaussian_log_prob(actions, head, std)
 
 
@@ -367,8 +420,10 @@ class CategoricalFamily(Family):
     def sample_numpy(self, params: list[np.ndarray], noise_rng: np.random.Generator, common: bool) -> np.ndarray:
         return _inverse_cdf(params, noise_rng, 1 if common else len(params[0]))[0]
 
-    def sample_torch_noise(self, distribution: Any, head: np.ndarray, std: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        columns, log_prob = _sample_categoricals(head, [head.shape[1]])
+    def sample_torch_noise(
+        self, distribution: Any, head: np.ndarray, std: np.ndarray | None, noise: TorchNoise | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        columns, log_prob = _sample_categoricals(head, [head.shape[1]], noise)
         return columns[0], log_prob
 
 
@@ -390,8 +445,10 @@ class MultiCategoricalFamily(CategoricalFamily):
     def sample_numpy(self, params: list[np.ndarray], noise_rng: np.random.Generator, common: bool) -> np.ndarray:
         return np.stack(_inverse_cdf(params, noise_rng, 1 if common else len(params[0])), axis=1)
 
-    def sample_torch_noise(self, distribution: Any, head: np.ndarray, std: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        columns, log_prob = _sample_categoricals(head, list(distribution.action_dims))
+    def sample_torch_noise(
+        self, distribution: Any, head: np.ndarray, std: np.ndarray | None, noise: TorchNoise | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        columns, log_prob = _sample_categoricals(head, list(distribution.action_dims), noise)
         return np.stack(columns, axis=1), log_prob
 
 
@@ -421,7 +478,9 @@ class BernoulliFamily(Family):
             probs = 1.0 / (1.0 + np.exp(-params[0]))
         return (noise_rng.random((draws, probs.shape[1])) < probs).astype(np.float32)
 
-    def sample_torch_noise(self, distribution: Any, head: np.ndarray, std: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def sample_torch_noise(
+        self, distribution: Any, head: np.ndarray, std: np.ndarray | None, noise: TorchNoise | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         # probabilities by torch's sigmoid, so that th.bernoulli draws exactly what SB3's would
         actions = th.bernoulli(th.sigmoid(th.from_numpy(head))).numpy()
         return actions, bernoulli_log_prob(head, actions)

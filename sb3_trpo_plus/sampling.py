@@ -15,6 +15,11 @@ other policy, and any policy with a module hook or a method replaced on an insta
 through :class:`TorchActor`. User code that runs during a rollout (callbacks) may still change
 the policy: the NumPy actor is checked before every use and built again (or replaced by the
 torch one) when it no longer computes what torch would.
+
+The per-step work follows what the user attached: without callbacks (SB3's empty
+``CallbackList``), no user code runs between two steps and nothing reads the step's locals, so
+the NumPy actor is used as built, with arrays only: no observation tensor, no value and
+log-probability tensors, no ``update_locals`` and no staleness check per step.
 """
 
 from __future__ import annotations
@@ -131,6 +136,9 @@ def collect_single_path(
     if use_sde:
         reset_noise(policy, env.num_envs)
     actor = make_actor(policy, fast_paths)
+    # Without callbacks nothing reads the step's locals and no user code runs between two steps:
+    # the NumPy actor is then used as built, with arrays only (no tensor, no staleness check).
+    lean = not has_callbacks(callback)
     fast_add = type(rollout_buffer) is RolloutBuffer
     action_space = policy.action_space
     clip_low: np.ndarray | None = None
@@ -149,9 +157,14 @@ def collect_single_path(
 
             if before_step is not None:
                 before_step(last_obs, last_episode_starts)
-            actor = current_actor(actor)  # the last callback may have edited, hooked or patched the policy
-            obs_tensor = batches.to_tensor(last_obs, _device(actor))
-            actions, values, log_probs = actor.act(last_obs, obs_tensor)
+            values: th.Tensor | np.ndarray
+            log_probs: th.Tensor | np.ndarray
+            if lean and isinstance(actor, NumpyActor):
+                actions, values, log_probs = actor.act_arrays(last_obs)
+            else:
+                actor = current_actor(actor)  # the last callback may have edited, hooked or patched the policy
+                obs_tensor = batches.to_tensor(last_obs, _device(actor))
+                actions, values, log_probs = actor.act(last_obs, obs_tensor)
 
             clipped_actions = actions
             if clip_low is not None and clip_high is not None:
@@ -164,7 +177,8 @@ def collect_single_path(
             count_steps(env.num_envs)
 
             # Give access to local variables
-            callback.update_locals(locals())
+            if not lean:
+                callback.update_locals(locals())
             if not callback.on_step():
                 return False
 
@@ -193,7 +207,7 @@ def collect_single_path(
             if fast_add:
                 _fast_add(rollout_buffer, last_obs, actions, rewards, last_episode_starts, values, log_probs)
             else:
-                rollout_buffer.add(last_obs, actions, rewards, last_episode_starts, values, log_probs)
+                rollout_buffer.add(last_obs, actions, rewards, last_episode_starts, _tensor(values), _tensor(log_probs))
             last_obs = new_obs
             last_episode_starts = dones
 
@@ -205,24 +219,47 @@ def collect_single_path(
     return True
 
 
+def has_callbacks(callback: BaseCallback) -> bool:
+    """
+    Whether ``callback`` holds any callback: False only for empty ``CallbackList`` objects (nested or not),
+    what SB3 builds when ``learn`` is given no callback and no progress bar.
+    """
+    pending = [callback]
+    while pending:
+        current = pending.pop()
+        if type(current) is not CallbackList:
+            return True
+        pending.extend(current.callbacks)
+    return False
+
+
+def _array(values: th.Tensor | np.ndarray) -> np.ndarray:
+    """The values as an array: as they are, or a tensor's (``.cpu()`` is free on the CPU, needed on a GPU)."""
+    return values if isinstance(values, np.ndarray) else values.detach().cpu().numpy()
+
+
+def _tensor(values: th.Tensor | np.ndarray) -> th.Tensor:
+    """The values as a tensor (sharing an array's memory)."""
+    return th.from_numpy(values) if isinstance(values, np.ndarray) else values
+
+
 def _fast_add(
     buffer: RolloutBuffer,
     obs: np.ndarray,
     actions: np.ndarray,
     rewards: np.ndarray,
     episode_starts: np.ndarray,
-    values: th.Tensor,
-    log_probs: th.Tensor,
+    values: th.Tensor | np.ndarray,
+    log_probs: th.Tensor | np.ndarray,
 ) -> None:
-    """``RolloutBuffer.add`` for CPU tensors and arrays without intermediate copies."""
+    """``RolloutBuffer.add`` for CPU tensors or arrays without intermediate copies."""
     pos = buffer.pos
     buffer.observations[pos] = obs.reshape(buffer.observations.shape[1:])
     buffer.actions[pos] = actions.reshape(buffer.actions.shape[1:])
     buffer.rewards[pos] = rewards
     buffer.episode_starts[pos] = episode_starts
-    # .cpu() is free for the NumPy actor's tensors and needed for the torch actor's on a GPU
-    buffer.values[pos] = values.detach().cpu().numpy().reshape(-1)
-    buffer.log_probs[pos] = log_probs.detach().cpu().numpy().reshape(-1)
+    buffer.values[pos] = _array(values).reshape(-1)
+    buffer.log_probs[pos] = _array(log_probs).reshape(-1)
     buffer.pos += 1
     if buffer.pos == buffer.buffer_size:
         buffer.full = True

@@ -16,16 +16,17 @@ import numpy as np
 import pytest
 import torch as th
 from conftest import flat
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ProgressBarCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import SimpleMultiObsEnv
 from torch.optim import optimizer as optimizer_globals
 
 from sb3_trpo_plus import TRPOPlus
 from sb3_trpo_plus.critic import ValueTargets, fit_critic, fit_critic_torch
-from sb3_trpo_plus.distributions import log_softmax, multinomial_one
+from sb3_trpo_plus.distributions import TorchNoise, _sample_categoricals, log_softmax, multinomial_one
 from sb3_trpo_plus.fast import FusedMlpCritic, NumpyActor
 from sb3_trpo_plus.fast import critic as fused_critic
+from sb3_trpo_plus.sampling import has_callbacks
 
 SMALL = {"n_steps": 64, "batch_size": 32, "n_critic_updates": 2}
 
@@ -462,3 +463,97 @@ def test_the_obs_tensor_local_is_the_steps_observations_on_the_policys_device(fa
     model = TRPOPlus("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2, seed=0), seed=0, fast_paths=fast_paths, **SMALL)
     model.learn(2 * 2 * SMALL["n_steps"], callback=check)
     assert check.checked == 2 * SMALL["n_steps"]
+
+
+# ----------------------------------------------------------------------------- kept noise tensors, lean rollouts
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3), (8, 17), (4, 64)])
+def test_torch_noise_draws_what_fresh_tensors_draw(shape: tuple[int, int]) -> None:
+    """Drawing into kept tensors gives th.randn's and exponential_'s values and generator state, call after call."""
+    noise = TorchNoise()
+    th.manual_seed(3)
+    expected = [(th.randn(shape).numpy(), th.empty(shape, dtype=th.float32).exponential_(1.0).numpy()) for _ in range(5)]
+    state_after_torch = th.get_rng_state()
+    th.manual_seed(3)
+    for normal, exponential in expected:
+        assert np.array_equal(noise.normal(shape), normal)
+        assert np.array_equal(noise.exponential(shape), exponential)
+    assert th.equal(th.get_rng_state(), state_after_torch)
+
+
+@pytest.mark.parametrize("dims", [[3], [2, 4]])
+def test_categorical_draws_with_kept_noise_are_the_fresh_draws(dims: list[int]) -> None:
+    generator = np.random.default_rng(0)
+    noise = TorchNoise()
+    for seed in range(50):
+        head = (3.0 * generator.standard_normal((5, sum(dims)))).astype(np.float32)
+        th.manual_seed(seed)
+        expected_columns, expected_log_prob = _sample_categoricals(head, dims)
+        th.manual_seed(seed)
+        columns, log_prob = _sample_categoricals(head, dims, noise)
+        assert all(np.array_equal(a, b) for a, b in zip(columns, expected_columns, strict=True))
+        assert np.array_equal(log_prob, expected_log_prob)
+
+
+@pytest.mark.parametrize(("bad", "where"), [(np.nan, 2), (np.inf, 2), (-np.inf, slice(None))])
+def test_categorical_draws_with_kept_noise_reject_what_torch_rejects(bad: float, where: Any) -> None:
+    """Invalid logits (a NaN, an infinity, no finite logit in a row) raise torch's error, noticed after the draw."""
+    head = np.zeros((3, 5), dtype=np.float32)
+    head[1, where] = bad
+    with np.errstate(invalid="ignore"), pytest.raises(RuntimeError) as fresh:
+        _sample_categoricals(head, [5])
+    with np.errstate(invalid="ignore"), pytest.raises(RuntimeError) as kept:
+        _sample_categoricals(head, [5], TorchNoise())
+    assert str(kept.value) == str(fresh.value)
+
+
+def test_has_callbacks() -> None:
+    """Only (nested) empty callback lists, SB3's stand-in for "no callback", count as none."""
+    assert not has_callbacks(CallbackList([]))
+    assert not has_callbacks(CallbackList([CallbackList([]), CallbackList([CallbackList([])])]))
+    assert has_callbacks(CallbackList([CallbackList([_ObsTensorCheck()])]))
+    assert has_callbacks(CallbackList([ProgressBarCallback()]))
+    assert has_callbacks(_ObsTensorCheck())
+
+
+class _Passive(BaseCallback):
+    """A callback that does nothing: its presence sends the rollout through the full per-step path."""
+
+    def _on_step(self) -> bool:
+        return True
+
+
+LEAN_CASES = {
+    "cartpole": ("CartPole-v1", {}),
+    "pendulum": ("Pendulum-v1", {}),
+    "pendulum_gsde": ("Pendulum-v1", {"use_sde": True, "sde_sample_freq": 8}),
+    "multidiscrete": ("multidiscrete", {}),
+    "multibinary": ("multibinary", {}),
+}
+
+
+@pytest.mark.parametrize("case", LEAN_CASES.values(), ids=LEAN_CASES.keys())
+def test_a_rollout_without_callbacks_is_the_rollout_with_one(case: tuple[str, dict[str, Any]]) -> None:
+    """
+    Without callbacks the collector skips the locals, the tensors and the per-step staleness
+    check: the parameters, the buffer and torch's generator end exactly where they do when a
+    callback that does nothing forces the full per-step path.
+    """
+    from stable_baselines3.common.envs import IdentityEnvMultiBinary, IdentityEnvMultiDiscrete
+
+    env_id, kwargs = case
+    factories: dict[str, Any] = {
+        "multidiscrete": lambda: IdentityEnvMultiDiscrete(dim=3),
+        "multibinary": lambda: IdentityEnvMultiBinary(dim=4),
+    }
+    results = []
+    for callback in (None, _Passive()):
+        env = make_vec_env(factories.get(env_id, env_id), n_envs=2, seed=0)
+        model = TRPOPlus("MlpPolicy", env, seed=0, policy_kwargs={"net_arch": [16, 16]}, **SMALL, **kwargs)
+        model.learn(2 * 2 * SMALL["n_steps"], callback=callback)
+        results.append((flat(model.policy.parameters()), model.rollout_buffer.log_probs.copy(), th.get_rng_state()))
+    (params, log_probs, rng), (params_cb, log_probs_cb, rng_cb) = results
+    assert th.equal(params, params_cb)
+    assert np.array_equal(log_probs, log_probs_cb)
+    assert th.equal(rng, rng_cb)

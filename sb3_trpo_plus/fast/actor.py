@@ -20,7 +20,7 @@ from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.torch_layers import FlattenExtractor, MlpExtractor
 from torch import nn
 
-from sb3_trpo_plus.distributions import family_of, find_family, gaussian_log_prob
+from sb3_trpo_plus.distributions import TorchNoise, family_of, find_family, gaussian_log_prob
 from sb3_trpo_plus.fast.plain import Watch, plain_modules
 
 _ACTIVATIONS: dict[type[nn.Module], Callable[[np.ndarray], np.ndarray]] = {
@@ -104,8 +104,11 @@ class NumpyActor:
             )
         self.dist = policy.action_dist
         self.family = family_of(self.dist)
+        self.noise = TorchNoise()  # the tensors torch's generator draws into, kept for the rollout
+        self.action_shape = (-1, *policy.action_space.shape)  # type: ignore[misc]
         self.std: np.ndarray | None = None
         self.gsde_std: np.ndarray | None = None
+        self.gsde_var: np.ndarray | None = None
         self.gsde_matrices: tuple[Any, np.ndarray, np.ndarray] | None = None
         params = list(policy.parameters())
         self.watch = Watch([*policy.modules(), self.dist], params, versions=any(p.device.type != "cpu" for p in params))
@@ -166,9 +169,15 @@ class NumpyActor:
 
     def act(self, obs: np.ndarray, obs_tensor: Any = None) -> tuple[np.ndarray, th.Tensor, th.Tensor]:
         """
-        Actions (numpy, in SB3's format), values and log-probabilities (tensors). Call it inside
-        :func:`sb3_trpo_plus.fast.blas.single_blas_thread` (the collector holds it for the whole rollout).
+        Actions (numpy, in SB3's format), values and log-probabilities (tensors, as SB3's policy
+        returns them). Call it inside :func:`sb3_trpo_plus.fast.blas.single_blas_thread` (the
+        collector holds it for the whole rollout).
         """
+        actions, values, log_prob = self.act_arrays(obs)
+        return actions, th.from_numpy(values), th.from_numpy(log_prob)
+
+    def act_arrays(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`act` with values and log-probabilities as float32 arrays (no tensor is made)."""
         features = self._features(obs)
         if self.split:
             weight, bias, activation = self.first
@@ -182,9 +191,8 @@ class NumpyActor:
         if self.gsde_std is not None:
             actions, log_prob = self._gsde(params, latent)
         else:  # torch's random calls as SB3's distribution makes them (sb3_trpo_plus.distributions)
-            actions, log_prob = self.family.sample_torch_noise(self.dist, params, self.std)
-        actions = actions.reshape((-1, *self.policy.action_space.shape))  # type: ignore[misc, arg-type]
-        return actions, th.from_numpy(values), th.from_numpy(np.asarray(log_prob, dtype=np.float32))
+            actions, log_prob = self.family.sample_torch_noise(self.dist, params, self.std, self.noise)
+        return actions.reshape(self.action_shape), values, np.asarray(log_prob, dtype=np.float32)
 
     def _gsde(self, mean: np.ndarray, latent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """gSDE: noise = latent_pi times the current exploration matrix (no random draw per step, as in SB3)."""
@@ -198,7 +206,9 @@ class NumpyActor:
         else:
             noise = np.einsum("bi,bij->bj", latent, batched)
         assert self.gsde_std is not None
-        std = np.sqrt((latent * latent) @ (self.gsde_std * self.gsde_std) + dist.epsilon)
+        if self.gsde_var is None:  # fixed while the copy is current (log_std is watched)
+            self.gsde_var = self.gsde_std * self.gsde_std
+        std = np.sqrt((latent * latent) @ self.gsde_var + dist.epsilon)
         actions = mean + noise
         return actions, gaussian_log_prob(actions, mean, std)
 
