@@ -28,7 +28,8 @@ What is timed (``time.perf_counter``, one torch thread):
   called. sb3-contrib's ``train`` does both in one method; its critic loop is the only place
   that calls ``rollout_buffer.get`` with a minibatch size, so the first such call marks the
   boundary (the policy step before it calls ``get(batch_size=None)``). Both phases are
-  therefore cut at the same point of the algorithm. ``_policy_step`` (TRPOPlus's trust-region
+  therefore cut at the same point of the algorithm (for TRPOPlus, the end of the trust-region
+  step, where a critic fit that ran beside the step is waited for). ``_policy_step`` (TRPOPlus's trust-region
   step alone, without building the surrogate) is reported as well;
 - env floor: the row's VecEnv, built the same way, stepped with actions from
   ``action_space.sample()``, the same number of steps as one iteration.
@@ -39,7 +40,11 @@ thread) while the model is built and runs warm-up + one iteration, minus the RSS
 (after imports and a first env creation). tracemalloc is not used: it does not see PyTorch's
 tensor allocations and slows Python down. Linux only.
 
-Threads: torch runs with one thread, and by default NumPy's BLAS too (``--blas-threads 1``,
+Threads: torch runs with one thread by default (``--torch-threads 1``; ``--torch-threads
+default`` keeps torch's own choice, one per core, for both libraries: then sb3-contrib's
+operations may use every core, and TRPOPlus fits the critic in a second thread beside the
+trust-region step, see ``sb3_trpo_plus.critic.start_critic_fit``), and by default NumPy's BLAS
+too (``--blas-threads 1``,
 set through OPENBLAS_NUM_THREADS/OMP_NUM_THREADS/MKL_NUM_THREADS before NumPy is imported).
 TRPOPlus evaluates the policy and fits the critic with NumPy; with OpenBLAS's default thread
 count on a busy 2-core machine those matmuls slow down many times over (measured: see
@@ -219,13 +224,13 @@ def time_model(model: Any, warmup: int, iters: int) -> dict[str, float]:
     )
     _wrap(model, "train", train_start, lambda: marks["train_end"].append(clock()))
     if isinstance(model, TRPOPlus):
-        _wrap(model, "_fit_critic", critic_start)
-        _wrap(
-            model,
-            "_policy_step",
-            lambda: state.__setitem__("policy_step_start", clock()),
-            lambda: marks["policy_step"].append(clock() - state["policy_step_start"]),
-        )
+        _wrap(model, "_fit_critic", critic_start)  # a fit before the step (the vine's critic first)
+
+        def policy_step_end() -> None:
+            marks["policy_step"].append(clock() - state["policy_step_start"])
+            critic_start()  # after the step: waiting for, or running, the critic fit
+
+        _wrap(model, "_policy_step", lambda: state.__setitem__("policy_step_start", clock()), policy_step_end)
     else:
         buffer = model.rollout_buffer
         original_get = buffer.get
@@ -327,9 +332,16 @@ class PeakRss:
         self.peak = max(self.peak, _rss_mb())
 
 
+def set_torch_threads(value: str) -> None:
+    """``--torch-threads``: a count, or ``default`` (torch's own choice, kept also by subprocesses)."""
+    os.environ["THROUGHPUT_TORCH_THREADS"] = value
+    if value != "default":
+        th.set_num_threads(int(value))
+
+
 def memory_child(runner: str, row: Row, seed: int, warmup: int) -> float:
     """In a fresh process: peak RSS (MB) over building the model and warm-up + 1 iteration, minus the RSS before."""
-    th.set_num_threads(1)
+    set_torch_threads(os.environ.get("THROUGHPUT_TORCH_THREADS", "1"))
     row.make_env(seed).close()  # load the simulator's libraries first
     layer = th.nn.Linear(4, 4)  # and torch's lazily initialised autograd and optimizer machinery
     th.optim.Adam(layer.parameters()).step(lambda: layer(th.ones(2, 4)).sum().backward())  # type: ignore[arg-type]
@@ -392,7 +404,7 @@ def markdown(summary: pd.DataFrame, args: argparse.Namespace, loads: tuple[str, 
         "",
         f"Command: `python {shlex.join(sys.argv)}`  ",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {th.__version__}, "
-        f"1 torch thread, BLAS threads: {BLAS_THREADS}; load average before/after: {loads[0]} / {loads[1]}; "
+        f"torch threads: {th.get_num_threads()}, BLAS threads: {BLAS_THREADS}; load average before/after: {loads[0]} / {loads[1]}; "
         f"run took {elapsed / 60:.1f} min.  ",
         f"{args.reps} repetitions x ({args.warmup} warm-up + {args.iters} measured iterations) per runner, "
         "runners alternated. Medians over repetitions. "
@@ -472,10 +484,13 @@ def main() -> None:
         default="1",
         help="OpenBLAS/OpenMP/MKL threads for NumPy (set before NumPy loads); 'default' leaves the library's choice",
     )
+    parser.add_argument(
+        "--torch-threads", default="1", help="torch's thread count for every runner; 'default' leaves torch's choice"
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the subprocess peak-memory pass")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = parser.parse_args()
-    th.set_num_threads(1)
+    set_torch_threads(args.torch_threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     loads = (" ".join(f"{x:.2f}" for x in os.getloadavg()), "")

@@ -557,3 +557,112 @@ def test_a_rollout_without_callbacks_is_the_rollout_with_one(case: tuple[str, di
     assert th.equal(params, params_cb)
     assert np.array_equal(log_probs, log_probs_cb)
     assert th.equal(rng, rng_cb)
+
+
+# ----------------------------------------------------------------------------- the critic fit beside the step
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    before = th.get_num_threads()
+    th.set_num_threads(n)
+    try:
+        yield
+    finally:
+        th.set_num_threads(before)
+
+
+def _background_fits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    from sb3_trpo_plus import critic
+
+    started: list[int] = []
+    original = critic.BackgroundFit.__init__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        started.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(critic.BackgroundFit, "__init__", counting)
+    return started
+
+
+BESIDE_CASES = {
+    "pendulum": ("Pendulum-v1", {}),
+    "cartpole_vine_critic_after": ("CartPole-v1", {"sampling": "vine", "vine_kwargs": {"refit_critic_first": False}}),
+    "cartpole_vine_critic_first": ("CartPole-v1", {"sampling": "vine"}),
+}
+
+
+@pytest.mark.parametrize("case", BESIDE_CASES.values(), ids=BESIDE_CASES.keys())
+def test_the_critic_fit_beside_the_step_is_the_fit_after_it(
+    case: tuple[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    With two torch threads the fused critic fit runs in a second thread during the trust-region
+    step (not when the vine fits the critic first); parameters, optimizer state, logged losses
+    and both generators end exactly where the fit after the step (one torch thread) leaves them.
+    """
+    from stable_baselines3.common.logger import configure
+
+    env_id, kwargs = case
+    started = _background_fits(monkeypatch)
+    results = []
+    for threads in (1, 2):
+        with _torch_threads(threads):
+            model = TRPOPlus(
+                "MlpPolicy",
+                make_vec_env(env_id, n_envs=2, seed=0),
+                seed=0,
+                policy_kwargs={"net_arch": [16, 16]},
+                **SMALL,
+                **kwargs,
+            )
+            model.set_logger(configure(None, []))
+            model.learn(2 * 2 * SMALL["n_steps"])
+            value_loss = model.logger.name_to_value.get("train/value_loss")
+            results.append(
+                (
+                    flat(model.policy.parameters()),
+                    str(model.policy.optimizer.state_dict()),
+                    value_loss,
+                    th.get_rng_state(),
+                    np.random.get_state()[1].copy(),
+                )
+            )
+        if threads == 1:
+            assert not started, "one torch thread: the fit runs after the step"
+    assert bool(started) == (case is not BESIDE_CASES["cartpole_vine_critic_first"])
+    (params, optimizer, loss, torch_rng, numpy_rng), (params2, optimizer2, loss2, torch_rng2, numpy_rng2) = results
+    assert th.equal(params, params2)
+    assert optimizer == optimizer2
+    assert loss == loss2
+    assert th.equal(torch_rng, torch_rng2)
+    assert np.array_equal(numpy_rng, numpy_rng2)
+
+
+def test_an_error_of_the_fit_beside_the_step_is_raised_by_train(monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(*args: Any, **kwargs: Any) -> list[float]:
+        raise FloatingPointError("the critic fit failed")
+
+    monkeypatch.setattr(FusedMlpCritic, "fit", failing)
+    started = _background_fits(monkeypatch)
+    with _torch_threads(2):
+        model = TRPOPlus("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=2, seed=0), seed=0, **SMALL)
+        with pytest.raises(FloatingPointError, match="the critic fit failed"):
+            model.learn(2 * SMALL["n_steps"])
+    assert started
+
+
+def test_an_error_of_the_step_waits_for_the_fit_beside_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step's error leaves train only once the critic thread has ended (no thread writes the critic afterwards)."""
+    import threading
+
+    def failing_step(self: Any, surrogate: Any) -> Any:
+        raise ArithmeticError("the step failed")
+
+    monkeypatch.setattr(TRPOPlus, "_policy_step", failing_step)
+    with _torch_threads(2):
+        model = TRPOPlus("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=2, seed=0), seed=0, **SMALL)
+        with pytest.raises(ArithmeticError, match="the step failed"):
+            model.learn(2 * SMALL["n_steps"])
+    assert not any(thread.name == "sb3-trpo-plus-critic" for thread in threading.enumerate())
