@@ -404,7 +404,8 @@ def markdown(summary: pd.DataFrame, args: argparse.Namespace, loads: tuple[str, 
         "",
         f"Command: `python {shlex.join(sys.argv)}`  ",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {th.__version__}, "
-        f"torch threads: {th.get_num_threads()}, BLAS threads: {BLAS_THREADS}; load average before/after: {loads[0]} / {loads[1]}; "
+        f"torch threads: {th.get_num_threads()}, BLAS threads: {BLAS_THREADS}; "
+        f"load average before/after: {loads[0]} / {loads[1]}; "
         f"run took {elapsed / 60:.1f} min.  ",
         f"{args.reps} repetitions x ({args.warmup} warm-up + {args.iters} measured iterations) per runner, "
         "runners alternated. Medians over repetitions. "
