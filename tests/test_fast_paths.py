@@ -666,3 +666,22 @@ def test_an_error_of_the_step_waits_for_the_fit_beside_it(monkeypatch: pytest.Mo
         with pytest.raises(ArithmeticError, match="the step failed"):
             model.learn(2 * SMALL["n_steps"])
     assert not any(thread.name == "sb3-trpo-plus-critic" for thread in threading.enumerate())
+
+
+@pytest.mark.parametrize(("rows", "columns"), [(1, 1), (7, 3), (128, 64), (512, 256)])
+def test_the_critics_outer_product_is_the_blas_product(rows: int, columns: int) -> None:
+    """Back through the value head, broadcasting gives delta @ weight to the bit, signs of zeros included."""
+    generator = np.random.default_rng(rows + columns)
+    delta = generator.standard_normal((rows, 1)).astype(np.float32)
+    delta[::3] = 0.0
+    delta[1::5] = -0.0
+    weight = generator.standard_normal((1, columns)).astype(np.float32)
+    weight[0, ::4] = -0.0
+    expected = delta @ weight
+    got = fused_critic._times(delta, weight)
+    assert got.dtype == expected.dtype and np.array_equal(got.view(np.int32), expected.view(np.int32))
+    wide, hidden = (
+        generator.standard_normal((rows, 5)).astype(np.float32),
+        generator.standard_normal((5, columns)).astype(np.float32),
+    )
+    assert np.array_equal(fused_critic._times(wide, hidden), wide @ hidden)  # any other layer: the matmul itself

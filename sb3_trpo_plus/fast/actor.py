@@ -23,8 +23,8 @@ from torch import nn
 from sb3_trpo_plus.distributions import TorchNoise, family_of, find_family, gaussian_log_prob
 from sb3_trpo_plus.fast.plain import Watch, plain_modules
 
-_ACTIVATIONS: dict[type[nn.Module], Callable[[np.ndarray], np.ndarray]] = {
-    nn.Tanh: np.tanh,
+_ACTIVATIONS: dict[type[nn.Module], Callable[[np.ndarray], np.ndarray]] = {  # in place: on a new array
+    nn.Tanh: lambda x: np.tanh(x, out=x),
     nn.ReLU: lambda x: np.maximum(x, 0.0, out=x),
     nn.Identity: lambda x: x,
 }
@@ -63,7 +63,9 @@ def _standard_methods(policy: ActorCriticPolicy, names: tuple[str, ...]) -> bool
 
 def _forward(layers: list[tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]], x: np.ndarray) -> np.ndarray:
     for weight, bias, activation in layers:
-        x = activation(x @ weight + bias)
+        x = x @ weight
+        x += bias  # the sum x @ weight + bias computes, without a second array
+        x = activation(x)
     return x
 
 
@@ -180,8 +182,7 @@ class NumpyActor:
         """:meth:`act` with values and log-probabilities as float32 arrays (no tensor is made)."""
         features = self._features(obs)
         if self.split:
-            weight, bias, activation = self.first
-            hidden = activation(features @ weight + bias)
+            hidden = _forward([self.first], features)
             latent = _forward(self.actor[1:], hidden[:, : self.split])
             values = _forward(self.critic[1:], hidden[:, self.split :])
         else:

@@ -24,9 +24,9 @@ from sb3_trpo_plus.fast.blas import single_blas_thread
 from sb3_trpo_plus.fast.plain import plain_modules
 
 _DERIVATIVES: dict[type[nn.Module], tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
-    # activation, and its derivative expressed through the activation's output
-    nn.Tanh: (np.tanh, lambda y: 1.0 - y * y),
-    nn.ReLU: (lambda x: np.maximum(x, 0.0), lambda y: (y > 0).astype(np.float32)),
+    # activation in place, and its derivative expressed through the activation's output
+    nn.Tanh: (lambda x: np.tanh(x, out=x), lambda y: np.subtract(1.0, y * y, dtype=y.dtype)),
+    nn.ReLU: (lambda x: np.maximum(x, 0.0, out=x), lambda y: (y > 0).astype(np.float32)),
 }
 
 
@@ -159,6 +159,20 @@ class _FlatAdam:
         flat -= scratch
 
 
+def _times(delta: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """
+    ``delta @ weight``. Through the value head (one column of ``delta``, one row of ``weight``)
+    it is an outer product, which a BLAS multiplies several times slower than NumPy's
+    broadcasting; each entry is then one product, rounded once either way, and ``+ 0.0`` gives
+    an exact zero the sign the BLAS's zero-started sum gives it (+0).
+    """
+    if delta.shape[1] == 1:
+        product = delta * weight
+        product += 0.0
+        return product
+    return delta @ weight
+
+
 class FusedMlpCritic:
     """
     The value regression of a standard MLP critic (flattened Box observations, Linear layers
@@ -273,18 +287,23 @@ class FusedMlpCritic:
 
     def _gradient(self, weights: list[np.ndarray], grads: list[np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
         """Mean-squared-error loss of the minibatch; writes its gradient into ``grads``."""
+        # In place where that computes the same numbers: a product added to, written into
+        # or reduced into an existing array is the one the allocating expression computes.
         outputs = [x]
         for index, name in enumerate(self.activations):
             weight, bias = weights[2 * index], weights[2 * index + 1]
-            outputs.append(_DERIVATIVES[name][0](outputs[-1] @ weight.T + bias))
+            hidden = outputs[-1] @ weight.T
+            hidden += bias
+            outputs.append(_DERIVATIVES[name][0](hidden))
         values = (outputs[-1] @ weights[-2].T + weights[-1])[:, 0]
         error = values - y
         delta = (2.0 / len(y)) * error[:, None]
         for index in range(len(self.linears) - 1, -1, -1):
-            grads[2 * index][...] = delta.T @ outputs[index]
-            grads[2 * index + 1][...] = delta.sum(axis=0)
+            np.matmul(delta.T, outputs[index], out=grads[2 * index])
+            np.add.reduce(delta, axis=0, out=grads[2 * index + 1])
             if index > 0:
-                delta = (delta @ weights[2 * index]) * _DERIVATIVES[self.activations[index - 1]][1](outputs[index])
+                delta = _times(delta, weights[2 * index])
+                delta *= _DERIVATIVES[self.activations[index - 1]][1](outputs[index])
         return float(np.mean(error * error))
 
     def _write_back(
