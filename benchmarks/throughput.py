@@ -67,6 +67,9 @@ from _threads import BLAS_THREADS  # noqa: I001  (first: sets the BLAS thread co
 
 import argparse
 import cProfile
+import importlib
+import subprocess
+import tempfile
 import pstats
 import shlex
 import concurrent.futures
@@ -175,6 +178,36 @@ RUNNERS: dict[str, type | None] = {
     "sb3_contrib_trpo": TRPO,
     "trpo_plus": TRPOPlus,
 }
+STANDARD_RUNNERS = tuple(RUNNERS)  # the runners of the memory pass (baselines are timed only)
+
+
+def baseline_runner(commit: str) -> str:
+    """
+    Add TRPOPlus as it was at ``commit`` (``--baselines``) to :data:`RUNNERS` and return its name,
+    ``trpo_plus@<commit>``: the package's files at that commit, read with ``git show``, are written
+    to a temporary folder under another package name, so that both versions run in one process.
+    """
+    root = Path(__file__).resolve().parent.parent
+    short = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=7", commit], check=True,
+                           capture_output=True, text=True).stdout.strip()
+    package = f"sb3_trpo_plus_{short}"
+    target = Path(tempfile.gettempdir()) / "throughput_baselines" / short
+    if not (target / package / "__init__.py").exists():
+        listing = subprocess.run(["git", "-C", str(root), "ls-tree", "-r", "--name-only", short, "--", "sb3_trpo_plus"],
+                                 check=True, capture_output=True, text=True).stdout.split()
+        for name in listing:
+            content = subprocess.run(["git", "-C", str(root), "show", f"{short}:{name}"], check=True,
+                                     capture_output=True).stdout
+            if name.endswith(".py"):
+                content = content.replace(b"sb3_trpo_plus", package.encode())
+            path = target / package / Path(name).relative_to("sb3_trpo_plus")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(content)
+    if str(target) not in sys.path:
+        sys.path.insert(0, str(target))
+    runner = f"trpo_plus@{short}"
+    RUNNERS[runner] = importlib.import_module(package).TRPOPlus
+    return runner
 
 
 def _wrap(obj: Any, name: str, before: Callable[[], None] | None = None, after: Callable[[], None] | None = None) -> None:
@@ -223,7 +256,7 @@ def time_model(model: Any, warmup: int, iters: int) -> dict[str, float]:
         lambda: marks["collect_end"].append(clock()),
     )
     _wrap(model, "train", train_start, lambda: marks["train_end"].append(clock()))
-    if isinstance(model, TRPOPlus):
+    if hasattr(model, "_policy_step"):  # TRPOPlus, or a baseline version of it
         _wrap(model, "_fit_critic", critic_start)  # a fit before the step (the vine's critic first)
 
         def policy_step_end() -> None:
@@ -358,7 +391,7 @@ def measure_memory(rows: list[Row], seed: int, warmup: int) -> dict[tuple[str, s
     out = {}
     context = multiprocessing.get_context("spawn")
     for row in rows:
-        for runner in RUNNERS:
+        for runner in STANDARD_RUNNERS:
             with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
                 out[(row.name, runner)] = pool.submit(memory_child, runner, row, seed, warmup).result()
             print(f"  memory {row.name:18s} {runner:18s} peak RSS growth {out[(row.name, runner)]:7.1f} MB", flush=True)
@@ -441,6 +474,32 @@ def markdown(summary: pd.DataFrame, args: argparse.Namespace, loads: tuple[str, 
     return "\n".join(lines)
 
 
+def baseline_table(raw: pd.DataFrame, baselines: list[str]) -> list[str]:
+    """Before/after: each baseline's and the current TRPOPlus's wall / env floor, and the current one's speed-up over each."""
+    if not baselines:
+        return []
+    lines = [
+        "",
+        "## Against earlier versions (--baselines)",
+        "",
+        "Wall / env floor of each version, and the current TRPOPlus's speed-up over each, as medians of",
+        "per-repetition paired ratios (min-max over repetitions in brackets).",
+        "",
+        "| row | " + " | ".join(f"{name} wall / floor" for name in [*baselines, "trpo_plus"])
+        + " | " + " | ".join(f"trpo_plus over {name}" for name in baselines) + " |",
+        "| --- |" + " ---: |" * (2 * len(baselines) + 1),
+    ]
+
+    def cell(values: list[float]) -> str:
+        return f"{np.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})" if values else "–"
+
+    for env_id in raw.env.unique():
+        floors = [cell(_paired_ratio(raw, env_id, name, "env_floor", "wall_per_step")) for name in [*baselines, "trpo_plus"]]
+        gains = [cell(_paired_ratio(raw, env_id, "trpo_plus", name, "steps_per_s")) for name in baselines]
+        lines.append(f"| {env_id} | " + " | ".join(floors + gains) + " |")
+    return lines
+
+
 def goal_table(summary: pd.DataFrame) -> list[str]:
     """
     Each row against the speed goal, with the ceiling the environment sets: an algorithm that
@@ -488,6 +547,10 @@ def main() -> None:
     parser.add_argument(
         "--torch-threads", default="1", help="torch's thread count for every runner; 'default' leaves torch's choice"
     )
+    parser.add_argument(
+        "--baselines", nargs="*", default=[], metavar="COMMIT",
+        help="also time TRPOPlus as it was at these git commits (runners trpo_plus@<commit>), for before/after",
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the subprocess peak-memory pass")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = parser.parse_args()
@@ -497,6 +560,7 @@ def main() -> None:
     loads = (" ".join(f"{x:.2f}" for x in os.getloadavg()), "")
     started = time.perf_counter()
 
+    baselines = [baseline_runner(commit) for commit in args.baselines]
     rows = []
     names = list(RUNNERS)
     selected = [ROWS[name] for name in args.rows]
@@ -518,7 +582,7 @@ def main() -> None:
     summary = summarise(raw, memory)
     summary.to_csv(out / "throughput.csv", index=False)
     loads = (loads[0], " ".join(f"{x:.2f}" for x in os.getloadavg()))
-    text = markdown(summary, args, loads, time.perf_counter() - started)
+    text = markdown(summary, args, loads, time.perf_counter() - started) + "\n".join(baseline_table(raw, baselines))
     (out / "throughput.md").write_text(text)
     print(text)
 

@@ -16,8 +16,8 @@ through :class:`TorchActor`. User code that runs during a rollout (callbacks) ma
 the policy: the NumPy actor is checked before every use and built again (or replaced by the
 torch one) when it no longer computes what torch would.
 
-The per-step work follows what the user attached: without callbacks (SB3's empty
-``CallbackList``), no user code runs between two steps and nothing reads the step's locals, so
+The per-step work follows what the user attached: without callbacks (``learn`` given none,
+and no progress bar), no user code runs between two steps and nothing reads the step's locals, so
 the NumPy actor is used as built, with arrays only: no observation tensor, no value and
 log-probability tensors, no ``update_locals`` and no staleness check per step.
 """
@@ -32,7 +32,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ProgressBarCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback, ProgressBarCallback
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -221,15 +221,17 @@ def collect_single_path(
 
 def has_callbacks(callback: BaseCallback) -> bool:
     """
-    Whether ``callback`` holds any callback: False only for empty ``CallbackList`` objects (nested or not),
-    what SB3 builds when ``learn`` is given no callback and no progress bar.
+    Whether ``callback`` holds any callback: False only for SB3's stand-ins for none, a
+    ``ConvertCallback`` of ``None`` (what ``learn`` builds when given no callback and no progress
+    bar) and ``CallbackList`` objects of nothing else, nested or not.
     """
     pending = [callback]
     while pending:
         current = pending.pop()
-        if type(current) is not CallbackList:
+        if type(current) is CallbackList:
+            pending.extend(current.callbacks)
+        elif not (type(current) is ConvertCallback and current.callback is None):
             return True
-        pending.extend(current.callbacks)
     return False
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch as th
 from conftest import flat
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ProgressBarCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback, ProgressBarCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import SimpleMultiObsEnv
 from torch.optim import optimizer as optimizer_globals
@@ -509,7 +509,10 @@ def test_categorical_draws_with_kept_noise_reject_what_torch_rejects(bad: float,
 
 
 def test_has_callbacks() -> None:
-    """Only (nested) empty callback lists, SB3's stand-in for "no callback", count as none."""
+    """Only SB3's stand-ins for "no callback" count as none: ConvertCallback(None), (nested) empty callback lists."""
+    assert not has_callbacks(ConvertCallback(None))
+    assert not has_callbacks(CallbackList([ConvertCallback(None), CallbackList([])]))
+    assert has_callbacks(ConvertCallback(lambda _locals, _globals: True))
     assert not has_callbacks(CallbackList([]))
     assert not has_callbacks(CallbackList([CallbackList([]), CallbackList([CallbackList([])])]))
     assert has_callbacks(CallbackList([CallbackList([_ObsTensorCheck()])]))
@@ -534,7 +537,9 @@ LEAN_CASES = {
 
 
 @pytest.mark.parametrize("case", LEAN_CASES.values(), ids=LEAN_CASES.keys())
-def test_a_rollout_without_callbacks_is_the_rollout_with_one(case: tuple[str, dict[str, Any]]) -> None:
+def test_a_rollout_without_callbacks_is_the_rollout_with_one(
+    case: tuple[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """
     Without callbacks the collector skips the locals, the tensors and the per-step staleness
     check: the parameters, the buffer and torch's generator end exactly where they do when a
@@ -548,11 +553,24 @@ def test_a_rollout_without_callbacks_is_the_rollout_with_one(case: tuple[str, di
         "multibinary": lambda: IdentityEnvMultiBinary(dim=4),
     }
     results = []
+    full_path_steps = []
+    original_act = NumpyActor.act
+
+    def counting_act(self: NumpyActor, *args: Any) -> Any:
+        full_path_steps[-1] += 1
+        return original_act(self, *args)
+
+    monkeypatch.setattr(NumpyActor, "act", counting_act)
     for callback in (None, _Passive()):
+        full_path_steps.append(0)
         env = make_vec_env(factories.get(env_id, env_id), n_envs=2, seed=0)
         model = TRPOPlus("MlpPolicy", env, seed=0, policy_kwargs={"net_arch": [16, 16]}, **SMALL, **kwargs)
         model.learn(2 * 2 * SMALL["n_steps"], callback=callback)
         results.append((flat(model.policy.parameters()), model.rollout_buffer.log_probs.copy(), th.get_rng_state()))
+    numpy_actor = NumpyActor.from_policy(model.policy) is not None  # not for MultiDiscrete or MultiBinary observations
+    expected = [0, 2 * SMALL["n_steps"]] if numpy_actor else [0, 0]
+    assert full_path_steps == expected, "no callback: the lean path; a callback: the full one"
+    assert numpy_actor == (env_id in ("CartPole-v1", "Pendulum-v1"))
     (params, log_probs, rng), (params_cb, log_probs_cb, rng_cb) = results
     assert th.equal(params, params_cb)
     assert np.array_equal(log_probs, log_probs_cb)
