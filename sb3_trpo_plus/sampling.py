@@ -212,7 +212,10 @@ def collect_single_path(
             last_episode_starts = dones
 
         values = current_actor(actor).values(new_obs)  # type: ignore[arg-type]
-        rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
+        if fast_add:
+            returns_and_advantage(rollout_buffer, last_values=values, dones=dones)
+        else:
+            rollout_buffer.compute_returns_and_advantage(last_values=values, dones=dones)
 
     callback.update_locals(locals())
     callback.on_rollout_end()
@@ -265,6 +268,35 @@ def _fast_add(
     buffer.pos += 1
     if buffer.pos == buffer.buffer_size:
         buffer.full = True
+
+
+def returns_and_advantage(buffer: RolloutBuffer, last_values: th.Tensor, dones: np.ndarray) -> None:
+    """
+    ``RolloutBuffer.compute_returns_and_advantage``, the same numbers: SB3's loop computes, step
+    by step backwards, the TD error and the GAE coefficient of each step, which depend on no
+    other step; here they are computed for all steps at once (the same operations on each
+    element, so the same float32 values) and the loop keeps only the recursion
+    A_t = delta_t + (gamma lambda nonterminal_t) A_{t+1}. Values other than float32, or a gamma or
+    lambda that is not a Python float (whose type promotion could differ), go to SB3's method.
+    """
+    last = last_values.clone().cpu().numpy().flatten()
+    gamma, gae_lambda = buffer.gamma, buffer.gae_lambda
+    if last.dtype != np.float32 or type(gamma) is not float or type(gae_lambda) is not float:
+        buffer.compute_returns_and_advantage(last_values, dones)
+        return
+    next_non_terminal = np.empty_like(buffer.episode_starts)
+    next_non_terminal[:-1] = 1.0 - buffer.episode_starts[1:]
+    next_non_terminal[-1] = 1.0 - dones.astype(np.float32)
+    next_values = np.empty_like(buffer.values)
+    next_values[:-1] = buffer.values[1:]
+    next_values[-1] = last
+    delta = buffer.rewards + gamma * next_values * next_non_terminal - buffer.values
+    coefficient = gamma * gae_lambda * next_non_terminal
+    last_gae_lam: Any = 0
+    for step in range(buffer.buffer_size - 1, -1, -1):
+        last_gae_lam = delta[step] + coefficient[step] * last_gae_lam
+        buffer.advantages[step] = last_gae_lam
+    buffer.returns = buffer.advantages + buffer.values
 
 
 def advance_progress_bars(callback: BaseCallback, steps: int) -> None:

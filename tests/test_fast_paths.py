@@ -703,3 +703,34 @@ def test_the_critics_outer_product_is_the_blas_product(rows: int, columns: int) 
         generator.standard_normal((5, columns)).astype(np.float32),
     )
     assert np.array_equal(fused_critic._times(wide, hidden), wide @ hidden)  # any other layer: the matmul itself
+
+
+@pytest.mark.parametrize(("gamma", "gae_lambda"), [(0.99, 0.95), (0.9, 1.0), (1.0, 0.0), (0.999, 0.8)])
+@pytest.mark.parametrize(("n_steps", "n_envs"), [(1, 1), (7, 3), (512, 2), (64, 8)])
+def test_returns_and_advantage_are_sb3s(gamma: float, gae_lambda: float, n_steps: int, n_envs: int) -> None:
+    """The vectorised GAE gives RolloutBuffer.compute_returns_and_advantage's arrays bit for bit."""
+    from gymnasium import spaces
+    from stable_baselines3.common.buffers import RolloutBuffer
+
+    from sb3_trpo_plus.sampling import returns_and_advantage
+
+    generator = np.random.default_rng(n_steps * 10 + n_envs)
+    buffers = []
+    for _ in range(2):
+        buffer = RolloutBuffer(n_steps, spaces.Box(-1, 1, (2,)), spaces.Discrete(2), "cpu", gae_lambda, gamma, n_envs)
+        buffers.append(buffer)
+    for name in ("rewards", "values"):
+        data = (generator.standard_normal((n_steps, n_envs)) * 10.0 ** generator.integers(-3, 3)).astype(np.float32)
+        for buffer in buffers:
+            getattr(buffer, name)[...] = data
+    starts = (generator.random((n_steps, n_envs)) < 0.2).astype(np.float32)
+    dones = generator.random(n_envs) < 0.3
+    last_values = th.from_numpy(generator.standard_normal(n_envs).astype(np.float32))
+    for buffer in buffers:
+        buffer.episode_starts[...] = starts
+        buffer.full = True
+    buffers[0].compute_returns_and_advantage(last_values=last_values, dones=dones)
+    returns_and_advantage(buffers[1], last_values=last_values, dones=dones)
+    for name in ("advantages", "returns"):
+        expected, got = getattr(buffers[0], name), getattr(buffers[1], name)
+        assert got.dtype == expected.dtype and np.array_equal(got.view(np.int32), expected.view(np.int32)), name
