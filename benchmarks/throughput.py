@@ -29,7 +29,7 @@ What is timed (``time.perf_counter``, one torch thread):
   that calls ``rollout_buffer.get`` with a minibatch size, so the first such call marks the
   boundary (the policy step before it calls ``get(batch_size=None)``). Both phases are
   therefore cut at the same point of the algorithm (for TRPOPlus, the end of the trust-region
-  step, where a critic fit that ran beside the step is waited for). ``_policy_step`` (TRPOPlus's trust-region
+  step, or the start of a critic fit that comes first). ``_policy_step`` (TRPOPlus's trust-region
   step alone, without building the surrogate) is reported as well;
 - env floor: the row's VecEnv, built the same way, stepped with actions from
   ``action_space.sample()``, the same number of steps as one iteration.
@@ -41,9 +41,7 @@ thread) while the model is built and runs warm-up + one iteration, minus the RSS
 tensor allocations and slows Python down. Linux only.
 
 Threads: torch runs with one thread by default (``--torch-threads 1``; ``--torch-threads
-default`` keeps torch's own choice, one per core, for both libraries: then sb3-contrib's
-operations may use every core, and TRPOPlus fits the critic in a second thread beside the
-trust-region step, see ``sb3_trpo_plus.critic.start_critic_fit``), and by default NumPy's BLAS
+default`` keeps torch's own choice, one per core, for every runner), and by default NumPy's BLAS
 too (``--blas-threads 1``,
 set through OPENBLAS_NUM_THREADS/OMP_NUM_THREADS/MKL_NUM_THREADS before NumPy is imported).
 TRPOPlus evaluates the policy and fits the critic with NumPy; with OpenBLAS's default thread
@@ -261,7 +259,7 @@ def time_model(model: Any, warmup: int, iters: int) -> dict[str, float]:
 
         def policy_step_end() -> None:
             marks["policy_step"].append(clock() - state["policy_step_start"])
-            critic_start()  # after the step: waiting for, or running, the critic fit
+            critic_start()  # after the step comes the critic fit
 
         _wrap(model, "_policy_step", lambda: state.__setitem__("policy_step_start", clock()), policy_step_end)
     else:

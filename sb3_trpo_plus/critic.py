@@ -24,7 +24,6 @@ step on the same parameters):
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -102,73 +101,6 @@ def rebootstrapped(policy: ActorCriticPolicy, batch: VineBatch) -> VineBatch:
     return batch.rebootstrapped(values)
 
 
-def _fused_critic(policy: ActorCriticPolicy, frozen: Sequence[nn.Parameter], fast_paths: bool) -> FusedMlpCritic | None:
-    """The fused fit of ``policy``'s critic when it may serve it (``fast_paths``, and it moves no ``frozen`` parameter)."""
-    fused = FusedMlpCritic.from_policy(policy) if fast_paths else None
-    frozen_ids = {id(p) for p in frozen}
-    if fused is None or any(id(p) in frozen_ids for p in fused.params):
-        return None
-    return fused
-
-
-class BackgroundFit:
-    """
-    The fused critic fit running in a thread of its own, beside the trust-region step (see
-    :func:`start_critic_fit`). :meth:`result` waits for it and returns its losses, or raises
-    what it raised.
-    """
-
-    def __init__(self, fused: FusedMlpCritic, targets: ValueTargets, n_epochs: int, batch_size: int) -> None:
-        self._losses: list[float] = []
-        self._error: BaseException | None = None
-        arguments = (fused, targets, n_epochs, batch_size)
-        # a thread per fit, joined by result(): no idle thread outlives the iteration (a fork,
-        # of a SubprocVecEnv or a branch pool, then never copies one)
-        self._thread = threading.Thread(target=self._run, args=arguments, name="sb3-trpo-plus-critic", daemon=True)
-        self._thread.start()
-
-    def _run(self, fused: FusedMlpCritic, targets: ValueTargets, n_epochs: int, batch_size: int) -> None:
-        try:
-            self._losses = fused.fit(targets.observations, targets.returns, n_epochs, batch_size)  # type: ignore[arg-type]
-        except BaseException as error:  # re-raised in the caller's thread by result()
-            self._error = error
-
-    def wait(self) -> None:
-        """Wait for the fit to end (whatever its outcome)."""
-        self._thread.join()
-
-    def result(self) -> list[float]:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._losses
-
-
-def start_critic_fit(
-    policy: ActorCriticPolicy,
-    targets: ValueTargets,
-    n_epochs: int,
-    batch_size: int,
-    frozen: Sequence[nn.Parameter],
-    fast_paths: bool = True,
-) -> BackgroundFit | None:
-    """
-    Start :func:`fit_critic` in a second thread, to run beside the trust-region step, when that
-    computes exactly what the fit after the step computes, and torch may use more than one
-    thread (``torch.get_num_threads() > 1``: the cores torch would use for its own operations).
-    Only the fused fit qualifies: it reads and writes the critic's parameters and optimizer
-    state alone (never a parameter the action distribution depends on, which the step reads and
-    writes), draws its minibatches from NumPy's global generator (the step draws from torch's
-    only) and runs no autograd. Its losses are recorded after the step, as before.
-
-    :return: the running fit, or None when it must run after the step (call :func:`fit_critic` then)
-    """
-    if th.get_num_threads() < 2 or policy.device.type != "cpu":
-        return None
-    fused = _fused_critic(policy, frozen, fast_paths)
-    return None if fused is None else BackgroundFit(fused, targets, n_epochs, batch_size)
-
-
 def fit_critic(
     policy: ActorCriticPolicy,
     targets: ValueTargets,
@@ -191,8 +123,9 @@ def fit_critic(
     :param fast_paths: whether the fused and cached-features fits may serve the policy
     :return: the loss of every minibatch
     """
-    fused = _fused_critic(policy, frozen, fast_paths)
-    if fused is not None:
+    fused = FusedMlpCritic.from_policy(policy) if fast_paths else None
+    frozen_ids = {id(p) for p in frozen}
+    if fused is not None and not any(id(p) in frozen_ids for p in fused.params):
         return fused.fit(targets.observations, targets.returns, n_epochs, batch_size)  # type: ignore[arg-type]
     if fast_paths and cacheable_features(policy, frozen):
         return fit_critic_cached_features(policy, targets, n_epochs, batch_size, frozen)

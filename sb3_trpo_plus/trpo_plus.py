@@ -36,7 +36,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_trpo_plus.actor_parameters import find_actor_parameters
 from sb3_trpo_plus.buffers import VineBatch, every_kth
-from sb3_trpo_plus.critic import BackgroundFit, ValueTargets, fit_critic, rebootstrapped, start_critic_fit, value_targets
+from sb3_trpo_plus.critic import ValueTargets, fit_critic, rebootstrapped, value_targets
 from sb3_trpo_plus.distributions import detach_exploration_noise
 from sb3_trpo_plus.estimators import Surrogate, iteration_surrogate
 from sb3_trpo_plus.policies import CnnPolicy, MlpPolicy, MultiInputPolicy
@@ -335,28 +335,13 @@ class TRPOPlus(OnPolicyAlgorithm):
         targets = value_targets(self.rollout_buffer, batch)
         return None if targets is None else self._fit_critic(targets)
 
-    def _start_critic_update(self, batch: Any) -> BackgroundFit | Callable[[], list[float] | None]:
-        """
-        :meth:`_update_critic`, started in a second thread to run beside the policy step when
-        that changes nothing (:func:`~sb3_trpo_plus.critic.start_critic_fit`: its ``result()``
-        waits for the losses); otherwise the function to call after the step, which returns them.
-        """
-        targets = value_targets(self.rollout_buffer, batch)
-        if targets is not None:
-            arguments = (self.n_critic_updates, self.batch_size, self._actor_params, self.fast_paths)
-            background = start_critic_fit(self.policy, targets, *arguments)
-            if background is not None:
-                return background
-        return lambda: None if targets is None else self._fit_critic(targets)
-
     # ------------------------------------------------------------------ one iteration
 
     def train(self) -> None:
         """
         Update the policy with one trust-region step on the collected batch, then fit the value
         function (vine, by default: fit the value function first, on the trunk's and the
-        branches' returns, and complete the branches' Q-values with it). A fit after the step
-        runs beside it, in a second thread, when that computes the same (:meth:`_start_critic_update`).
+        branches' returns, and complete the branches' Q-values with it).
         """
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
@@ -370,18 +355,12 @@ class TRPOPlus(OnPolicyAlgorithm):
         surrogate = self._surrogate(batch)
         if vine is not None and vine.adapt_share is True and self._vine is not None:
             self._vine.adapt_share(surrogate.stats, self.rollout_buffer.buffer_size * self.n_envs)
-        critic = None if critic_first else self._start_critic_update(batch)
-        try:
-            if surrogate.invalid:
-                step = StepResult(False, surrogate.invalid, 0.0, 0.0, 0.0, 0, math.nan, 0, 0.0)
-            else:
-                step = self._policy_step(surrogate)
-        except BaseException:
-            if isinstance(critic, BackgroundFit):
-                critic.wait()  # the fit running beside the step ends before the error leaves train
-            raise
-        if critic is not None:
-            value_losses = critic.result() if isinstance(critic, BackgroundFit) else critic()
+        if surrogate.invalid:
+            step = StepResult(False, surrogate.invalid, 0.0, 0.0, 0.0, 0, math.nan, 0, 0.0)
+        else:
+            step = self._policy_step(surrogate)
+        if not critic_first:
+            value_losses = self._update_critic(batch)
         self._n_updates += 1
         self._record(step, value_losses, surrogate)
 
