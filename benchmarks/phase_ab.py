@@ -46,7 +46,7 @@ def main() -> None:
     for row_name in args.rows:
         row = throughput.ROWS[row_name]
         for round_ in range(args.rounds):
-            order = versions[round_ % len(versions) :] + versions[: round_ % len(versions)]
+            order = throughput.rotated(versions, round_)
             floor = throughput.time_floor(row, round_, 1, 1)
             records.append({"row": row_name, "version": "env_floor", "round": round_, **floor})
             for version in order:

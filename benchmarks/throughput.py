@@ -179,6 +179,12 @@ RUNNERS: dict[str, type | None] = {
 STANDARD_RUNNERS = tuple(RUNNERS)  # the runners of the memory pass (baselines are timed only)
 
 
+def rotated(names: list[str], shift: int) -> list[str]:
+    """``names`` rotated left by ``shift``: runners alternate their order from one repetition to the next."""
+    shift %= len(names)
+    return names[shift:] + names[:shift]
+
+
 def baseline_runner(commit: str) -> str:
     """
     Add TRPOPlus as it was at ``commit`` (``--baselines``) to :data:`RUNNERS` and return its name,
@@ -564,7 +570,7 @@ def main() -> None:
     selected = [ROWS[name] for name in args.rows]
     for row in selected:
         for rep in range(args.reps):
-            order = names[rep % len(names):] + names[: rep % len(names)]
+            order = rotated(names, rep)
             for runner in order:
                 result = run_one(runner, row, args.seed + rep, args.warmup, args.iters)
                 result.update(env=row.name, runner=runner, rep=rep, batch=row.batch())

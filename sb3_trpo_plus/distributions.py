@@ -259,7 +259,11 @@ def multinomial_one(probs: np.ndarray) -> np.ndarray:
     """
     if probs.dtype != np.float32 or not (probs.min() >= 0.0 and probs.max() < np.inf):  # NaN fails both
         return th.multinomial(th.from_numpy(probs), 1, True).numpy()[:, 0]
-    clocks = th.empty(probs.shape, dtype=th.float32).exponential_(1.0).numpy()
+    return _race(probs, th.empty(probs.shape, dtype=th.float32).exponential_(1.0).numpy())
+
+
+def _race(probs: np.ndarray, clocks: np.ndarray) -> np.ndarray:
+    """The winner of each row's race of exponential ``clocks`` (:func:`multinomial_one`): argmax(probs / q)."""
     return np.argmax(probs / clocks, axis=1)
 
 
@@ -314,7 +318,7 @@ def _sample_categoricals(
         if noise is None or probs.dtype != np.float32:
             choice = multinomial_one(probs)
         else:
-            choice = np.argmax(probs / noise.exponential(probs.shape), axis=1)
+            choice = _race(probs, noise.exponential(probs.shape))
         columns.append(choice)
         log_prob += log_p[rows, choice]
     if noise is not None and np.isnan(np.add.reduce(log_prob)):

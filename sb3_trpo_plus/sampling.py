@@ -25,7 +25,7 @@ log-probability tensors, no ``update_locals`` and no staleness check per step.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -228,14 +228,20 @@ def has_callbacks(callback: BaseCallback) -> bool:
     ``ConvertCallback`` of ``None`` (what ``learn`` builds when given no callback and no progress
     bar) and ``CallbackList`` objects of nothing else, nested or not.
     """
+    return not all(
+        type(node) is CallbackList or (type(node) is ConvertCallback and node.callback is None)
+        for node in _callback_tree(callback)
+    )
+
+
+def _callback_tree(callback: BaseCallback) -> Iterator[BaseCallback]:
+    """``callback`` and, through ``CallbackList`` objects (subclasses included), every callback it holds."""
     pending = [callback]
     while pending:
         current = pending.pop()
-        if type(current) is CallbackList:
+        yield current
+        if isinstance(current, CallbackList):
             pending.extend(current.callbacks)
-        elif not (type(current) is ConvertCallback and current.callback is None):
-            return True
-    return False
 
 
 def _array(values: th.Tensor | np.ndarray) -> np.ndarray:
@@ -305,10 +311,6 @@ def advance_progress_bars(callback: BaseCallback, steps: int) -> None:
     callbacks) on by ``steps`` environment steps taken outside ``callback.on_step`` (vine branches),
     so that the bar counts the whole budget, as ``num_timesteps`` does.
     """
-    pending = [callback]
-    while pending:
-        current = pending.pop()
-        if isinstance(current, CallbackList):
-            pending.extend(current.callbacks)
-        elif isinstance(current, ProgressBarCallback) and getattr(current, "pbar", None) is not None:
-            current.pbar.update(steps)
+    for node in _callback_tree(callback):
+        if isinstance(node, ProgressBarCallback) and getattr(node, "pbar", None) is not None:
+            node.pbar.update(steps)

@@ -125,6 +125,7 @@ class NumpyActor:
         if self.family.state_dependent:
             with th.no_grad():
                 self.gsde_std = self.dist.get_std(policy.log_std).cpu().numpy().astype(np.float32)  # type: ignore[attr-defined]
+            self.gsde_var = self.gsde_std * self.gsde_std
         elif self.family.gaussian:
             with th.no_grad():  # exp in torch: the scale torch's Normal would hold, to the bit
                 self.std = policy.log_std.exp().cpu().numpy().astype(np.float32)
@@ -206,9 +207,7 @@ class NumpyActor:
             noise = latent @ single
         else:
             noise = np.einsum("bi,bij->bj", latent, batched)
-        assert self.gsde_std is not None
-        if self.gsde_var is None:  # fixed while the copy is current (log_std is watched)
-            self.gsde_var = self.gsde_std * self.gsde_std
+        assert self.gsde_var is not None
         std = np.sqrt((latent * latent) @ self.gsde_var + dist.epsilon)
         actions = mean + noise
         return actions, gaussian_log_prob(actions, mean, std)

@@ -25,7 +25,7 @@ from sb3_trpo_plus.fast.plain import plain_modules
 
 _DERIVATIVES: dict[type[nn.Module], tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
     # activation in place, and its derivative expressed through the activation's output
-    nn.Tanh: (lambda x: np.tanh(x, out=x), lambda y: np.subtract(1.0, y * y, dtype=y.dtype)),
+    nn.Tanh: (lambda x: np.tanh(x, out=x), lambda y: 1.0 - y * y),
     nn.ReLU: (lambda x: np.maximum(x, 0.0, out=x), lambda y: (y > 0).astype(np.float32)),
 }
 
