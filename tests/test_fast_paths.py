@@ -625,3 +625,74 @@ def test_returns_and_advantage_are_sb3s(gamma: float, gae_lambda: float, n_steps
     for name in ("advantages", "returns"):
         expected, got = getattr(buffers[0], name), getattr(buffers[1], name)
         assert got.dtype == expected.dtype and np.array_equal(got.view(np.int32), expected.view(np.int32)), name
+
+
+def _allocating_gradient(fused: FusedMlpCritic, x: np.ndarray, y: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """The minibatch gradient and errors as plain expressions, each allocating its result."""
+    weights = [p.detach().numpy() for p in fused.params]
+    activations = {th.nn.Tanh: np.tanh, th.nn.ReLU: lambda h: np.maximum(h, 0.0)}
+    slopes = {th.nn.Tanh: lambda out: 1.0 - out * out, th.nn.ReLU: lambda out: (out > 0).astype(np.float32)}
+    outputs = [x]
+    for index, name in enumerate(fused.activations):
+        outputs.append(activations[name](outputs[-1] @ weights[2 * index].T + weights[2 * index + 1]))
+    error = (outputs[-1] @ weights[-2].T + weights[-1])[:, 0] - y
+    delta = (2.0 / len(y)) * error[:, None]
+    grads: list[np.ndarray] = [np.empty(0)] * len(weights)
+    for index in range(len(fused.linears) - 1, -1, -1):
+        grads[2 * index], grads[2 * index + 1] = delta.T @ outputs[index], delta.sum(axis=0)
+        if index > 0:
+            delta = (delta @ weights[2 * index]) * slopes[fused.activations[index - 1]](outputs[index])
+    return grads, error
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype == np.float32 and a.shape == b.shape and np.array_equal(a.view(np.int32), b.view(np.int32))
+
+
+@pytest.mark.parametrize(("widths", "activation"), [([64, 64], th.nn.Tanh), ([5], th.nn.ReLU), ([32, 7, 16], th.nn.Tanh)])
+def test_the_critics_workspace_gives_the_allocating_expressions_bits(widths: list[int], activation: Any) -> None:
+    """
+    The fused fit writes every minibatch's activations, errors and gradient into arrays allocated
+    once per fit (a shorter last minibatch in their leading rows): the same bits as the
+    expressions that allocate each result, minibatch after minibatch, and the same losses.
+    """
+    policy_kwargs = {"net_arch": {"pi": [8], "vf": widths}, "activation_fn": activation}
+    model = TRPOPlus("MlpPolicy", "Pendulum-v1", seed=0, policy_kwargs=policy_kwargs, **SMALL)
+    fused = FusedMlpCritic.from_policy(model.policy)
+    assert fused is not None
+    generator = np.random.default_rng(len(widths))
+    n_samples, batch_size = 100, 48  # minibatches of 48, 48 and 4 rows
+    x_all = generator.standard_normal((n_samples, 3)).astype(np.float32)
+    y_all = (5.0 * generator.standard_normal(n_samples)).astype(np.float32)
+    work = fused_critic._Workspace(widths, 3, batch_size, n_samples)
+    weights = [p.detach().numpy() for p in fused.params]
+    grads = [np.full(w.shape, np.nan, dtype=np.float32) for w in weights]
+    for start in (0, 48, 96, 0):  # the short one, then a full one over the rows it left
+        x, y = x_all[start : start + batch_size], y_all[start : start + batch_size]
+        fused._gradient(weights, grads, x, y, work, work.errors[start : start + batch_size])
+        expected_grads, expected_error = _allocating_gradient(fused, x, y)
+        assert _same_bits(work.errors[start : start + len(y)], expected_error)
+        for got, expected in zip(grads, expected_grads, strict=True):
+            assert _same_bits(got, expected)
+    squares = work.errors * work.errors
+    expected_losses = [float(np.mean(squares[start : start + batch_size])) for start in (0, 48, 96)]
+    assert fused_critic._minibatch_losses(work.errors, batch_size) == expected_losses
+    assert fused_critic._minibatch_losses(work.errors, 100) == [float(np.mean(squares))]
+    assert fused_critic._minibatch_losses(work.errors, 25) == [float(np.mean(squares[i : i + 25])) for i in range(0, 100, 25)]
+
+
+def test_a_fit_with_a_short_last_minibatch_trains_as_torch() -> None:
+    """A batch size that does not divide the samples (and one above their number): the fused fit is torch's."""
+    model = _trained()
+    fused = FusedMlpCritic.from_policy(model.policy)
+    assert fused is not None
+    for batch_size in (50, 1000):
+        twin = copy.deepcopy(model.policy)
+        targets = ValueTargets.from_buffer(model.rollout_buffer)
+        np.random.seed(3)
+        losses = fused.fit(targets.observations, targets.returns, 2, batch_size)
+        np.random.seed(3)
+        twin_losses = fit_critic_torch(twin, targets, 2, batch_size, [])
+        assert len(losses) == len(twin_losses) == 2 * -(-len(targets.returns) // batch_size)
+        assert np.allclose(losses, twin_losses, rtol=1e-4, atol=1e-6)
+        assert th.allclose(flat(model.policy.parameters()), flat(twin.parameters()), atol=2e-6, rtol=0)

@@ -23,10 +23,24 @@ from torch import nn
 from sb3_trpo_plus.fast.blas import single_blas_thread
 from sb3_trpo_plus.fast.plain import plain_modules
 
-_DERIVATIVES: dict[type[nn.Module], tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {
-    # activation in place, and its derivative expressed through the activation's output
-    nn.Tanh: (lambda x: np.tanh(x, out=x), lambda y: 1.0 - y * y),
-    nn.ReLU: (lambda x: np.maximum(x, 0.0, out=x), lambda y: (y > 0).astype(np.float32)),
+
+def _tanh_slope(y: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """tanh' expressed through the activation's output, 1 - y * y, written into ``out``."""
+    np.multiply(y, y, out=out)
+    return np.subtract(1.0, out, out=out)
+
+
+def _relu_slope(y: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """ReLU' expressed through the activation's output, 1.0 where y > 0 and 0.0 elsewhere, written into ``out``."""
+    return np.greater(y, 0, out=out)
+
+
+_Activation = Callable[[np.ndarray], np.ndarray]
+_Slope = Callable[[np.ndarray, np.ndarray], np.ndarray]
+_DERIVATIVES: dict[type[nn.Module], tuple[_Activation, _Slope]] = {
+    # activation in place, and its derivative expressed through the activation's output (into an array)
+    nn.Tanh: (lambda x: np.tanh(x, out=x), _tanh_slope),
+    nn.ReLU: (lambda x: np.maximum(x, 0.0, out=x), _relu_slope),
 }
 
 
@@ -115,6 +129,7 @@ class _FlatAdam:
             self.tensors = [[th.from_numpy(a)] for a in self.arrays]
             self.maxima = [th.from_numpy(max_exp_avg_sq)] if max_exp_avg_sq is not None else []
             self.step_tensor = th.zeros((), dtype=th.float32)
+            self.step_array = self.step_tensor.numpy()  # its memory: set without a torch call (5 us)
             self.kernel_options = {
                 "lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "weight_decay": self.weight_decay,
                 "eps": self.eps, "amsgrad": self.amsgrad, "maximize": self.maximize,
@@ -125,7 +140,7 @@ class _FlatAdam:
     def update(self, step: float) -> None:
         """One Adam update from the gradient array, ``step`` being the (already incremented) step count."""
         if self.kernel is not None:
-            self.step_tensor.fill_(step)
+            self.step_array[...] = step  # the float32 of step, as fill_ would write
             self.kernel(*self.tensors, self.maxima, [self.step_tensor], **self.kernel_options)
             return
         flat, grad, exp_avg, exp_avg_sq = self.arrays
@@ -159,18 +174,53 @@ class _FlatAdam:
         flat -= scratch
 
 
-def _times(delta: np.ndarray, weight: np.ndarray) -> np.ndarray:
+def _times(delta: np.ndarray, weight: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """
-    ``delta @ weight``. Through the value head (one column of ``delta``, one row of ``weight``)
-    it is an outer product, which a BLAS multiplies several times slower than NumPy's
-    broadcasting; each entry is then one product, rounded once either way, and ``+ 0.0`` gives
-    an exact zero the sign the BLAS's zero-started sum gives it (+0).
+    ``delta @ weight`` (into ``out`` when given). Through the value head (one column of
+    ``delta``, one row of ``weight``) it is an outer product, which a BLAS multiplies several
+    times slower than NumPy's broadcasting; each entry is then one product, rounded once either
+    way, and ``+ 0.0`` gives an exact zero the sign the BLAS's zero-started sum gives it (+0).
     """
     if delta.shape[1] == 1:
-        product = delta * weight
+        product = np.multiply(delta, weight, out=out)
         product += 0.0
         return product
-    return delta @ weight
+    return np.matmul(delta, weight, out=out)
+
+
+class _Workspace:
+    """
+    The arrays one fit writes into, allocated once instead of at every minibatch (a fresh array
+    of a minibatch's activations costs about as much as the product that fills it): per hidden
+    layer its activations, the error back-propagated to it and the activation's derivative; the
+    value head's outputs and error; the epoch's gathered minibatches and regression errors. A
+    shorter last minibatch uses the leading rows.
+    """
+
+    def __init__(self, widths: list[int], n_inputs: int, batch_size: int, n_samples: int) -> None:
+        rows = min(batch_size, n_samples)
+        self.hidden = [np.empty((rows, width), dtype=np.float32) for width in widths]
+        self.deltas = [np.empty((rows, width), dtype=np.float32) for width in widths]
+        self.slopes = [np.empty((rows, width), dtype=np.float32) for width in widths]
+        self.values = np.empty((rows, 1), dtype=np.float32)
+        self.head_delta = np.empty((rows, 1), dtype=np.float32)
+        self.x_epoch = np.empty((n_samples, n_inputs), dtype=np.float32)
+        self.y_epoch = np.empty(n_samples, dtype=np.float32)
+        self.errors = np.empty(n_samples, dtype=np.float32)
+
+
+def _minibatch_losses(errors: np.ndarray, batch_size: int) -> list[float]:
+    """
+    The mean squared error of each minibatch of an epoch from the epoch's errors, in one pass:
+    NumPy's mean of each row of the full minibatches is the mean of that minibatch alone (the
+    same pairwise float32 sum and division), and a shorter last one is taken alone.
+    """
+    squares = errors * errors
+    n_full = len(squares) // batch_size
+    losses = np.mean(squares[: n_full * batch_size].reshape(n_full, batch_size), axis=1).tolist() if n_full else []
+    if n_full * batch_size < len(squares):
+        losses.append(float(np.mean(squares[n_full * batch_size :])))
+    return losses
 
 
 class FusedMlpCritic:
@@ -264,15 +314,19 @@ class FusedMlpCritic:
         n_samples = len(y_all)
         losses = []
         adam = _FlatAdam(flat, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, group)
+        widths = [layer.out_features for layer in self.linears[:-1]]
+        work = _Workspace(widths, x_all.shape[1], batch_size, n_samples)
         for _ in range(n_epochs):
             indices = np.random.permutation(n_samples)
             # one gather per pass; minibatches are then contiguous slices
-            x_epoch, y_epoch = x_all[indices], y_all[indices]
+            x_epoch = np.take(x_all, indices, axis=0, out=work.x_epoch)
+            y_epoch = np.take(y_all, indices, out=work.y_epoch)
             for start in range(0, n_samples, batch_size):
                 end = start + batch_size
-                losses.append(self._gradient(views, grad_views, x_epoch[start:end], y_epoch[start:end]))
+                self._gradient(views, grad_views, x_epoch[start:end], y_epoch[start:end], work, work.errors[start:end])
                 step += 1.0  # the step count is incremented before the update, as Adam does
                 adam.update(step)
+            losses.extend(_minibatch_losses(work.errors, batch_size))
         self._write_back(flat, exp_avg, exp_avg_sq, max_exp_avg_sq, step, sizes)
         return losses
 
@@ -285,26 +339,39 @@ class FusedMlpCritic:
             return np.zeros(param.numel(), dtype=np.float32)
         return value.detach().cpu().numpy().ravel().astype(np.float32)
 
-    def _gradient(self, weights: list[np.ndarray], grads: list[np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
-        """Mean-squared-error loss of the minibatch; writes its gradient into ``grads``."""
-        # In place where that computes the same numbers: a product added to, written into
-        # or reduced into an existing array is the one the allocating expression computes.
+    def _gradient(
+        self,
+        weights: list[np.ndarray],
+        grads: list[np.ndarray],
+        x: np.ndarray,
+        y: np.ndarray,
+        work: _Workspace,
+        error: np.ndarray,
+    ) -> None:
+        """
+        The gradient of the minibatch's mean squared error, written into ``grads``, and its
+        errors (value - target), written into ``error``. Every array is written in place
+        (``work``): a product written into an existing array, or added to it, is the one the
+        allocating expression computes.
+        """
+        rows = len(y)
         outputs = [x]
         for index, name in enumerate(self.activations):
-            weight, bias = weights[2 * index], weights[2 * index + 1]
-            hidden = outputs[-1] @ weight.T
-            hidden += bias
+            hidden = work.hidden[index][:rows]
+            np.matmul(outputs[-1], weights[2 * index].T, out=hidden)
+            hidden += weights[2 * index + 1]
             outputs.append(_DERIVATIVES[name][0](hidden))
-        values = (outputs[-1] @ weights[-2].T + weights[-1])[:, 0]
-        error = values - y
-        delta = (2.0 / len(y)) * error[:, None]
+        values = np.matmul(outputs[-1], weights[-2].T, out=work.values[:rows])
+        values += weights[-1]
+        np.subtract(values[:, 0], y, out=error)
+        delta = np.multiply(2.0 / rows, error[:, None], out=work.head_delta[:rows])
         for index in range(len(self.linears) - 1, -1, -1):
             np.matmul(delta.T, outputs[index], out=grads[2 * index])
             np.add.reduce(delta, axis=0, out=grads[2 * index + 1])
             if index > 0:
-                delta = _times(delta, weights[2 * index])
-                delta *= _DERIVATIVES[self.activations[index - 1]][1](outputs[index])
-        return float(np.mean(error * error))
+                below = _times(delta, weights[2 * index], out=work.deltas[index - 1][:rows])
+                below *= _DERIVATIVES[self.activations[index - 1]][1](outputs[index], work.slopes[index - 1][:rows])
+                delta = below
 
     def _write_back(
         self,
