@@ -37,6 +37,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_trpo_plus import observations as batches
+from sb3_trpo_plus.distributions import ExplorationRedraw
 from sb3_trpo_plus.fast import NumpyActor, single_blas_thread
 
 
@@ -137,8 +138,10 @@ def collect_single_path(
         reset_noise(policy, env.num_envs)
     actor = make_actor(policy, fast_paths)
     # Without callbacks nothing reads the step's locals and no user code runs between two steps:
-    # the NumPy actor is then used as built, with arrays only (no tensor, no staleness check).
+    # the NumPy actor is then used as built, with arrays only (no tensor, no staleness check),
+    # and gSDE's matrices are drawn again from the distribution the first draw built.
     lean = not has_callbacks(callback)
+    redraw = ExplorationRedraw.for_policy(policy) if use_sde and lean and fast_paths else None
     fast_add = type(rollout_buffer) is RolloutBuffer
     action_space = policy.action_space
     clip_low: np.ndarray | None = None
@@ -153,7 +156,10 @@ def collect_single_path(
 
         while n_steps < n_rollout_steps:
             if use_sde and sde_sample_freq > 0 and n_steps % sde_sample_freq == 0:
-                reset_noise(policy, env.num_envs)
+                if redraw is not None:
+                    redraw(env.num_envs)
+                else:
+                    reset_noise(policy, env.num_envs)
 
             if before_step is not None:
                 before_step(last_obs, last_episode_starts)

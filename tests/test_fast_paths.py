@@ -696,3 +696,52 @@ def test_a_fit_with_a_short_last_minibatch_trains_as_torch() -> None:
         assert len(losses) == len(twin_losses) == 2 * -(-len(targets.returns) // batch_size)
         assert np.allclose(losses, twin_losses, rtol=1e-4, atol=1e-6)
         assert th.allclose(flat(model.policy.parameters()), flat(twin.parameters()), atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("n_envs", [1, 3])
+@pytest.mark.parametrize(
+    "sde_kwargs", [{}, {"full_std": False}, {"use_expln": True}], ids=["default", "not_full_std", "expln"]
+)
+def test_gsde_redraw_draws_what_reset_noise_draws(n_envs: int, sde_kwargs: dict[str, Any]) -> None:
+    """Matrices, their shapes and torch's generator state after each redraw: those of SB3's reset_noise."""
+    from sb3_trpo_plus.distributions import ExplorationRedraw
+    from sb3_trpo_plus.sampling import reset_noise
+
+    policy_kwargs = {"net_arch": [8], "log_std_init": -0.5, **sde_kwargs}
+    model = TRPOPlus("MlpPolicy", "Pendulum-v1", seed=0, use_sde=True, policy_kwargs=policy_kwargs, **SMALL)
+    twin = copy.deepcopy(model.policy)
+    th.manual_seed(11)
+    reset_noise(model.policy, n_envs)
+    redraw = ExplorationRedraw.for_policy(model.policy)
+    assert redraw is not None
+    th.manual_seed(11)
+    reset_noise(twin, n_envs)
+    kept = []
+    for _ in range(3):  # both from one generator state, one after the other
+        start = th.get_rng_state()
+        redraw(n_envs)
+        after = th.get_rng_state()
+        th.set_rng_state(start)
+        reset_noise(twin, n_envs)
+        assert th.equal(after, th.get_rng_state())
+        ours, sb3 = model.policy.action_dist, twin.action_dist
+        for name in ("exploration_mat", "exploration_matrices"):
+            got, expected = getattr(ours, name), getattr(sb3, name)
+            assert got.shape == expected.shape and got.dtype == expected.dtype and th.equal(got, expected), name
+            assert not got.requires_grad and all(got is not earlier for earlier in kept)  # a new tensor at each draw
+            kept.append(got)
+
+
+def test_gsde_redraw_is_only_for_sb3s_own_draw() -> None:
+    from sb3_trpo_plus.distributions import ExplorationRedraw
+
+    model = TRPOPlus("MlpPolicy", "Pendulum-v1", seed=0, use_sde=True, **SMALL)
+    assert ExplorationRedraw.for_policy(model.policy) is not None
+    patched = copy.deepcopy(model.policy)
+    patched.reset_noise = lambda n_envs=1: None  # type: ignore[method-assign]
+    assert ExplorationRedraw.for_policy(patched) is None
+    sampler = copy.deepcopy(model.policy)
+    sampler.action_dist.sample_weights = lambda log_std, batch_size=1: None  # type: ignore[method-assign]
+    assert ExplorationRedraw.for_policy(sampler) is None
+    plain = TRPOPlus("MlpPolicy", "Pendulum-v1", seed=0, **SMALL)
+    assert ExplorationRedraw.for_policy(plain.policy) is None
